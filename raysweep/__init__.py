@@ -1,0 +1,14 @@
+"""raysweep: batch-size studies of SP/muP MLPs as Ray Tune trials, with every result in Parquet."""
+
+from raysweep.errors import DataError, InfeasibleError, NothingFitsError, RaysweepError, SpecError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataError",
+    "InfeasibleError",
+    "NothingFitsError",
+    "RaysweepError",
+    "SpecError",
+    "__version__",
+]

@@ -1,0 +1,70 @@
+"""The Parquet contract: column names and types of the ``trials`` and ``curves`` tables.
+
+``trials``: one row per configuration that reached a terminal status. ``curves``: one row per (trial, report).
+Both are documented column by column in the README; this module is the single source of truth.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+STATUSES = ("completed", "diverged", "failed", "pruned")
+
+TRIALS_SCHEMA = pa.schema(
+    [
+        ("sweep", pa.string()),
+        ("config_key", pa.string()),
+        ("family", pa.string()),
+        ("dataset", pa.string()),
+        ("parametrization", pa.string()),
+        ("optimizer", pa.string()),
+        ("lr_rule", pa.string()),
+        ("loss", pa.string()),
+        ("loss_convention", pa.string()),
+        ("batch_size", pa.int64()),
+        ("eta", pa.float64()),
+        ("width", pa.int64()),
+        ("depth", pa.int64()),
+        ("gamma", pa.float64()),
+        ("seed", pa.int64()),
+        ("temperature", pa.float64()),
+        ("lr_effective", pa.float64()),
+        ("lr_hidden", pa.float64()),
+        ("status", pa.string()),
+        ("diverged_step", pa.int64()),
+        ("steps", pa.int64()),
+        ("samples_seen", pa.int64()),
+        ("initial_loss", pa.float64()),
+        ("final_train_loss", pa.float64()),
+        ("final_eval_loss", pa.float64()),
+        ("final_eval_accuracy", pa.float64()),
+        ("wall_time_s", pa.float64()),
+        ("gpu_share", pa.float64()),
+        ("cpu_share", pa.float64()),
+        ("dtype", pa.string()),
+        ("device", pa.string()),
+        ("node_id", pa.string()),
+        ("bundle_id", pa.string()),
+        ("n_bundle_members", pa.int64()),
+        ("error", pa.string()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("raysweep_version", pa.string()),
+    ]
+)
+
+CURVES_SCHEMA = pa.schema(
+    [
+        ("sweep", pa.string()),
+        ("config_key", pa.string()),
+        ("step", pa.int64()),
+        ("epoch", pa.int64()),
+        ("samples_seen", pa.int64()),
+        ("train_loss", pa.float64()),
+        ("eval_loss", pa.float64()),
+        ("eval_accuracy", pa.float64()),
+        ("wall_time_s", pa.float64()),
+    ]
+)
+
+# Columns that differ between two runs of the same configurations (timing, placement); drop them to compare runs.
+TIMING_COLUMNS = ("wall_time_s", "finished_at", "node_id", "bundle_id", "n_bundle_members", "gpu_share", "cpu_share")
