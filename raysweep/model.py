@@ -85,7 +85,12 @@ def forward(
         h = torch.relu(torch.matmul(h, w) * (1.0 / math.sqrt(w.shape[1])))
         if hidden is not None:
             hidden.append(h)
-    return torch.matmul(h, weights[-1]) * out_multiplier
+    w_out = weights[-1]
+    if w_out.shape[-1] == 1:
+        # scalar readout as a product and a sum: batched GEMV kernels reorder the sum with K, and a member's
+        # numbers must not depend on its bundle
+        return (h * w_out.transpose(1, 2)).sum(-1, keepdim=True) * out_multiplier
+    return torch.matmul(h, w_out) * out_multiplier
 
 
 def centred(
