@@ -66,6 +66,7 @@ class Report:
     train_loss: list[float]
     eval_loss: list[float]
     eval_accuracy: list[float | None]
+    initial_loss: list[float]  # the zero-predictor loss on the eval set: the loss at step 0, for every gamma
     diverged: dict[int, int] = field(default_factory=dict)  # member index -> diverged step (this report)
     finished: bool = False
     wall_time_s: float = 0.0
@@ -251,7 +252,8 @@ def train_bundle(
         eval_np = eval_loss.cpu().numpy()
         acc_np = acc.cpu().numpy() if acc is not None else None
         bad_np = first_bad.cpu().numpy()
-        limit = (factor * initial_loss).cpu().numpy()
+        initial_np = initial_loss.cpu().numpy()
+        limit = factor * initial_np
         diverged = {}
         for j, member in enumerate(alive):
             if bad_np[j] >= 0:
@@ -267,6 +269,7 @@ def train_bundle(
             train_loss=[float(v) for v in train_loss],
             eval_loss=[float(v) for v in eval_np],
             eval_accuracy=[None] * len(alive) if acc_np is None else [float(v) for v in acc_np],
+            initial_loss=[float(v) for v in initial_np],
             diverged=diverged,
             finished=step == total_steps or len(diverged) == len(alive),
             wall_time_s=time.perf_counter() - started,

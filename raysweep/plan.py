@@ -1,0 +1,87 @@
+"""From a validated spec to the trials to run: pending configurations, fused bundles, resources, the dry-run text.
+
+Pure planning: no Ray, no torch. A configuration that already has a trials row (``done``) is not planned again;
+that is how a relaunch resumes and how a larger space runs only its new points.
+
+Bundles: configurations that share :data:`raysweep.train.BUNDLE_KEYS` (batch size, width, depth,
+parametrization, optimizer, loss, lr rule) train as one stacked model, at most ``fusion.max_members`` at a time.
+``fusion: {enabled: false}`` gives one trial per configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Collection
+
+from raysweep import __version__
+from raysweep.space import SweepSpec, config_key
+from raysweep.train import BUNDLE_KEYS
+from raysweep.trial import Bundle, Plan
+
+
+def bundle_id(keys: tuple[str, ...]) -> str:
+    return "b" + hashlib.sha256(",".join(keys).encode()).hexdigest()[:12]
+
+
+def make_bundles(keyed: list[tuple[str, dict]], *, fused: bool, max_members: int) -> list[Bundle]:
+    """Group ``(config_key, point)`` pairs into bundles, keeping the spec's order within and across groups."""
+    groups: dict[tuple, list[tuple[str, dict]]] = defaultdict(list)
+    for i, (key, point) in enumerate(keyed):
+        groups[tuple(point[k] for k in BUNDLE_KEYS) if fused else (i,)].append((key, point))
+    bundles = []
+    for members in groups.values():
+        for start in range(0, len(members), max_members if fused else 1):
+            chunk = members[start : start + (max_members if fused else 1)]
+            keys = tuple(k for k, _ in chunk)
+            bundles.append(Bundle(bundle_id(keys), keys, tuple(p for _, p in chunk)))
+    return bundles
+
+
+def build_plan(spec: SweepSpec, done: Collection[str] = ()) -> tuple[Plan, int]:
+    """The plan of the configurations without a row yet, and how many already have one."""
+    experiment = spec.experiment.as_dict()
+    keyed = [(config_key(experiment, p), p) for p in spec.points()]
+    pending = [(k, p) for k, p in keyed if k not in done]
+    bundles = make_bundles(pending, fused=spec.fusion.enabled, max_members=spec.fusion.max_members)
+    plan = Plan(
+        sweep=spec.name,
+        experiment=experiment,
+        bundles={b.bundle_id: b for b in bundles},
+        cpus_per_trial=spec.resources.cpus_per_trial,
+        version=__version__,
+    )
+    return plan, len(keyed) - len(pending)
+
+
+def resources_per_trial(spec: SweepSpec, *, cuda: bool) -> dict[str, float]:
+    """What each Ray trial asks for. Without CUDA trials ask for CPU only (the plan says so)."""
+    res = {"cpu": spec.resources.cpus_per_trial}
+    if cuda and spec.resources.gpus_per_trial:
+        res["gpu"] = spec.resources.gpus_per_trial
+    return res
+
+
+def describe(spec: SweepSpec, plan: Plan, n_done: int, *, cuda: bool) -> str:
+    """The ``--dry-run`` text: counts, bundles and the resource plan."""
+    n_pending = sum(len(b.points) for b in plan.bundles.values())
+    res = resources_per_trial(spec, cuda=cuda)
+    sizes = sorted(len(b.points) for b in plan.bundles.values())
+    lines = [
+        f"sweep {spec.name}: {n_pending + n_done} configurations, {n_done} already have a row, {n_pending} to run",
+        f"search: {spec.search.algorithm}; fusion: {'on' if spec.fusion.enabled else 'off'}"
+        f" (max {spec.fusion.max_members} members); {len(plan.bundles)} Ray trials"
+        + (f", members per trial {sizes[0]}..{sizes[-1]}" if sizes else ""),
+        "resources per trial: " + ", ".join(f"{k}={v:g}" for k, v in res.items())
+        + ("" if "gpu" in res else " (no CUDA here or no gpus_per_trial: trials run on CPU)"),
+        f"max concurrent trials: {spec.search.max_concurrent or 'as many as resources allow'}",
+    ]
+    for b in list(plan.bundles.values())[:20]:
+        p = b.points[0]
+        shape = " ".join(f"{k}={p[k]}" for k in BUNDLE_KEYS)
+        varied = {k: sorted({q[k] for q in b.points}) for k in ("eta", "gamma", "seed")}
+        lines.append(f"  {b.bundle_id}: {len(b.points)} x [{shape}] " + " ".join(
+            f"{k}={v if len(v) > 1 else v[0]}" for k, v in varied.items()))
+    if len(plan.bundles) > 20:
+        lines.append(f"  ... and {len(plan.bundles) - 20} more trials")
+    return "\n".join(lines)

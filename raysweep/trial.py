@@ -1,0 +1,185 @@
+"""One Ray Tune trial: a bundle of configurations (often of one) trained by :mod:`raysweep.train`.
+
+Every report sends Tune the bundle's progress (``step``, ``n_running``, the members' best ``train_loss``) and, for
+each member that just reached a terminal status, its trials row and its curve rows (``terminal``). The driver's
+:class:`raysweep.results.ResultsCallback`-style writer lands those rows; Tune's own logs are not the record.
+
+A member whose loss becomes non-finite or explodes is ``diverged`` (with its step) and stops at once; an exception
+makes every unfinished member ``failed`` with the error text, and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from raysweep.scaling import learning_rates, temperature
+
+_LR_ARGS = ("eta", "gamma", "width", "depth", "parametrization", "optimizer", "lr_rule")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Configurations that train as one Ray trial: their keys and points (dicts of the axis values)."""
+
+    bundle_id: str
+    keys: tuple[str, ...]
+    points: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every trial needs: the sweep name, the experiment (as a flat dict) and the bundles by id."""
+
+    sweep: str
+    experiment: Mapping[str, Any]
+    bundles: Mapping[str, Bundle]
+    cpus_per_trial: float = 1.0
+    version: str = ""
+
+
+def trial_row(
+    plan: Plan, bundle: Bundle, index: int, *, status: str, dataset: str, report=None, member: int | None = None,
+    diverged_step: int | None = None, error: str | None = None, wall_time_s: float = 0.0, placement: Mapping = {},
+) -> dict:
+    """The trials row of bundle member ``index`` (``report`` is its last report, ``member`` its slot in it)."""
+    p = bundle.points[index]
+    lrs = learning_rates(**{k: p[k] for k in _LR_ARGS})
+    row = {
+        "config_key": bundle.keys[index],
+        "family": plan.experiment["family"],
+        "dataset": dataset,
+        **{k: p[k] for k in ("parametrization", "optimizer", "lr_rule", "loss")},
+        "loss_convention": plan.experiment.get("mse_convention", "half_sum") if p["loss"] == "mse" else "mean",
+        **{k: p[k] for k in ("batch_size", "eta", "width", "depth", "gamma", "seed")},
+        "temperature": temperature(p["eta"], p["batch_size"]),
+        "lr_effective": lrs.effective,
+        "lr_hidden": lrs.hidden,
+        "status": status,
+        "diverged_step": diverged_step,
+        "error": error,
+        "wall_time_s": wall_time_s,
+        "dtype": plan.experiment.get("dtype", "float32"),
+        "bundle_id": bundle.bundle_id,
+        "n_bundle_members": len(bundle.points),
+        "raysweep_version": plan.version,
+        **placement,
+    }
+    if report is not None:
+        row.update(
+            steps=report.step,
+            samples_seen=report.samples_seen,
+            final_train_loss=report.train_loss[member],
+            final_eval_loss=report.eval_loss[member],
+            final_eval_accuracy=report.eval_accuracy[member],
+            initial_loss=report.initial_loss[member],
+        )
+    else:
+        row.update(steps=0, samples_seen=0)
+    return row
+
+
+def curve_row(report, member: int) -> dict:
+    return {
+        "step": report.step,
+        "epoch": report.epoch,
+        "samples_seen": report.samples_seen,
+        "train_loss": report.train_loss[member],
+        "eval_loss": report.eval_loss[member],
+        "eval_accuracy": report.eval_accuracy[member],
+        "wall_time_s": report.wall_time_s,
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def _task(experiment_json: str, device: str, dtype: str):
+    """Data sets are built once per worker process and reused by the trials it runs."""
+    import torch
+
+    from raysweep.data import build_task
+
+    return build_task(json.loads(experiment_json), device=device, dtype=getattr(torch, dtype))
+
+
+def _device(experiment: Mapping[str, Any]) -> str:
+    import torch
+
+    wanted = experiment.get("device", "auto")
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -> None:
+    """Train ``bundle`` and call ``report_fn(metrics)`` at every report. Never raises for a training error."""
+    import torch
+
+    from raysweep.train import train_bundle
+
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, int(plan.cpus_per_trial)))
+    exp = plan.experiment
+    open_members = set(range(len(bundle.points)))
+    last: dict[int, tuple[Any, int]] = {}
+    curves: dict[int, list[dict]] = {i: [] for i in open_members}
+    dataset = exp["family"]
+
+    def emit(step: int, terminal: list[dict], best: float | None) -> None:
+        report_fn({"step": step, "n_running": len(open_members), "train_loss": best, "terminal": terminal})
+
+    try:
+        device = _device(exp)
+        placement = {**placement, "device": device}
+        task = _task(json.dumps(dict(exp), sort_keys=True), device, exp.get("dtype", "float32"))
+        dataset = task.dataset
+        for report in train_bundle(task, exp, list(bundle.points), device=device):
+            terminal = []
+            for slot, i in enumerate(report.members):
+                curves[i].append(curve_row(report, slot))
+                last[i] = (report, slot)
+                status = "diverged" if i in report.diverged else "completed" if report.finished else None
+                if status:
+                    open_members.discard(i)
+                    terminal.append({
+                        "trial": trial_row(plan, bundle, i, status=status, dataset=dataset, report=report,
+                                           member=slot, diverged_step=report.diverged.get(i),
+                                           wall_time_s=time.perf_counter() - started, placement=placement),
+                        "curves": curves.pop(i),
+                    })
+            finite = [v for v in report.train_loss if v == v and abs(v) != float("inf")]
+            emit(report.step, terminal, min(finite) if finite else None)
+    except Exception as exc:  # a failed config lands as a row; the sweep goes on
+        error = f"{type(exc).__name__}: {exc}"
+        terminal = []
+        for i in sorted(open_members):
+            rep, slot = last.get(i, (None, None))
+            terminal.append({
+                "trial": trial_row(plan, bundle, i, status="failed", dataset=dataset, report=rep, member=slot,
+                                   error=error, wall_time_s=time.perf_counter() - started, placement=placement),
+                "curves": curves.get(i, []),
+            })
+        open_members.clear()
+        emit(-1, terminal, None)
+        if os.environ.get("RAYSWEEP_DEBUG"):
+            traceback.print_exc()
+
+
+def tune_trainable(config: dict, plan: Plan) -> None:
+    """The function Tune runs: look the bundle up and train it, reporting through ``ray.tune.report``."""
+    import ray
+    from ray import tune
+
+    ctx = ray.get_runtime_context()
+    resources = ctx.get_assigned_resources()
+    placement = {
+        "node_id": ctx.get_node_id(),
+        "gpu_share": float(resources.get("GPU", 0.0)),
+        "cpu_share": float(resources.get("CPU", 0.0)),
+    }
+    run_bundle(plan, plan.bundles[config["bundle"]], tune.report, placement)
