@@ -11,6 +11,7 @@ parametrization, optimizer, loss, lr rule) train as one stacked model, at most `
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import defaultdict
 from collections.abc import Collection
 
@@ -44,6 +45,8 @@ def build_plan(spec: SweepSpec, done: Collection[str] = ()) -> tuple[Plan, int]:
     keyed = [(config_key(experiment, p), p) for p in spec.points()]
     pending = [(k, p) for k, p in keyed if k not in done]
     bundles = make_bundles(pending, fused=spec.fusion.enabled, max_members=spec.fusion.max_members)
+    if experiment.get("path"):  # workers may run in another folder; the key keeps the path as the spec gives it
+        experiment = {**experiment, "path": os.path.abspath(os.path.expanduser(experiment["path"]))}
     plan = Plan(
         sweep=spec.name,
         experiment=experiment,

@@ -1,0 +1,120 @@
+"""The data of every experiment family, as one `Task` per trial. Pure: torch/numpy/sklearn, no Ray, no writes.
+
+Families (``experiment.family``), their own keys with defaults, and the ``dataset`` label they record:
+
+==================  ==========================================================================  =========================
+family              keys (default)                                                               dataset label
+==================  ==========================================================================  =========================
+poly_online         dim (32), n_train = block size P (4096), degree K (2), noise (0.0)          poly_online(D=32,K=2)
+poly_fixed          dim (32), n_train (1024), degree (2), noise (0.0)                           poly_fixed(D=32,K=2,P=1024)
+mlp_teacher         dim (32), n_train (4096), noise (0.0), teacher_width (64), teacher_depth    mlp_teacher(D=32,N=64,L=2,
+                    (2), teacher_gamma (1.0), teacher_parametrization ("muP"),                  muP,gamma=1)
+                    teacher_normalize (true), online (true)
+digits              test_fraction (0.2)                                                         digits
+mnist               path (required)                                                             mnist
+mnist1m             path (required)                                                             mnist1m
+mnist1m_sampled     path, max_train_samples (both required)                                     mnist1m[<max_train_samples>]
+==================  ==========================================================================  =========================
+
+Common keys read here: ``data_seed`` (int, default 0: fixes teachers, eval sets, splits and subsets; never the
+online sample stream, which comes from the generator the trainer passes to `Task.draw_block`) and
+``eval_samples`` (synthetic: samples drawn, default 2048; digits: cap on the test split, default none; MNIST
+families: cap on the test set, default 10,000; a cap picks a stratified subset, see `eval_indices`). Other keys
+are ignored here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from raysweep.data._base import Task, derive_seed, eval_indices, stratified_choice
+from raysweep.data.digits import DEFAULT_TEST_FRACTION, build_digits
+from raysweep.data.mnist import Arrays, build_mnist, build_mnist1m, clear_cache, load_mnist, load_mnist1m
+from raysweep.data.synthetic import MLP_DEFAULTS, POLY_DEFAULTS, build_mlp_teacher, build_poly
+from raysweep.errors import DataError
+
+FAMILIES: tuple[str, ...] = (
+    "poly_online", "poly_fixed", "mlp_teacher", "digits", "mnist", "mnist1m", "mnist1m_sampled",
+)
+
+COMMON_KEYS: frozenset[str] = frozenset({
+    "family", "steps", "epochs", "report_every", "eval_samples", "mse_convention", "dtype", "divergence_factor",
+    "data_seed", "device",
+})
+
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "poly_online": dict(POLY_DEFAULTS[True]),
+    "poly_fixed": dict(POLY_DEFAULTS[False]),
+    "mlp_teacher": dict(MLP_DEFAULTS),
+    "digits": {"test_fraction": DEFAULT_TEST_FRACTION},
+    "mnist": {},
+    "mnist1m": {},
+    "mnist1m_sampled": {},
+}
+
+FAMILY_REQUIRED: dict[str, frozenset[str]] = {
+    "mnist": frozenset({"path"}),
+    "mnist1m": frozenset({"path"}),
+    "mnist1m_sampled": frozenset({"path", "max_train_samples"}),
+}
+
+FAMILY_KEYS: dict[str, frozenset[str]] = {
+    family: frozenset(FAMILY_DEFAULTS[family]) | FAMILY_REQUIRED.get(family, frozenset()) for family in FAMILIES
+}
+
+DEFAULT_EVAL_SAMPLES: dict[str, int | None] = {
+    "poly_online": 2048, "poly_fixed": 2048, "mlp_teacher": 2048, "digits": None,
+    "mnist": 10_000, "mnist1m": 10_000, "mnist1m_sampled": 10_000,
+}
+
+_BUILDERS = {
+    "poly_online": lambda e, **kw: build_poly(e, online=True, **kw),
+    "poly_fixed": lambda e, **kw: build_poly(e, online=False, **kw),
+    "mlp_teacher": build_mlp_teacher,
+    "digits": build_digits,
+    "mnist": build_mnist,
+    "mnist1m": lambda e, **kw: build_mnist1m(e, sampled=False, **kw),
+    "mnist1m_sampled": lambda e, **kw: build_mnist1m(e, sampled=True, **kw),
+}
+
+
+def build_task(experiment: Mapping[str, Any], *, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> Task:
+    """The `Task` of ``experiment`` (a mapping with ``family`` and that family's keys) on ``device`` in ``dtype``.
+
+    Same experiment (same ``data_seed``) -> same teacher, eval set and training set, on any device. Raises
+    DataError naming the key for a bad value, and naming the file and the expected layout for missing or
+    malformed data files.
+    """
+    if not isinstance(experiment, Mapping):
+        raise DataError(f"experiment: must be a mapping with a 'family' key, got {type(experiment).__name__}")
+    family = experiment.get("family")
+    if family not in _BUILDERS:
+        raise DataError(f"experiment.family: must be one of {FAMILIES}, got {family!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise DataError(f"dtype: must be a floating torch.dtype, got {dtype!r}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DataError(f"device: not a torch device: {device!r}") from exc
+    return _BUILDERS[family](experiment, device=device, dtype=dtype)
+
+
+def __getattr__(name: str):
+    # The converter imports PIL and is run as `python -m raysweep.data.mnist1m`; importing it here eagerly would
+    # make runpy warn that the module was imported before it ran.
+    if name == "convert_mnist1m":
+        from raysweep.data.mnist1m import convert_mnist1m
+
+        return convert_mnist1m
+    raise AttributeError(f"module 'raysweep.data' has no attribute {name!r}")
+
+
+__all__ = [
+    "COMMON_KEYS", "DEFAULT_EVAL_SAMPLES", "FAMILIES", "FAMILY_DEFAULTS", "FAMILY_KEYS", "FAMILY_REQUIRED",
+    "Arrays", "DataError", "Task", "build_task", "clear_cache", "convert_mnist1m", "derive_seed", "eval_indices",
+    "load_mnist", "load_mnist1m", "stratified_choice",
+]

@@ -1,0 +1,476 @@
+"""Search spaces: a YAML file -> a typed, frozen, self-checking :class:`SweepSpec`. Nothing runs on bad input.
+
+The format (every key is checked; an unknown key is an error that suggests the closest known one)::
+
+    name: quickstart            # required; [A-Za-z0-9_.-]+, not starting with '.'; names <storage>/<name>/
+    description: "..."          # optional free text
+    experiment:                 # required
+      family: poly_online       # required: poly_online | poly_fixed | mlp_teacher | digits | mnist | mnist1m
+                                #           | mnist1m_sampled
+      steps: 300                # training length, int > 0 ...
+      epochs: null              # ... or epochs, int > 0. Online families (poly_online; mlp_teacher with
+                                # online: true) take steps only; fixed-data families take exactly one of the two.
+      report_every: 50          # steps between reports, int > 0 (default 50)
+      eval_samples: 2048        # int > 0; default 2048 for synthetic families. Classification families also take
+                                # null (the default): the full test set, capped at 10000 samples.
+      mse_convention: half_sum  # half_sum: 0.5 * mean over batch of the sum over outputs of (f - y)^2 (default)
+                                # study: mean over batch and outputs, no 0.5 (the study's own; = 2/n_outputs * half_sum)
+      dtype: float32            # float32 | float64
+      divergence_factor: 100.0  # > 1. A trial is diverged when its loss is NaN/Inf or exceeds this multiple of
+                                # its initial loss (the zero-predictor loss: the trained function is centred)
+      data_seed: 0              # int >= 0: fixes the teacher, the data split and the eval set
+      device: auto              # auto | cpu | cuda
+      # family keys; a key of another family is an error that names the family:
+      #   poly_online, poly_fixed: dim (D, 32), n_train (P; 4096 online, 1024 fixed), degree (K >= 1, 2),
+      #                            noise (>= 0, 0.0). Teacher y = (x.w)^K, w ~ N(0, I/D).
+      #   mlp_teacher: dim (32), n_train (4096), noise (0.0), teacher_width (64), teacher_depth (2),
+      #                teacher_gamma (> 0, 1.0), teacher_parametrization (SP | muP, muP),
+      #                teacher_normalize (true: see raysweep.data), online (true)
+      #   digits: test_fraction (0 < f < 1, 0.2)          sklearn's bundled digits: runs offline
+      #   mnist, mnist1m: path (required; a local file, nothing is downloaded)
+      #   mnist1m_sampled: path (required), max_train_samples (required, int > 0)
+    space:                      # required; batch_size, eta and width are required, the other axes have defaults
+      batch_size: {pow2: [0, 7]}   # ints > 0
+      eta: {pow2: [-12, 12]}       # floats > 0 (base learning rate; see raysweep.scaling for the effective one)
+      width: [64, 128]             # ints > 0 (N)
+      gamma: [1.0]                 # floats > 0 (richness), default [1.0]
+      depth: [3]                   # ints >= 2 (L, the number of weight matrices), default [3]
+      seed: {range: [0, 3]}        # ints >= 0 (init and data order), default [0]
+      parametrization: [muP]       # SP | muP, default [muP]
+      optimizer: [SGD]             # SGD | Adam, default [SGD]
+      loss: [mse]                  # mse | xent, default [mse]; xent needs a classification family
+      lr_rule: [study]             # study | mup_adam | raw, default [study]; mup_adam needs Adam
+    search:                     # optional
+      algorithm: grid           # grid (every point) | random (n_samples points)
+      n_samples: null           # random only, required there: int > 0
+      seed: 0                   # random only: the sampling seed
+      max_concurrent: null      # int > 0 or null: cap on trials running at once
+    fusion:                     # optional: train compatible trials as one fused bundle
+      enabled: true
+      max_members: 32           # int > 0
+    resources:                  # optional
+      cpus_per_trial: 1         # > 0
+      gpus_per_trial: null      # in (0, 1], or null (no GPU unless sized later)
+
+Each axis is a scalar (one value), a list, or a range form, a mapping with exactly one of:
+
+- ``{pow2: [a, b]}``: 2**a, 2**(a+1), ..., 2**b (integers a <= b). ``step: 0.5`` gives fractional octaves
+  (2**a, 2**(a+0.5), ... up to 2**b); on an integer axis every value must be whole.
+- ``{logspace: [lo, hi, n]}``: n values log-spaced from lo to hi, both included (lo, hi > 0; n = 1 gives lo).
+  Integer axes round half up and drop the duplicates this makes, so they may get fewer than n values.
+- ``{range: [a, b]}`` / ``{range: [a, b, step]}``: Python's range (b excluded), integer axes only.
+- ``{linspace: [lo, hi, n]}``: n evenly spaced values, both ends included, float axes only.
+
+Generated floats are rounded to 12 significant digits (logspace 1..1000 gives 10.0, not 10.000000000000002).
+Values are de-duplicated keeping their order. Float axes hold Python floats (1 and 1.0 are one value), integer
+axes Python ints (a whole float such as ``1.0e3`` is accepted; ``true`` is not an integer). Enum values are
+case-insensitive and stored canonically ("SP", "muP", "SGD", "Adam", "mse", "xent", "study", "mup_adam", "raw").
+YAML detail: ``1e-5`` reads as a float here (YAML 1.2), and a duplicate key is an error.
+
+Points: a grid runs the Cartesian product, axes in :data:`AXES` order (the last varies fastest), values in the
+given order, minus the pairs of ``lr_rule: mup_adam`` with ``optimizer: SGD`` (mup_adam is an Adam rule). A random
+search draws ``n_samples`` distinct points with ``random.Random(search.seed)``: each axis value uniformly, repeats
+redrawn, in draw order; it gets every point when n_samples >= the grid size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from raysweep import _spec_fields as f
+
+__all__ = [  # closed sets first, then the types and functions
+    "ALGORITHMS", "AXES", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "FAMILIES", "LOSSES", "LR_RULES",
+    "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS", "REGRESSION_FAMILIES",
+    "Experiment", "Fusion", "Resources", "Search", "Space", "SweepSpec", "config_key", "load_spec", "parse_spec",
+]  # fmt: skip
+
+AXES = ("batch_size", "eta", "width", "gamma", "depth", "seed", "parametrization", "optimizer", "loss", "lr_rule")
+REGRESSION_FAMILIES = ("poly_online", "poly_fixed", "mlp_teacher")
+CLASSIFICATION_FAMILIES = ("digits", "mnist", "mnist1m", "mnist1m_sampled")
+FAMILIES = REGRESSION_FAMILIES + CLASSIFICATION_FAMILIES
+PARAMETRIZATIONS = ("SP", "muP")
+OPTIMIZERS = ("SGD", "Adam")
+LOSSES = ("mse", "xent")
+LR_RULES = ("study", "mup_adam", "raw")
+MSE_CONVENTIONS = ("half_sum", "study")
+DTYPES = ("float32", "float64")
+DEVICES = ("auto", "cpu", "cuda")
+ALGORITHMS = ("grid", "random")
+DEFAULT_EVAL_SAMPLES = 2048  # synthetic families; classification defaults to the full test set (capped at 10000)
+
+_REQUIRED = f.Marker("<required>")
+_FAMILY_DEFAULT = f.Marker("<family default>")  # Experiment.eval_samples: 2048 (synthetic) or None (classification)
+_pos_int = lambda p, v: f.as_int(p, v, ge=1)  # noqa: E731
+_nonneg = lambda p, v: f.as_float(p, v, ge=0)  # noqa: E731
+_SYNTHETIC = {"dim": (32, _pos_int), "n_train": (4096, _pos_int), "noise": (0.0, _nonneg)}
+# Family-specific experiment keys: name -> (default or _REQUIRED, check(path, value) -> value).
+_FAMILY_KEYS: dict[str, dict[str, tuple]] = {
+    "poly_online": {**_SYNTHETIC, "degree": (2, _pos_int)},
+    "poly_fixed": {**_SYNTHETIC, "n_train": (1024, _pos_int), "degree": (2, _pos_int)},
+    "mlp_teacher": {
+        **_SYNTHETIC,
+        "teacher_width": (64, _pos_int),
+        "teacher_depth": (2, _pos_int),
+        "teacher_gamma": (1.0, lambda p, v: f.as_float(p, v, gt=0)),
+        "teacher_parametrization": ("muP", lambda p, v: f.as_choice(p, v, PARAMETRIZATIONS)),
+        "teacher_normalize": (True, f.as_bool),
+        "online": (True, f.as_bool),
+    },
+    "digits": {"test_fraction": (0.2, lambda p, v: f.as_float(p, v, gt=0, lt=1))},
+    "mnist": {"path": (_REQUIRED, f.as_str)},
+    "mnist1m": {"path": (_REQUIRED, f.as_str)},
+    "mnist1m_sampled": {"path": (_REQUIRED, f.as_str), "max_train_samples": (_REQUIRED, _pos_int)},
+}
+# Axis -> (kind, check of one value).
+_AXIS_RULES = {
+    "batch_size": ("int", _pos_int),
+    "eta": ("float", lambda p, v: f.as_float(p, v, gt=0)),
+    "width": ("int", _pos_int),
+    "gamma": ("float", lambda p, v: f.as_float(p, v, gt=0)),
+    "depth": ("int", lambda p, v: f.as_int(p, v, ge=2)),
+    "seed": ("int", lambda p, v: f.as_int(p, v, ge=0)),
+    "parametrization": ("enum", lambda p, v: f.as_choice(p, v, PARAMETRIZATIONS)),
+    "optimizer": ("enum", lambda p, v: f.as_choice(p, v, OPTIMIZERS)),
+    "loss": ("enum", lambda p, v: f.as_choice(p, v, LOSSES)),
+    "lr_rule": ("enum", lambda p, v: f.as_choice(p, v, LR_RULES)),
+}
+
+
+@dataclass(frozen=True, repr=False)
+class Experiment(f.ShortRepr):
+    """What every trial of a sweep trains on, for how long, and how it is measured.
+
+    ``params`` holds the family-specific keys with their defaults applied (see the module docstring).
+    ``steps`` or ``epochs`` is the training length: online families count steps; fixed-data families take one.
+    ``mse_convention``: ``half_sum`` is 0.5 * mean over the batch of the sum over outputs of (f - y)^2;
+    ``study`` is the mean over batch and outputs, no 0.5, i.e. (2 / n_outputs) * half_sum. With one output the
+    study's loss and gradients are twice as large, so an SGD eta* sits one octave lower; Adam is (up to its eps)
+    blind to the loss scale.
+    ``divergence_factor``: a loss that is NaN/Inf or above this multiple of the initial loss marks the trial
+    diverged (at step 0 the centred network is the zero predictor, so the initial loss does not depend on gamma).
+    ``eval_samples`` is 2048 for synthetic families when not given and None (the full test set, capped at 10000)
+    for classification families.
+    """
+
+    family: str
+    steps: int | None = None
+    epochs: int | None = None
+    report_every: int = 50
+    eval_samples: int | None = _FAMILY_DEFAULT  # type: ignore[assignment]
+    mse_convention: str = "half_sum"
+    dtype: str = "float32"
+    divergence_factor: float = 100.0
+    data_seed: int = 0
+    device: str = "auto"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        family = f.as_choice("experiment.family", self.family, FAMILIES)
+        f.set_field(self, "family", family)
+        f.set_field(self, "params", f.FrozenDict(_family_params(family, self.params)))
+        f.set_field(self, "report_every", _pos_int("experiment.report_every", self.report_every))
+        convention = f.as_choice("experiment.mse_convention", self.mse_convention, MSE_CONVENTIONS)
+        f.set_field(self, "mse_convention", convention)
+        f.set_field(self, "dtype", f.as_choice("experiment.dtype", self.dtype, DTYPES))
+        f.set_field(self, "divergence_factor", f.as_float("experiment.divergence_factor", self.divergence_factor, gt=1))
+        f.set_field(self, "data_seed", f.as_int("experiment.data_seed", self.data_seed, ge=0))
+        f.set_field(self, "device", f.as_choice("experiment.device", self.device, DEVICES))
+        self._check_length()
+        if self.eval_samples is _FAMILY_DEFAULT:
+            f.set_field(self, "eval_samples", DEFAULT_EVAL_SAMPLES if self.kind == "regression" else None)
+        elif self.kind == "regression":
+            f.set_field(self, "eval_samples", _pos_int("experiment.eval_samples", self.eval_samples))
+        else:
+            f.set_field(self, "eval_samples", f.optional(_pos_int, "experiment.eval_samples", self.eval_samples))
+
+    def _check_length(self) -> None:
+        steps = None if self.steps is None else _pos_int("experiment.steps", self.steps)
+        epochs = None if self.epochs is None else _pos_int("experiment.epochs", self.epochs)
+        f.set_field(self, "steps", steps)
+        f.set_field(self, "epochs", epochs)
+        online = f"{self.family} trains online (fresh samples, no epochs), so its length is in steps"
+        if self.online and epochs is not None:
+            raise f.fail("experiment.epochs", f"must be null: {online}; set steps", epochs)
+        if self.online and steps is None:
+            raise f.fail("experiment.steps", f"is required: {online}", f.NOTHING)
+        if not self.online and (steps is None) == (epochs is None):
+            given = f"both (steps={steps}, epochs={epochs})" if steps else "neither"
+            raise f.FieldError("experiment.steps", f"{self.family} takes exactly one of steps or epochs, got {given}")
+
+    @property
+    def kind(self) -> str:
+        """'regression' (synthetic teachers) or 'classification' (digits, MNIST family)."""
+        return "regression" if self.family in REGRESSION_FAMILIES else "classification"
+
+    @property
+    def online(self) -> bool:
+        """True when training draws fresh samples (poly_online; mlp_teacher with online: true)."""
+        return self.family == "poly_online" or (self.family == "mlp_teacher" and bool(self.params["online"]))
+
+    def as_dict(self) -> dict:
+        """The flat experiment mapping, defaults applied: what ``raysweep.data.build_task`` receives."""
+        common = {fld.name: getattr(self, fld.name) for fld in fields(self) if fld.name != "params"}
+        return {**common, **self.params}
+
+    def _shown(self) -> dict:
+        defaults = {k: default for k, (default, _) in _FAMILY_KEYS[self.family].items()}
+        eval_default = DEFAULT_EVAL_SAMPLES if self.kind == "regression" else None
+        shown = {k: v for k, v in super()._shown().items() if k not in ("params", "eval_samples")}
+        if self.eval_samples != eval_default:
+            shown["eval_samples"] = self.eval_samples
+        changed = {k: v for k, v in self.params.items() if v != defaults[k]}
+        return {**shown, "params": changed} if changed else shown
+
+
+def _family_params(family: str, given: Mapping) -> dict:
+    """Check the family-specific keys and fill in their defaults."""
+    if not isinstance(given, Mapping):
+        raise f.fail("experiment", "family keys must be a mapping", given)
+    keys = _FAMILY_KEYS[family]
+    for key in given:
+        if key in _COMMON_KEYS:
+            raise f.FieldError(f"experiment.params.{key}", "is an Experiment field, not a family key")
+        if key not in keys:
+            owners = [fam for fam, ks in _FAMILY_KEYS.items() if key in ks]
+            if owners:
+                raise f.FieldError(
+                    f"experiment.{key}",
+                    f"not a key of family {family} (it belongs to {', '.join(owners)}); "
+                    f"{family} takes {', '.join(keys)}",
+                )
+            f.check_keys({key: None}, _COMMON_KEYS + tuple(keys), "experiment")
+    out = {}
+    for key, (default, check) in keys.items():
+        value = given.get(key, default)
+        if value is _REQUIRED:
+            raise f.fail(f"experiment.{key}", f"is required for family {family}", f.NOTHING)
+        out[key] = check(f"experiment.{key}", value)
+    return out
+
+
+_COMMON_KEYS = tuple(fld.name for fld in fields(Experiment) if fld.name != "params")
+
+
+@dataclass(frozen=True, repr=False)
+class Space(f.ShortRepr):
+    """The axes, one tuple of values each; a field may be given as a scalar, a list or a range form.
+
+    ``eta`` is the base learning rate; ``lr_rule`` says how it becomes the effective one (raysweep.scaling):
+    ``study``: eta * gamma_mult * width_mult, with SGD gamma_mult = gamma^2 (gamma <= 1) or gamma^(2/L), muP
+    width_mult = N; Adam gamma_mult = gamma (gamma <= 1) or gamma^(1/L), muP width_mult = sqrt(N) (the study's
+    rule; a global sqrt(N) is not muP-correct). ``mup_adam``: per-layer muP Adam, input and readout layers
+    eta * gamma_mult, hidden layers eta * gamma_mult / sqrt(N). ``raw``: no gamma multiplier (muP lr = eta * N).
+    """
+
+    batch_size: tuple[int, ...]
+    eta: tuple[float, ...]
+    width: tuple[int, ...]
+    gamma: tuple[float, ...] = (1.0,)
+    depth: tuple[int, ...] = (3,)
+    seed: tuple[int, ...] = (0,)
+    parametrization: tuple[str, ...] = ("muP",)
+    optimizer: tuple[str, ...] = ("SGD",)
+    loss: tuple[str, ...] = ("mse",)
+    lr_rule: tuple[str, ...] = ("study",)
+
+    def __post_init__(self):
+        for axis in AXES:
+            kind, check = _AXIS_RULES[axis]
+            f.set_field(self, axis, f.expand_axis(f"space.{axis}", getattr(self, axis), kind, check))
+
+
+@dataclass(frozen=True, repr=False)
+class Search(f.ShortRepr):
+    """grid: every point of the space. random: ``n_samples`` distinct points drawn with ``seed``."""
+
+    algorithm: str = "grid"
+    n_samples: int | None = None
+    seed: int = 0
+    max_concurrent: int | None = None
+
+    def __post_init__(self):
+        algorithm = f.as_choice("search.algorithm", self.algorithm, ALGORITHMS)
+        f.set_field(self, "algorithm", algorithm)
+        if algorithm == "random" and self.n_samples is None:
+            raise f.fail("search.n_samples", "is required for random search (how many points to draw)", f.NOTHING)
+        if algorithm == "random":
+            f.set_field(self, "n_samples", _pos_int("search.n_samples", self.n_samples))
+        elif self.n_samples is not None:
+            raise f.fail("search.n_samples", "must be null for grid search (a grid runs every point)", self.n_samples)
+        f.set_field(self, "seed", f.as_int("search.seed", self.seed, ge=0))
+        f.set_field(self, "max_concurrent", f.optional(_pos_int, "search.max_concurrent", self.max_concurrent))
+
+
+@dataclass(frozen=True, repr=False)
+class Fusion(f.ShortRepr):
+    """Train compatible trials (same data order and shapes) as one bundle of at most ``max_members``."""
+
+    enabled: bool = True
+    max_members: int = 32
+
+    def __post_init__(self):
+        f.set_field(self, "enabled", f.as_bool("fusion.enabled", self.enabled))
+        f.set_field(self, "max_members", _pos_int("fusion.max_members", self.max_members))
+
+
+@dataclass(frozen=True, repr=False)
+class Resources(f.ShortRepr):
+    """What each trial asks Ray for. ``gpus_per_trial: None`` asks for no GPU (autobatch may size it later)."""
+
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None
+
+    def __post_init__(self):
+        f.set_field(self, "cpus_per_trial", f.as_float("resources.cpus_per_trial", self.cpus_per_trial, gt=0))
+        gpus = f.optional(f.as_float, "resources.gpus_per_trial", self.gpus_per_trial, gt=0, le=1)
+        f.set_field(self, "gpus_per_trial", gpus)
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True, repr=False)
+class SweepSpec(f.ShortRepr):
+    """A validated sweep. ``source`` (the file it came from) is not part of equality."""
+
+    name: str
+    experiment: Experiment
+    space: Space
+    search: Search = field(default_factory=Search)
+    fusion: Fusion = field(default_factory=Fusion)
+    resources: Resources = field(default_factory=Resources)
+    description: str = ""
+    source: str = field(default="<string>", compare=False)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name) or self.name.startswith("."):
+            must = "must match [A-Za-z0-9_.-]+ and not start with '.' (it names the folder <storage>/<name>/)"
+            raise f.fail("name", must, self.name)
+        if not isinstance(self.description, str):
+            raise f.fail("description", "must be a string", self.description)
+        for name, cls in (("experiment", Experiment), ("space", Space), ("search", Search), ("fusion", Fusion),
+                          ("resources", Resources)):  # fmt: skip
+            if not isinstance(getattr(self, name), cls):
+                raise f.fail(name, f"must be a {cls.__name__} (use parse_spec for mappings)", getattr(self, name))
+        family, space = self.experiment.family, self.space
+        if "xent" in space.loss and self.experiment.kind == "regression":
+            hint = f" with experiment.family {family} (xent needs one of {', '.join(CLASSIFICATION_FAMILIES)})"
+            raise f.fail("space.loss", "must be mse for a regression family", space.loss, hint)
+        if "mup_adam" in space.lr_rule and "Adam" not in space.optimizer:
+            raise f.fail("space.lr_rule", "mup_adam is the per-layer muP Adam rule: space.optimizer must include "
+                         "Adam", space.lr_rule, f" with optimizer {f.show(space.optimizer)}")
+
+    def points(self) -> list[dict]:
+        """The trial configurations, each a dict with every key of :data:`AXES` (see the module docstring)."""
+        if self.search.algorithm == "grid":
+            return list(self._grid())
+        axes = {axis: getattr(self.space, axis) for axis in AXES}
+        return f.sample_points(axes, self.n_points(), self.search.seed, keep=_compatible, grid=self._grid)
+
+    def n_points(self) -> int:
+        """``len(self.points())``, without building them for a grid."""
+        if self.search.algorithm == "grid":
+            return self._n_grid()
+        return min(self.search.n_samples, self._n_grid())
+
+    def _grid(self):
+        for values in itertools.product(*(getattr(self.space, axis) for axis in AXES)):
+            point = dict(zip(AXES, values))
+            if _compatible(point):
+                yield point
+
+    def _n_grid(self) -> int:
+        total = math.prod(len(getattr(self.space, axis)) for axis in AXES)
+        skipped = ("mup_adam" in self.space.lr_rule) * ("SGD" in self.space.optimizer)
+        return total - total * skipped // (len(self.space.lr_rule) * len(self.space.optimizer))
+
+    def to_dict(self) -> dict:
+        """Canonical plain mapping (defaults applied, range forms expanded); ``parse_spec(to_dict()) == self``."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "experiment": self.experiment.as_dict(),
+            "space": {axis: list(getattr(self.space, axis)) for axis in AXES},
+            "search": _fields_dict(self.search),
+            "fusion": _fields_dict(self.fusion),
+            "resources": _fields_dict(self.resources),
+        }
+
+    def to_yaml(self) -> str:
+        """:meth:`to_dict` as YAML (block mappings, flow lists); ``load_spec`` reads it back to an equal spec."""
+        return yaml.dump(self.to_dict(), Dumper=f.Dumper, sort_keys=False, allow_unicode=True, width=120)
+
+
+def _fields_dict(obj: Any) -> dict:
+    return {fld.name: getattr(obj, fld.name) for fld in fields(obj)}
+
+
+def _compatible(point: Mapping) -> bool:
+    """mup_adam is a rule for Adam; a grid that also sweeps SGD skips the (SGD, mup_adam) pairs."""
+    return not (point["lr_rule"] == "mup_adam" and point["optimizer"] != "Adam")
+
+
+def parse_spec(mapping: Any, *, source: str = "<string>") -> SweepSpec:
+    """Validate a mapping (e.g. parsed YAML) into a :class:`SweepSpec`; SpecError names the field and ``source``."""
+    try:
+        return _parse(mapping, source)
+    except f.FieldError as err:
+        raise err.at(source) from None
+
+
+def _parse(mapping: Any, source: str) -> SweepSpec:
+    if not isinstance(mapping, Mapping):
+        raise f.fail("top level", "must be a mapping with name, experiment and space", mapping)
+    f.check_keys(mapping, [fld.name for fld in fields(SweepSpec) if fld.name != "source"], "")
+    if mapping.get("name") is None:
+        raise f.fail("name", "is required (it names the folder <storage>/<name>/)", f.NOTHING)
+    all_family_keys = tuple(dict.fromkeys(k for keys in _FAMILY_KEYS.values() for k in keys))
+    exp = f.section(mapping, "experiment", _COMMON_KEYS + all_family_keys, required=True)
+    if "family" not in exp:
+        raise f.fail("experiment.family", f"is required, one of {', '.join(FAMILIES)}", f.NOTHING)
+    common = {k: v for k, v in exp.items() if k in _COMMON_KEYS}
+    experiment = Experiment(**common, params={k: v for k, v in exp.items() if k not in _COMMON_KEYS})
+    axes = f.section(mapping, "space", AXES, required=True)
+    for axis in ("batch_size", "eta", "width"):
+        if axis not in axes:
+            raise f.fail(f"space.{axis}", "is required (a value, a list or a range form)", f.NOTHING)
+    description = mapping.get("description")
+    return SweepSpec(
+        name=mapping["name"],
+        experiment=experiment,
+        space=Space(**axes),
+        search=Search(**f.section(mapping, "search", tuple(fld.name for fld in fields(Search)), required=False)),
+        fusion=Fusion(**f.section(mapping, "fusion", tuple(fld.name for fld in fields(Fusion)), required=False)),
+        resources=Resources(
+            **f.section(mapping, "resources", tuple(fld.name for fld in fields(Resources)), required=False)
+        ),
+        description="" if description is None else description,
+        source=source,
+    )
+
+
+def load_spec(path: str | os.PathLike) -> SweepSpec:
+    """Read and validate a search-space file. Any problem (missing, empty, bad YAML, bad field) is a SpecError."""
+    source = os.fspath(path)
+    return parse_spec(f.read_yaml(source), source=source)
+
+
+def config_key(experiment_dict: Mapping, point: Mapping) -> str:
+    """A stable 16-hex-digit key of one trial configuration: the experiment mapping plus the point.
+
+    sha256 of canonical JSON (sorted keys, no spaces, ints as ints, floats as their shortest repr, tuples as
+    lists), so the same configuration gets the same key in every process and Python version, and any change
+    of a value (1 vs 1.0 included) gives another key.
+    """
+    text = f.canonical_json({"experiment": experiment_dict, "point": point})
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]

@@ -1,0 +1,44 @@
+"""Shared fixtures. Ray starts once per test session (2 CPUs, 4 logical GPUs, no dashboard); CLI tests attach to it
+with ``--address`` so that each launch does not pay Ray's start-up."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUPPORT = Path(__file__).resolve().parent / "support"
+
+
+@pytest.fixture(scope="session")
+def exec_log(tmp_path_factory) -> Path:
+    """A folder where Ray workers log every configuration they train (see tests/support/sitecustomize.py)."""
+    return tmp_path_factory.mktemp("exec-log")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(exec_log):
+    """The session's Ray: yields its address. Workers get the execution side channel through PYTHONPATH."""
+    ray = pytest.importorskip("ray")
+    os.environ["RAYSWEEP_TEST_EXEC_LOG"] = str(exec_log)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(SUPPORT), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def run_cli(module: str, *args: str, timeout: float = 600, env: dict | None = None):
+    """Run ``python -m module args`` in a subprocess; return the CompletedProcess (text)."""
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=ROOT)

@@ -1,0 +1,25 @@
+"""Test side channel: when RAYSWEEP_TEST_EXEC_LOG names a folder, every process that trains a bundle appends one
+line per member (sweep-independent: the point as JSON) to a file there. Loaded through PYTHONPATH by the Ray
+workers the test session starts; the code under test knows nothing of it."""
+
+import json
+import os
+import time
+
+_log_dir = os.environ.get("RAYSWEEP_TEST_EXEC_LOG")
+if _log_dir:
+    try:
+        import raysweep.train as _train
+
+        _original = _train.train_bundle
+
+        def _logged(task, experiment, points, **kwargs):
+            with open(os.path.join(_log_dir, f"exec-{os.getpid()}.jsonl"), "a") as fh:
+                for p in points:
+                    fh.write(json.dumps({"t": time.time(), "dim": experiment.get("dim"), "steps": experiment.get("steps"),
+                                         **{k: p[k] for k in sorted(p)}}) + "\n")
+            return _original(task, experiment, points, **kwargs)
+
+        _train.train_bundle = _logged
+    except Exception:  # never break a worker
+        pass
