@@ -89,7 +89,7 @@ def main() -> None:
     n = ap.parse_args().n
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     rows = {
         "plain Ray Tune (defaults)": run_plain_tune(n),
         "raysweep, fusion off": run_raysweep(n, fused=False),

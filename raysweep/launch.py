@@ -93,20 +93,21 @@ def _renamed(spec, name: str):
 def run(spec, args) -> int:
     from raysweep.plan import build_plan, describe
     from raysweep.results import ResultsWriter, read_trials
+    from raysweep.search import describe_search, planned_spec
 
     sweep_dir = Path(args.storage) / spec.name
     done = set(read_trials(sweep_dir).column("config_key").to_pylist()) if sweep_dir.exists() else set()
-    plan, n_done = build_plan(spec, done)
+    plan, n_done = build_plan(planned_spec(spec), done)  # guided searches and schedulers: one trial per config
     if args.dry_run:
-        print(describe(spec, plan, n_done, cuda=_cuda_available()))
+        print(describe_search(spec, describe(planned_spec(spec), plan, n_done, cuda=_cuda_available())))
         return 0
     sweep_dir.mkdir(parents=True, exist_ok=True)
     check_saved_spec(sweep_dir, spec)
     with ResultsWriter(sweep_dir, spec.name) as writer:
         save_spec(sweep_dir, spec)
-        plan, n_done = build_plan(spec, writer.keys)  # under the lock: the keys are final
+        plan, n_done = build_plan(planned_spec(spec), writer.keys)  # under the lock: the keys are final
         n_todo = sum(len(b.points) for b in plan.bundles.values())
-        if not n_todo:
+        if not n_todo and spec.search.algorithm != "optuna":  # Optuna's studies, not the grid, say what is left
             print(f"sweep {spec.name}: all {n_done} configurations already have a row; nothing to run")
             return 0
         summary = run_tuner(spec, plan, writer, address=args.address, max_concurrent=args.max_concurrent,
@@ -125,36 +126,49 @@ def start_ray(address: str | None, *, num_cpus: int | None, num_gpus: float | No
     if address:
         ray.init(address=address, **{k: v for k, v in common.items() if k != "include_dashboard"})
         return f"attached to {address}"
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **common)
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **common)  # never a stray `ray start`
     return "embedded local Ray"
 
 
 def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus=None, num_gpus=None,
               quiet=False) -> str:
-    """Map the plan to one Tuner (one Tune trial per bundle) and run it; return the summary line."""
+    """Map the plan to one Tuner and run it; return the summary line.
+
+    Grid and random searches: one Tune trial per bundle (``grid_search`` over bundle ids). Guided searches
+    (Optuna, eta scans) pick one-configuration trials at run time through a searcher; ``search.scheduler`` may
+    stop trials early. :func:`raysweep.search.build_search` says which.
+    """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
+    # A diverged or failed trial's last report carries no metric (a scheduler must never compare NaN): Tune's
+    # strict check would reject that report as "missing the scheduler's metric".
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     from ray import tune
 
     from raysweep.callbacks import ProgressCallback, ResultsCallback
     from raysweep.plan import resources_per_trial
+    from raysweep.search import build_search
     from raysweep.trial import tune_trainable
 
+    results = ResultsCallback(writer, plan)
+    search = build_search(spec, plan, results)  # before Ray starts: a missing sampler package fails fast
+    results.plan = search.plan
     where = start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
     resources = resources_per_trial(spec, cuda=_cluster_has_gpus())
-    trainable = tune.with_resources(tune.with_parameters(tune_trainable, plan=plan), resources)
-    results = ResultsCallback(writer, plan)
+    trainable = tune.with_resources(tune.with_parameters(tune_trainable, plan=search.plan), resources)
     callbacks = [results]
     if not quiet:
-        n_total = sum(len(b.points) for b in plan.bundles.values())
-        callbacks.append(ProgressCallback(results, n_total, where))
+        callbacks.append(ProgressCallback(results, search.n_total, where))
     scratch = tempfile.mkdtemp(prefix="raysweep-tune-")
     try:
         tuner = tune.Tuner(
             trainable,
-            param_space={"bundle": tune.grid_search(list(plan.bundles))},
+            param_space=search.param_space,
             tune_config=tune.TuneConfig(
+                search_alg=search.searcher,
+                scheduler=search.scheduler,
+                num_samples=search.num_samples,
                 max_concurrent_trials=max_concurrent or spec.search.max_concurrent,
                 reuse_actors=True,
             ),
@@ -169,10 +183,13 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
         )
         tuner.fit()
     finally:
+        if search.searcher is not None:
+            search.searcher.close()
         shutil.rmtree(scratch, ignore_errors=True)
     c = results.counts
+    extra = search.summary()
     return (f"{sum(c.values())} configurations landed ({c['completed']} completed, {c['diverged']} diverged, "
-            f"{c['failed']} failed, {c['pruned']} pruned); ran on {where}")
+            f"{c['failed']} failed, {c['pruned']} pruned){'; ' + extra if extra else ''}; ran on {where}")
 
 
 def _cluster_has_gpus() -> bool:

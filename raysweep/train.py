@@ -253,7 +253,7 @@ def train_bundle(
         acc_np = acc.cpu().numpy() if acc is not None else None
         bad_np = first_bad.cpu().numpy()
         initial_np = initial_loss.cpu().numpy()
-        limit = factor * initial_np
+        limit = factor * initial_np.astype(np.float64)  # float64: a large factor must not overflow a float32 loss
         diverged = {}
         for j, member in enumerate(alive):
             if bad_np[j] >= 0:

@@ -1,0 +1,67 @@
+"""Analysis of a sweep's Parquet tables: eta*(B), the stability edge, power laws, the critical batch size, muP
+transfer, gamma slopes, temperature collapse, plots and a self-contained HTML report.
+
+Reads ``<RESULTS_DIR>/<sweep>/trials/*.parquet`` and ``curves/*.parquet`` (columns: :mod:`raysweep.schema`) with
+pyarrow; computes with numpy/pandas; draws with matplotlib's Agg canvas. Imports neither Ray nor torch.
+
+Typical use::
+
+    from raysweep import analyze as ra
+    trials, curves = ra.load("results", sweep="quickstart")
+    ra.optimal_eta(trials)                   # eta*(B) per group, with a bootstrap interval
+    ra.fit_eta_power_law(ra.optimal_eta(trials))
+    ra.fit_critical_batch(ra.steps_to_target(curves, trials, targets=[0.1]))
+    ra.build_report("results", "report.html")
+
+Command line: ``python -m raysweep.analyze RESULTS_DIR [--sweep NAME] [--report F.html] [--out DIR]``.
+"""
+
+from raysweep.analyze.critical import (
+    crossing_step,
+    default_targets,
+    fit_critical_batch,
+    seed_mean_curves,
+    steps_to_target,
+)
+from raysweep.analyze.curves import smooth_curves, smoothing_window
+from raysweep.analyze.gamma import gamma_slopes, gamma_table
+from raysweep.analyze.load import NoResultsError, find_sweeps, group_columns, load, prepare_trials
+from raysweep.analyze.optimum import all_diverged, config_table, eta_max, fit_eta_power_law, optimal_eta
+from raysweep.analyze.plots import HeatmapGrid, heatmap_grid
+from raysweep.analyze.report import Analysis, analyze, analyze_frames, build_report, render_html, write_outputs
+from raysweep.analyze.temperature import temperature_collapse, temperature_table
+from raysweep.analyze.transfer import transfer_slope, transfer_table
+
+__all__ = [
+    "Analysis",
+    "HeatmapGrid",
+    "NoResultsError",
+    "all_diverged",
+    "analyze",
+    "analyze_frames",
+    "build_report",
+    "config_table",
+    "crossing_step",
+    "default_targets",
+    "eta_max",
+    "find_sweeps",
+    "fit_critical_batch",
+    "fit_eta_power_law",
+    "gamma_slopes",
+    "gamma_table",
+    "group_columns",
+    "heatmap_grid",
+    "load",
+    "optimal_eta",
+    "prepare_trials",
+    "render_html",
+    "seed_mean_curves",
+    "smooth_curves",
+    "smoothing_window",
+    "steps_to_target",
+    "temperature_collapse",
+    "temperature_table",
+    "transfer_slope",
+    "transfer_table",
+    "write_outputs",
+]

@@ -1,0 +1,53 @@
+"""``python -m raysweep.analyze RESULTS_DIR [--sweep NAME] [--report F.html] [--out DIR]``.
+
+Writes every table (Parquet and CSV) and figure (PNG) to ``--out`` (default ``RESULTS_DIR/<sweep>/analysis``; with
+several sweeps, ``--out DIR`` gets one folder per sweep) and an HTML report (``--report``, default ``report.html``
+beside the tables). RESULTS_DIR may be a folder of sweeps or one sweep folder. Exit 0 on success, 2 when there are no
+trial rows to analyse (the message says where it looked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from raysweep.analyze.report import analyze
+from raysweep.analyze.load import NoResultsError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m raysweep.analyze", description=__doc__.split("\n\n")[1])
+    parser.add_argument("results_dir", help="a folder of sweeps (<dir>/<sweep>/trials/*.parquet) or one sweep folder")
+    parser.add_argument("--sweep", help="analyse only the sweep of this name")
+    parser.add_argument("--report", help="write one HTML report for all sweeps here")
+    parser.add_argument("--out", help="folder for tables and figures (default: <sweep folder>/analysis)")
+    parser.add_argument("--target", type=float, action="append", dest="targets",
+                        help="target loss for steps-to-target (repeatable; default: chosen per group from the curves)")
+    parser.add_argument("--window-samples", type=float, default=None,
+                        help="curve smoothing window in samples (default: the largest batch_size * report interval)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--lazy-max", type=float, default=1 / 8, help="gamma <= this is lazy (default 1/8)")
+    parser.add_argument("--rich-min", type=float, default=4.0, help="gamma >= this is rich (default 4)")
+    parser.add_argument("--max-panels", type=int, default=9, help="groups drawn per figure (default 9)")
+    args = parser.parse_args(argv)
+    try:
+        analyses = analyze(args.results_dir, sweep=args.sweep, out=args.out, report=args.report,
+                           targets=args.targets, window_samples=args.window_samples, seed=args.seed,
+                           lazy_max=args.lazy_max, rich_min=args.rich_min, max_panels=args.max_panels)
+    except NoResultsError as exc:
+        print(f"raysweep.analyze: {exc}", file=sys.stderr)
+        return 2
+    for name, a in analyses.items():
+        print(f"{name}: {len(a.trials)} trials, {len(a.tables)} tables, {len(a.figures)} figures -> {a.out_dir}")
+        for note in a.notes:
+            print(f"  note: {note}")
+    if args.report:
+        print(f"report: {args.report}")
+    else:
+        for a in analyses.values():
+            print(f"report: {a.out_dir / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""How the optimum and the stability edge move with the richness gamma (raw-eta phase sweeps).
+
+With no gamma multiplier on the learning rate ("raw eta" mode), the lazy regime (small gamma) and the rich regime
+(large gamma) scale differently. For SGD the study's rule predicts eta* ~ gamma^2 for gamma <= 1 and
+gamma^(2/L) for gamma > 1 (L = depth, the number of weight matrices); for Adam gamma^1 and gamma^(1/L). Those
+exponents are the ``reference_slope`` column (NaN when the depth is unknown, for the rich regime).
+
+:func:`gamma_slopes` fits log2 of eta*, eta_max and eta_diverge_min against log2 gamma separately on the lazy points
+(gamma <= ``lazy_max``, default 1/8) and the rich points (gamma >= ``rich_min``, default 4); the crossover in
+between is left out. eta* points at the grid edge of the eta sweep are left out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from raysweep.analyze.load import group_columns
+from raysweep.analyze.optimum import EDGE_GRID_HIGH, EDGE_GRID_LOW, _groups, eta_max, fit_line, optimal_eta
+
+
+def reference_slope(optimizer, depth, regime: str) -> float:
+    """The raw-eta exponent of eta* in gamma that the study's rule predicts (see the module docstring)."""
+    power = 1.0 if str(optimizer).lower() == "adam" else 2.0
+    if regime == "lazy":
+        return power
+    return power / depth if depth is not None and np.isfinite(depth) and depth > 0 else np.nan
+
+
+def gamma_table(trials: pd.DataFrame, **kwargs) -> pd.DataFrame:
+    """eta*(gamma) and the stability edge per group: :func:`optimal_eta` joined with :func:`eta_max`, both with
+    ``x="gamma"``."""
+    opt = optimal_eta(trials, x="gamma", **kwargs)
+    edge = eta_max(trials, x="gamma")
+    keys = group_columns(opt, exclude=("gamma", "eta")) + ["gamma"]
+    return opt.merge(edge[keys + ["eta_max", "eta_diverge_min", "non_monotone"]], on=keys, how="left")
+
+
+def gamma_slopes(table: pd.DataFrame, *, lazy_max: float = 1 / 8, rich_min: float = 4.0) -> pd.DataFrame:
+    """Log-log slopes in gamma per group, regime and quantity. ``table``: a :func:`gamma_table`, or trials.
+
+    Columns: group columns, ``regime`` ("lazy"/"rich"), ``quantity`` ("eta_star", "eta_max", "eta_diverge_min"),
+    ``n_points``, ``slope``, ``slope_se``, ``intercept`` (log2 at gamma = 1), ``reference_slope``. A (regime,
+    quantity) with fewer than 2 gammas is left out."""
+    if "log2_eta_star" not in table.columns:
+        table = gamma_table(table)
+    by = group_columns(table, exclude=("gamma", "eta"))
+    columns = by + ["regime", "quantity", "n_points", "slope", "slope_se", "intercept", "reference_slope"]
+    rows = []
+    for keys, sub in _groups(table, by):
+        labels = dict(zip(by, keys))
+        gamma = sub["gamma"].to_numpy(float)
+        grid_edge = sub["edge"].isin([EDGE_GRID_LOW, EDGE_GRID_HIGH]).to_numpy()
+        quantities = {
+            "eta_star": np.where(grid_edge, np.nan, sub["log2_eta_star"].to_numpy(float)),
+            "eta_max": np.log2(sub["eta_max"].to_numpy(float)),
+            "eta_diverge_min": np.log2(sub["eta_diverge_min"].to_numpy(float)),
+        }
+        for regime, in_regime in (("lazy", gamma <= lazy_max), ("rich", gamma >= rich_min)):
+            in_regime &= gamma > 0
+            for name, values in quantities.items():
+                keep = in_regime & np.isfinite(values)
+                if len(np.unique(gamma[keep])) < 2:
+                    continue
+                slope, intercept, se = fit_line(np.log2(gamma[keep]), values[keep])
+                rows.append(labels | {
+                    "regime": regime, "quantity": name, "n_points": int(keep.sum()), "slope": slope,
+                    "slope_se": se, "intercept": intercept,
+                    "reference_slope": reference_slope(labels.get("optimizer"), labels.get("depth"), regime),
+                })
+    return pd.DataFrame(rows, columns=columns)

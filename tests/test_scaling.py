@@ -1,0 +1,151 @@
+"""raysweep.scaling against a hand-written table of per-layer learning rates.
+
+Effective LR = eta * gamma_mult * width_mult (DESIGN.md):
+SGD gamma_mult = gamma^2 (gamma <= 1) or gamma^(2/L); Adam gamma (gamma <= 1) or gamma^(1/L);
+width_mult muP: N (SGD), sqrt(N) (Adam); SP: 1. ``mup_adam`` (muP Adam only): input and readout eta * gamma_mult,
+hidden eta * gamma_mult / sqrt(N). ``raw``: eta * width_mult, no gamma.
+
+The table uses eta = 0.5, N = 64 (sqrt(N) = 8, so 1/N and 1/sqrt(N) differ by 8x), L = 3 and gamma in
+{0.1, 1, 10}: gamma applied twice, on the wrong side of 1, or 1/N instead of 1/sqrt(N) all change an entry.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raysweep.scaling import LearningRates, gamma_mult, learning_rates, temperature, width_mult
+
+ETA, WIDTH, DEPTH = 0.5, 64, 3
+C_SGD = 10 ** (2 / 3)  # gamma = 10 > 1, SGD: gamma^(2/L) with L = 3
+C_ADAM = 10 ** (1 / 3)  # gamma = 10 > 1, Adam: gamma^(1/L) with L = 3
+
+# (optimizer, parametrization, gamma, lr_rule) -> per-layer LR (input, hidden, readout), by hand.
+TABLE = {
+    # --- study: every layer eta * gamma_mult * width_mult
+    ("SGD", "SP", 0.1, "study"): (0.005, 0.005, 0.005),  # 0.5 * 0.1^2
+    ("SGD", "SP", 1.0, "study"): (0.5, 0.5, 0.5),
+    ("SGD", "SP", 10.0, "study"): (0.5 * C_SGD,) * 3,
+    ("SGD", "muP", 0.1, "study"): (0.32, 0.32, 0.32),  # 0.5 * 0.01 * 64
+    ("SGD", "muP", 1.0, "study"): (32.0, 32.0, 32.0),
+    ("SGD", "muP", 10.0, "study"): (32.0 * C_SGD,) * 3,
+    ("Adam", "SP", 0.1, "study"): (0.05, 0.05, 0.05),  # 0.5 * 0.1
+    ("Adam", "SP", 1.0, "study"): (0.5, 0.5, 0.5),
+    ("Adam", "SP", 10.0, "study"): (0.5 * C_ADAM,) * 3,
+    ("Adam", "muP", 0.1, "study"): (0.4, 0.4, 0.4),  # 0.5 * 0.1 * 8
+    ("Adam", "muP", 1.0, "study"): (4.0, 4.0, 4.0),
+    ("Adam", "muP", 10.0, "study"): (4.0 * C_ADAM,) * 3,
+    # --- mup_adam: differs from study only for muP Adam
+    ("SGD", "SP", 0.1, "mup_adam"): (0.005, 0.005, 0.005),
+    ("SGD", "SP", 1.0, "mup_adam"): (0.5, 0.5, 0.5),
+    ("SGD", "SP", 10.0, "mup_adam"): (0.5 * C_SGD,) * 3,
+    ("SGD", "muP", 0.1, "mup_adam"): (0.32, 0.32, 0.32),
+    ("SGD", "muP", 1.0, "mup_adam"): (32.0, 32.0, 32.0),
+    ("SGD", "muP", 10.0, "mup_adam"): (32.0 * C_SGD,) * 3,
+    ("Adam", "SP", 0.1, "mup_adam"): (0.05, 0.05, 0.05),
+    ("Adam", "SP", 1.0, "mup_adam"): (0.5, 0.5, 0.5),
+    ("Adam", "SP", 10.0, "mup_adam"): (0.5 * C_ADAM,) * 3,
+    ("Adam", "muP", 0.1, "mup_adam"): (0.05, 0.00625, 0.05),  # hidden 0.05 / 8
+    ("Adam", "muP", 1.0, "mup_adam"): (0.5, 0.0625, 0.5),
+    ("Adam", "muP", 10.0, "mup_adam"): (0.5 * C_ADAM, 0.0625 * C_ADAM, 0.5 * C_ADAM),
+    # --- raw: eta * width_mult, no gamma
+    ("SGD", "SP", 0.1, "raw"): (0.5, 0.5, 0.5),
+    ("SGD", "SP", 1.0, "raw"): (0.5, 0.5, 0.5),
+    ("SGD", "SP", 10.0, "raw"): (0.5, 0.5, 0.5),
+    ("SGD", "muP", 0.1, "raw"): (32.0, 32.0, 32.0),
+    ("SGD", "muP", 1.0, "raw"): (32.0, 32.0, 32.0),
+    ("SGD", "muP", 10.0, "raw"): (32.0, 32.0, 32.0),
+    ("Adam", "SP", 0.1, "raw"): (0.5, 0.5, 0.5),
+    ("Adam", "SP", 1.0, "raw"): (0.5, 0.5, 0.5),
+    ("Adam", "SP", 10.0, "raw"): (0.5, 0.5, 0.5),
+    ("Adam", "muP", 0.1, "raw"): (4.0, 4.0, 4.0),
+    ("Adam", "muP", 1.0, "raw"): (4.0, 4.0, 4.0),
+    ("Adam", "muP", 10.0, "raw"): (4.0, 4.0, 4.0),
+}
+
+
+def test_table_is_complete():
+    assert len(TABLE) == 2 * 2 * 3 * 3
+
+
+@pytest.mark.parametrize("key", sorted(TABLE, key=str), ids=lambda k: "-".join(map(str, k)))
+def test_learning_rates_match_hand_table(key):
+    optimizer, parametrization, gamma, rule = key
+    rates = learning_rates(eta=ETA, gamma=gamma, width=WIDTH, depth=DEPTH, parametrization=parametrization,
+                           optimizer=optimizer, lr_rule=rule)
+    assert isinstance(rates, LearningRates)
+    assert rates.rule == rule
+    assert len(rates.per_layer) == DEPTH
+    assert rates.per_layer == pytest.approx(TABLE[key], rel=1e-12)
+    assert rates.effective == pytest.approx(TABLE[key][0], rel=1e-12)
+    assert rates.hidden == pytest.approx(TABLE[key][1], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "optimizer,gamma,want",
+    [("SGD", 0.1, 0.01), ("SGD", 0.5, 0.25), ("SGD", 1.0, 1.0), ("SGD", 8.0, 4.0),  # 8^(2/3) = 4
+     ("Adam", 0.1, 0.1), ("Adam", 0.5, 0.5), ("Adam", 1.0, 1.0), ("Adam", 8.0, 2.0)],  # 8^(1/3) = 2
+)
+def test_gamma_mult_closed_form(optimizer, gamma, want):
+    assert gamma_mult(optimizer, gamma, 3) == pytest.approx(want, rel=1e-12)
+
+
+def test_gamma_mult_uses_depth_above_one_only():
+    assert gamma_mult("SGD", 16.0, 2) == pytest.approx(16.0)  # 16^(2/2)
+    assert gamma_mult("SGD", 16.0, 4) == pytest.approx(4.0)  # 16^(2/4)
+    assert gamma_mult("Adam", 16.0, 4) == pytest.approx(2.0)  # 16^(1/4)
+    assert gamma_mult("SGD", 0.25, 4) == pytest.approx(0.0625)  # below 1: gamma^2 whatever L
+    assert gamma_mult("Adam", 0.25, 4) == pytest.approx(0.25)
+
+
+def test_width_mult_closed_form():
+    assert width_mult("SGD", 256, "muP") == 256.0
+    assert width_mult("Adam", 256, "muP") == 16.0
+    assert width_mult("SGD", 256, "SP") == 1.0
+    assert width_mult("Adam", 256, "SP") == 1.0
+
+
+@pytest.mark.parametrize("depth,want", [(2, (0.5, 0.5)), (4, (0.5, 0.0625, 0.0625, 0.5))])
+def test_mup_adam_hidden_layers_only(depth, want):
+    """Depth 2 has no N x N layer; depth 4 has two. Input and readout keep eta * gamma_mult."""
+    rates = learning_rates(eta=ETA, gamma=1.0, width=WIDTH, depth=depth, parametrization="muP", optimizer="Adam",
+                           lr_rule="mup_adam")
+    assert rates.per_layer == pytest.approx(want, rel=1e-12)
+    assert rates.hidden == (None if depth == 2 else pytest.approx(0.0625))
+
+
+def test_temperature_uses_base_eta():
+    assert temperature(0.5, 32) == 0.015625
+    assert temperature(1e-3, 1) == 1e-3
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"optimizer": "RMSprop"}, "optimizer"), ({"lr_rule": "mup"}, "lr_rule")],
+)
+def test_unknown_names_raise(kwargs, match):
+    args = dict(eta=ETA, gamma=1.0, width=WIDTH, depth=DEPTH, parametrization="muP", optimizer="SGD", lr_rule="study")
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        learning_rates(**args)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    width=st.integers(1, 8192),
+    gamma=st.floats(1e-4, 1.0),
+    eta=st.floats(1e-6, 1e3),
+    depth=st.integers(2, 6),
+    optimizer=st.sampled_from(["SGD", "Adam"]),
+)
+def test_sp_equals_mup_at_gamma_over_sqrt_width(width, gamma, eta, depth, optimizer):
+    """SP(N, gamma, eta) and muP(N, gamma / sqrt(N), eta) train at the same rates (study rule, gamma <= 1): the
+    scaling half of the step-for-step equivalence."""
+    sp = learning_rates(eta=eta, gamma=gamma, width=width, depth=depth, parametrization="SP", optimizer=optimizer,
+                        lr_rule="study")
+    mup = learning_rates(eta=eta, gamma=gamma / math.sqrt(width), width=width, depth=depth, parametrization="muP",
+                         optimizer=optimizer, lr_rule="study")
+    assert mup.per_layer == pytest.approx(sp.per_layer, rel=1e-12)
