@@ -4,6 +4,11 @@ Trials send each member's trials row and curve rows in the report where the memb
 (see :mod:`raysweep.trial`); :class:`ResultsCallback` hands them to the :class:`~raysweep.results.ResultsWriter`,
 which refuses a second row for a key. A Ray trial that dies without reporting (its worker or node was lost, after
 Tune's retries) lands its unfinished members as ``failed`` with the reason.
+
+A one-configuration trial that a scheduler stops never sends a terminal row: the callback keeps the provisional row
+and curve rows of its reports (on the driver, only while it runs) and lands them with status ``pruned`` when Tune
+completes the trial. :meth:`ResultsCallback.settle` does that on demand, so that a searcher can land (and flush) a
+trial's row before it tells Optuna the outcome: a finished Optuna trial always has its Parquet row.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import time
 from ray.tune import Callback
 
 from raysweep.results import ResultsWriter
-from raysweep.trial import Plan, trial_row
+from raysweep.trial import Plan, bundle_of, trial_row
 
 
 class _DriverOnly(Callback):
@@ -29,26 +34,66 @@ class ResultsCallback(_DriverOnly):
         self.writer, self.plan = writer, plan
         self.counts = {"completed": 0, "diverged": 0, "failed": 0, "pruned": 0}
         self.n_duplicates = 0
+        self._open: dict[str, dict] = {}  # Tune trial id -> provisional row and curves of a running one-config trial
+        self.landed: dict[str, dict] = {}  # Tune trial id -> the row its (one) configuration landed with
 
-    def _land(self, items) -> None:
+    def _land(self, items, trial_id: str | None = None) -> None:
         for item in items or ():
             if self.writer.add(item["trial"], item["curves"]):
                 self.counts[item["trial"]["status"]] += 1
             else:
                 self.n_duplicates += 1
+            if trial_id is not None:
+                self.landed[trial_id] = item["trial"]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._land(result.get("terminal"))
+        provisional = result.get("provisional")
+        if provisional:
+            held = self._open.setdefault(trial.trial_id, {"curves": []})
+            if held["curves"] and provisional["curve"]["step"] <= held["curves"][-1]["step"]:
+                held["curves"] = []  # Tune restarted the trial after a lost worker: its curve starts again
+            held["trial"] = provisional["trial"]
+            held["curves"].append(provisional["curve"])
+        if result.get("terminal"):
+            self._open.pop(trial.trial_id, None)
+            self._land(result["terminal"], trial.trial_id)
         self.writer.maybe_flush()
 
+    def settle(self, trial_id: str, config: dict, *, error: bool = False, reason: str = "",
+               flush: bool = True) -> dict | None:
+        """Land what a finished Tune trial still owes and flush (``flush=False``: when due); return the row of its
+        configuration (the last one for a bundle), or None when it never ran.
+
+        A trial stopped while running (a scheduler's decision) lands its provisional row as ``pruned``; a trial
+        that errored outside training (``error``: a lost worker, after Tune's retries) lands its unfinished
+        members as ``failed`` with ``reason``. Idempotent: the writer refuses a second row for a key.
+        """
+        held = self._open.pop(trial_id, None)
+        if error:
+            bundle = bundle_of(self.plan, config)
+            error_text = f"trial lost: {reason or 'the worker died'}"
+            for i, key in enumerate(bundle.keys):
+                if key in self.writer.keys:
+                    continue
+                if held is not None:
+                    row, curves = {**held["trial"], "status": "failed", "error": error_text}, held["curves"]
+                else:
+                    row, curves = trial_row(self.plan, bundle, i, status="failed",
+                                            dataset=self.plan.experiment["family"], error=error_text), []
+                self._land([{"trial": row, "curves": curves}], trial_id)
+        elif held is not None:
+            self._land([{"trial": held["trial"], "curves": held["curves"]}], trial_id)
+        if flush:
+            self.writer.flush()
+        else:
+            self.writer.maybe_flush()
+        return self.landed.get(trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.settle(trial.trial_id, trial.config, flush=False)
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        bundle = self.plan.bundles[trial.config["bundle"]]
-        error = f"trial lost: {trial.error_file or 'the worker died'}"
-        for i, key in enumerate(bundle.keys):
-            if key not in self.writer.keys:
-                row = trial_row(self.plan, bundle, i, status="failed", dataset=self.plan.experiment["family"],
-                                error=error)
-                self._land([{"trial": row, "curves": []}])
+        self.settle(trial.trial_id, trial.config, error=True, reason=trial.error_file or "", flush=False)
 
     def on_step_end(self, iteration, trials, **info):
         self.writer.maybe_flush()
@@ -82,7 +127,7 @@ class ProgressCallback(_DriverOnly):
             return
         self.last = now
         running = sum(
-            (t.last_result or {}).get("n_running", len(self.results.plan.bundles[t.config["bundle"]].points))
+            (t.last_result or {}).get("n_running", len(bundle_of(self.results.plan, t.config).points))
             for t in trials if t.status == "RUNNING"
         )
         self.stream.write(("\r" if self.tty else "") + self.line(running) + ("" if self.tty else "\n"))

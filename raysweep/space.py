@@ -40,11 +40,19 @@ The format (every key is checked; an unknown key is an error that suggests the c
       optimizer: [SGD]             # SGD | Adam, default [SGD]
       loss: [mse]                  # mse | xent, default [mse]; xent needs a classification family
       lr_rule: [study]             # study | mup_adam | raw, default [study]; mup_adam needs Adam
-    search:                     # optional
-      algorithm: grid           # grid (every point) | random (n_samples points)
+    search:                     # optional; the algorithms are described in raysweep._spec_search
+      algorithm: grid           # grid | random | optuna | eta_stability_depth | eta_decades_below_stable
       n_samples: null           # random only, required there: int > 0
-      seed: 0                   # random only: the sampling seed
+      seed: 0                   # random: the sampling seed; optuna: the samplers' seed
       max_concurrent: null      # int > 0 or null: cap on trials running at once
+      n_trials: null            # optuna only, required there: finished trials per study (one study per cell)
+      sampler: tpe              # optuna only: tpe | gp | cmaes | qmc | random
+      optuna_axes: [eta]        # optuna only: the axes Optuna searches; the other axes form a grid of cells
+      metric: train_loss        # train_loss | eval_loss | eval_accuracy: what Optuna and schedulers compare
+      mode: null                # min | max; default max for eval_accuracy, min for a loss
+      stability_depth: null     # eta_stability_depth only, required there: int > 0
+      decades_below_stable: null  # eta_decades_below_stable only, required there: float >= 0
+      scheduler: null           # null | asha | hyperband | median | {type: asha, grace_period: 40, ...}
     fusion:                     # optional: train compatible trials as one fused bundle
       enabled: true
       max_members: 32           # int > 0
@@ -70,7 +78,9 @@ YAML detail: ``1e-5`` reads as a float here (YAML 1.2), and a duplicate key is a
 Points: a grid runs the Cartesian product, axes in :data:`AXES` order (the last varies fastest), values in the
 given order, minus the pairs of ``lr_rule: mup_adam`` with ``optimizer: SGD`` (mup_adam is an Adam rule). A random
 search draws ``n_samples`` distinct points with ``random.Random(search.seed)``: each axis value uniformly, repeats
-redrawn, in draw order; it gets every point when n_samples >= the grid size.
+redrawn, in draw order; it gets every point when n_samples >= the grid size. The guided algorithms (optuna and
+the eta scans) choose among the grid's points (eta scans) or its ranges (optuna) at run time: ``points()`` gives the
+grid for them.
 """
 
 from __future__ import annotations
@@ -87,11 +97,13 @@ from typing import Any
 import yaml
 
 from raysweep import _spec_fields as f
+from raysweep import _spec_search
+from raysweep._spec_search import ALGORITHMS, Scheduler, Search
 
 __all__ = [  # closed sets first, then the types and functions
     "ALGORITHMS", "AXES", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "FAMILIES", "LOSSES", "LR_RULES",
     "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS", "REGRESSION_FAMILIES",
-    "Experiment", "Fusion", "Resources", "Search", "Space", "SweepSpec", "config_key", "load_spec", "parse_spec",
+    "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key", "load_spec", "parse_spec",
 ]  # fmt: skip
 
 AXES = ("batch_size", "eta", "width", "gamma", "depth", "seed", "parametrization", "optimizer", "loss", "lr_rule")
@@ -105,7 +117,6 @@ LR_RULES = ("study", "mup_adam", "raw")
 MSE_CONVENTIONS = ("half_sum", "study")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
-ALGORITHMS = ("grid", "random")
 DEFAULT_EVAL_SAMPLES = 2048  # synthetic families; classification defaults to the full test set (capped at 10000)
 
 _REQUIRED = f.Marker("<required>")
@@ -290,28 +301,6 @@ class Space(f.ShortRepr):
 
 
 @dataclass(frozen=True, repr=False)
-class Search(f.ShortRepr):
-    """grid: every point of the space. random: ``n_samples`` distinct points drawn with ``seed``."""
-
-    algorithm: str = "grid"
-    n_samples: int | None = None
-    seed: int = 0
-    max_concurrent: int | None = None
-
-    def __post_init__(self):
-        algorithm = f.as_choice("search.algorithm", self.algorithm, ALGORITHMS)
-        f.set_field(self, "algorithm", algorithm)
-        if algorithm == "random" and self.n_samples is None:
-            raise f.fail("search.n_samples", "is required for random search (how many points to draw)", f.NOTHING)
-        if algorithm == "random":
-            f.set_field(self, "n_samples", _pos_int("search.n_samples", self.n_samples))
-        elif self.n_samples is not None:
-            raise f.fail("search.n_samples", "must be null for grid search (a grid runs every point)", self.n_samples)
-        f.set_field(self, "seed", f.as_int("search.seed", self.seed, ge=0))
-        f.set_field(self, "max_concurrent", f.optional(_pos_int, "search.max_concurrent", self.max_concurrent))
-
-
-@dataclass(frozen=True, repr=False)
 class Fusion(f.ShortRepr):
     """Train compatible trials (same data order and shapes) as one bundle of at most ``max_members``."""
 
@@ -369,17 +358,18 @@ class SweepSpec(f.ShortRepr):
         if "mup_adam" in space.lr_rule and "Adam" not in space.optimizer:
             raise f.fail("space.lr_rule", "mup_adam is the per-layer muP Adam rule: space.optimizer must include "
                          "Adam", space.lr_rule, f" with optimizer {f.show(space.optimizer)}")
+        _spec_search.check(self.search, space, self.experiment, AXES)
 
     def points(self) -> list[dict]:
         """The trial configurations, each a dict with every key of :data:`AXES` (see the module docstring)."""
-        if self.search.algorithm == "grid":
+        if self.search.algorithm != "random":
             return list(self._grid())
         axes = {axis: getattr(self.space, axis) for axis in AXES}
         return f.sample_points(axes, self.n_points(), self.search.seed, keep=_compatible, grid=self._grid)
 
     def n_points(self) -> int:
         """``len(self.points())``, without building them for a grid."""
-        if self.search.algorithm == "grid":
+        if self.search.algorithm != "random":
             return self._n_grid()
         return min(self.search.n_samples, self._n_grid())
 
@@ -401,7 +391,7 @@ class SweepSpec(f.ShortRepr):
             "description": self.description,
             "experiment": self.experiment.as_dict(),
             "space": {axis: list(getattr(self.space, axis)) for axis in AXES},
-            "search": _fields_dict(self.search),
+            "search": self.search.as_dict(),
             "fusion": _fields_dict(self.fusion),
             "resources": _fields_dict(self.resources),
         }

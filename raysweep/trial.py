@@ -2,10 +2,16 @@
 
 Every report sends Tune the bundle's progress (``step``, ``n_running``, the members' best ``train_loss``) and, for
 each member that just reached a terminal status, its trials row and its curve rows (``terminal``). The driver's
-:class:`raysweep.results.ResultsCallback`-style writer lands those rows; Tune's own logs are not the record.
+:class:`raysweep.callbacks.ResultsCallback` lands those rows; Tune's own logs are not the record.
 
-A member whose loss becomes non-finite or explodes is ``diverged`` (with its step) and stops at once; an exception
-makes every unfinished member ``failed`` with the error text, and the sweep goes on.
+A trial of one configuration (what guided searches and schedulers run) also reports, for schedulers and searchers:
+``status`` (running, completed, diverged or failed), its own ``train_loss``, ``eval_loss`` and ``eval_accuracy``
+(finite values only), and while it runs a ``provisional`` trials row (status ``pruned``) with this report's curve
+row, so that the driver can land the row of a trial that a scheduler stops.
+
+A member whose loss becomes non-finite or explodes is ``diverged`` (with its step) and stops at once; its last
+report carries no metric at all, so a scheduler or searcher never sees NaN, Inf or an exploded loss. An exception
+makes every unfinished member ``failed`` with the error text (again without metrics), and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -130,8 +136,11 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
     curves: dict[int, list[dict]] = {i: [] for i in open_members}
     dataset = exp["family"]
 
-    def emit(step: int, terminal: list[dict], best: float | None) -> None:
-        report_fn({"step": step, "n_running": len(open_members), "train_loss": best, "terminal": terminal})
+    def emit(step: int, terminal: list[dict], best: float | None, single: dict | None = None) -> None:
+        metrics = {"step": step, "n_running": len(open_members), "terminal": terminal}
+        if best is not None:  # absent, never None or NaN: schedulers compare it as a number
+            metrics["train_loss"] = best
+        report_fn({**metrics, **(single or {})})
 
     try:
         device = _device(exp)
@@ -152,8 +161,15 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
                                            wall_time_s=time.perf_counter() - started, placement=placement),
                         "curves": curves.pop(i),
                     })
-            finite = [v for v in report.train_loss if v == v and abs(v) != float("inf")]
-            emit(report.step, terminal, min(finite) if finite else None)
+            healthy = [s for s, i in enumerate(report.members) if i not in report.diverged]
+            finite = [v for v in (report.train_loss[s] for s in healthy) if _finite(v)]
+            single = None
+            if len(bundle.points) == 1:
+                row = None if terminal else trial_row(
+                    plan, bundle, 0, status="pruned", dataset=dataset, report=report, member=0,
+                    wall_time_s=time.perf_counter() - started, placement=placement)
+                single = single_metrics(report, terminal, row)
+            emit(report.step, terminal, min(finite) if finite else None, single)
     except Exception as exc:  # a failed config lands as a row; the sweep goes on
         error = f"{type(exc).__name__}: {exc}"
         terminal = []
@@ -165,9 +181,41 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
                 "curves": curves.get(i, []),
             })
         open_members.clear()
-        emit(-1, terminal, None)
+        emit(-1, terminal, None, {"status": "failed"} if len(bundle.points) == 1 else None)
         if os.environ.get("RAYSWEEP_DEBUG"):
             traceback.print_exc()
+
+
+def _finite(v) -> bool:
+    return v is not None and v == v and abs(v) != float("inf")
+
+
+def single_metrics(report, terminal: list[dict], provisional: dict | None) -> dict:
+    """What a one-configuration trial adds to its report for schedulers, searchers and the driver.
+
+    ``status``: running, completed or diverged. ``train_loss``, ``eval_loss``, ``eval_accuracy``: this member's
+    values when finite, and none of them on the report where it diverged (NaN, Inf and exploded losses never
+    reach a scheduler). ``provisional``: while running, the row to land as ``pruned`` if a scheduler stops the
+    trial after this report, with this report's curve row.
+    """
+    status = terminal[0]["trial"]["status"] if terminal else "running"
+    out: dict[str, Any] = {"status": status}
+    if status != "diverged":
+        for name, values in (("train_loss", report.train_loss), ("eval_loss", report.eval_loss),
+                             ("eval_accuracy", report.eval_accuracy)):  # fmt: skip
+            if _finite(values[0]):
+                out[name] = values[0]
+    if provisional is not None:
+        out["provisional"] = {"trial": provisional, "curve": curve_row(report, 0)}
+    return out
+
+
+def bundle_of(plan: Plan, config: Mapping[str, Any]) -> Bundle:
+    """The bundle a Tune config names: one of the plan's, or one configuration a searcher chose at run time
+    (``{"bundle": id, "key": config_key, "point": {...}}``)."""
+    if config["bundle"] in plan.bundles:
+        return plan.bundles[config["bundle"]]
+    return Bundle(config["bundle"], (config["key"],), (dict(config["point"]),))
 
 
 def tune_trainable(config: dict, plan: Plan) -> None:
@@ -182,4 +230,4 @@ def tune_trainable(config: dict, plan: Plan) -> None:
         "gpu_share": float(resources.get("GPU", 0.0)),
         "cpu_share": float(resources.get("CPU", 0.0)),
     }
-    run_bundle(plan, plan.bundles[config["bundle"]], tune.report, placement)
+    run_bundle(plan, bundle_of(plan, config), tune.report, placement)

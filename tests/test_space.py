@@ -433,7 +433,7 @@ def test_import_does_not_pull_ray_or_torch():
             spec_with(search={"algorithm": "grid", "n_samples": 10}),
             r"^search\.n_samples: must be null for grid search .*got 10",
         ),
-        (spec_with(search={"algorithm": "optuna"}), r"^search\.algorithm: must be one of grid, random, got 'optuna'"),
+        (spec_with(search={"algorithm": "hyperopt"}), r"^search\.algorithm: must be one of grid, random, optuna, .*got 'hyperopt'"),
         (
             spec_with(search={"max_concurrent": 0}),
             r"^search\.max_concurrent: must be a positive integer or null, got 0",

@@ -1,0 +1,44 @@
+"""Schedulers end to end: a grid with etas that blow up to NaN, etas too small to learn, and good ones. The NaN
+trials stop themselves at their first report (diverged, never handed to the scheduler); the finite bad ones are
+stopped by the scheduler and still land, as pruned, with their curves so far."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from raysweep.results import read_curves, read_trials
+from tests.conftest import run_cli
+from tests.search_support import write_spec
+
+pytestmark = pytest.mark.ray
+
+GOOD, TINY_ETAS, NAN_ETAS = [0.25], [1e-4, 2e-4], [1e6, 1e5]
+
+
+@pytest.mark.parametrize("scheduler", [{"type": "asha", "grace_period": 20, "reduction_factor": 2},
+                                       {"type": "median", "grace_period": 20, "min_samples_required": 1}],
+                         ids=["asha", "median"])
+def test_scheduler_prunes_bad_finite_trials_and_nan_trials_diverge(ray_cluster, tmp_path, scheduler):
+    # one trial at a time, the good eta first: the scheduler has its numbers before the bad ones report
+    search = {"max_concurrent": 1, "scheduler": scheduler}
+    path = write_spec(tmp_path / "s.yaml", "sched", search, eta=GOOD + TINY_ETAS + NAN_ETAS)
+    proc = run_cli("raysweep.launch", str(path), "--storage", str(tmp_path), "--address", ray_cluster, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_trials(tmp_path / "sched").to_pandas().set_index("eta")
+    curves = read_curves(tmp_path / "sched").to_pandas()
+    n_reports = curves.groupby("config_key").size()
+    assert len(rows) == 5 and rows.config_key.is_unique
+
+    assert rows.loc[GOOD[0]].status == "completed" and rows.loc[GOOD[0]].steps == 200
+    for eta in NAN_ETAS:  # stopped at the first report (step 20), which found the non-finite loss
+        row = rows.loc[eta]
+        assert row.status == "diverged" and 1 <= row.diverged_step <= 20 and row.steps == 20
+        assert not math.isfinite(row.final_train_loss) and n_reports[row.config_key] == 1
+    for eta in TINY_ETAS:  # finite but bad: the scheduler's decision, landed as pruned with its curve so far
+        row = rows.loc[eta]
+        assert row.status == "pruned" and row.steps < 200 and math.isfinite(row.final_train_loss)
+        assert row.diverged_step != row.diverged_step and n_reports[row.config_key] == row.steps // 20
+        assert row.n_bundle_members == 1  # schedulers run unfused
+    assert "2 pruned" in proc.stdout and "2 diverged" in proc.stdout
