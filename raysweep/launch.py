@@ -144,8 +144,10 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
     # A diverged or failed trial's last report carries no metric (a scheduler must never compare NaN): Tune's
     # strict check would reject that report as "missing the scheduler's metric".
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    import ray
     from ray import tune
 
+    from raysweep.autobatch.launching import size_plan, wants_probe
     from raysweep.callbacks import ProgressCallback, ResultsCallback
     from raysweep.plan import resources_per_trial
     from raysweep.search import build_search
@@ -156,6 +158,12 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
     results.plan = search.plan
     where = start_ray(address, num_cpus=num_cpus, num_gpus=num_gpus)
     resources = resources_per_trial(spec, cuda=_cluster_has_gpus())
+    if search.searcher is None and wants_probe(spec, ray.cluster_resources()):
+        # GPU shares (or CPU memory) per bundle from the fitted memory model; `batch_size: auto` resolved
+        plan, resources, failed = size_plan(spec, search.plan, writer.sweep_dir, log=_log(quiet))
+        results._land([{"trial": row, "curves": []} for row in failed])
+        search.plan = results.plan = plan
+        search.param_space = {"bundle": tune.grid_search(list(plan.bundles))}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, plan=search.plan), resources)
     callbacks = [results]
     if not quiet:
@@ -190,6 +198,10 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
     extra = search.summary()
     return (f"{sum(c.values())} configurations landed ({c['completed']} completed, {c['diverged']} diverged, "
             f"{c['failed']} failed, {c['pruned']} pruned){'; ' + extra if extra else ''}; ran on {where}")
+
+
+def _log(quiet: bool):
+    return (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr))
 
 
 def _cluster_has_gpus() -> bool:

@@ -41,6 +41,7 @@ TRIALS_SCHEMA = pa.schema(
         ("wall_time_s", pa.float64()),
         ("gpu_share", pa.float64()),
         ("cpu_share", pa.float64()),
+        ("memory_cap", pa.float64()),
         ("dtype", pa.string()),
         ("device", pa.string()),
         ("node_id", pa.string()),

@@ -122,6 +122,8 @@ DEFAULT_EVAL_SAMPLES = 2048  # synthetic families; classification defaults to th
 _REQUIRED = f.Marker("<required>")
 _FAMILY_DEFAULT = f.Marker("<family default>")  # Experiment.eval_samples: 2048 (synthetic) or None (classification)
 _pos_int = lambda p, v: f.as_int(p, v, ge=1)  # noqa: E731
+AUTO = "auto"  # batch_size: auto -> the largest batch that fits the memory target (raysweep.autobatch)
+_batch = lambda p, v: AUTO if isinstance(v, str) and v.strip().lower() == AUTO else _pos_int(p, v)  # noqa: E731
 _nonneg = lambda p, v: f.as_float(p, v, ge=0)  # noqa: E731
 _SYNTHETIC = {"dim": (32, _pos_int), "n_train": (4096, _pos_int), "noise": (0.0, _nonneg)}
 # Family-specific experiment keys: name -> (default or _REQUIRED, check(path, value) -> value).
@@ -144,7 +146,7 @@ _FAMILY_KEYS: dict[str, dict[str, tuple]] = {
 }
 # Axis -> (kind, check of one value).
 _AXIS_RULES = {
-    "batch_size": ("int", _pos_int),
+    "batch_size": ("int", _batch),
     "eta": ("float", lambda p, v: f.as_float(p, v, gt=0)),
     "width": ("int", _pos_int),
     "gamma": ("float", lambda p, v: f.as_float(p, v, gt=0)),
@@ -338,6 +340,7 @@ class SweepSpec(f.ShortRepr):
     search: Search = field(default_factory=Search)
     fusion: Fusion = field(default_factory=Fusion)
     resources: Resources = field(default_factory=Resources)
+    autobatch: Any = None  # raysweep.autobatch.AutobatchConfig when the spec has an `autobatch:` section
     description: str = ""
     source: str = field(default="<string>", compare=False)
 
@@ -394,6 +397,8 @@ class SweepSpec(f.ShortRepr):
             "search": self.search.as_dict(),
             "fusion": _fields_dict(self.fusion),
             "resources": _fields_dict(self.resources),
+            **({"autobatch": {k: list(v) if isinstance(v, tuple) else v for k, v in _fields_dict(self.autobatch).items()}}
+               if self.autobatch is not None else {}),
         }
 
     def to_yaml(self) -> str:
@@ -444,9 +449,19 @@ def _parse(mapping: Any, source: str) -> SweepSpec:
         resources=Resources(
             **f.section(mapping, "resources", tuple(fld.name for fld in fields(Resources)), required=False)
         ),
+        autobatch=_autobatch(mapping.get("autobatch"), source),
         description="" if description is None else description,
         source=source,
     )
+
+
+def _autobatch(raw: Any, source: str):
+    """The ``autobatch:`` section (see raysweep.autobatch.config), or None when the spec has none."""
+    if raw is None:
+        return None
+    from raysweep.autobatch.config import AutobatchConfig  # light: no torch, no Ray
+
+    return AutobatchConfig.from_mapping(raw, source=source)
 
 
 def load_spec(path: str | os.PathLike) -> SweepSpec:

@@ -64,7 +64,8 @@ def trial_row(
         **{k: p[k] for k in ("parametrization", "optimizer", "lr_rule", "loss")},
         "loss_convention": plan.experiment.get("mse_convention", "half_sum") if p["loss"] == "mse" else "mean",
         **{k: p[k] for k in ("batch_size", "eta", "width", "depth", "gamma", "seed")},
-        "temperature": temperature(p["eta"], p["batch_size"]),
+        **({"batch_size": None} if p["batch_size"] == "auto" else {}),  # unresolved: the config could not fit
+        "temperature": temperature(p["eta"], p["batch_size"]) if p["batch_size"] != "auto" else None,
         "lr_effective": lrs.effective,
         "lr_hidden": lrs.hidden,
         "status": status,
@@ -144,7 +145,7 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
 
     try:
         device = _device(exp)
-        placement = {**placement, "device": device}
+        placement = {**placement, "device": device, "memory_cap": _cap_memory(placement, device)}
         task = _task(json.dumps(dict(exp), sort_keys=True), device, exp.get("dtype", "float32"))
         dataset = task.dataset
         for report in train_bundle(task, exp, list(bundle.points), device=device):
@@ -171,7 +172,9 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
                 single = single_metrics(report, terminal, row)
             emit(report.step, terminal, min(finite) if finite else None, single)
     except Exception as exc:  # a failed config lands as a row; the sweep goes on
-        error = f"{type(exc).__name__}: {exc}"
+        from raysweep.autobatch.guard import is_oom
+
+        error = ("oom: " if is_oom(exc) else "") + f"{type(exc).__name__}: {exc}"
         terminal = []
         for i in sorted(open_members):
             rep, slot = last.get(i, (None, None))
@@ -184,6 +187,18 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
         emit(-1, terminal, None, {"status": "failed"} if len(bundle.points) == 1 else None)
         if os.environ.get("RAYSWEEP_DEBUG"):
             traceback.print_exc()
+
+
+def _cap_memory(placement: Mapping, device: str) -> float | None:
+    """On CUDA, cap this process's allocator at the trial's GPU share, so that a hungry configuration runs out of
+    memory itself (landing as failed with reason ``oom``) instead of starving its neighbours. The cap applied, or
+    None (CPU, or no share)."""
+    share = placement.get("gpu_share") or 0.0
+    if not device.startswith("cuda") or share <= 0:
+        return None
+    from raysweep.autobatch.guard import apply_memory_cap
+
+    return share if apply_memory_cap(share, device) else None
 
 
 def _finite(v) -> bool:

@@ -1,0 +1,179 @@
+"""``python -m raysweep.autobatch SPACE.yaml``: the standalone batch-size / GPU-share analysis of a space.
+
+For every target fraction x mode x model shape of the space (optimizer, width, depth, the largest bundle K):
+the largest batch size that fits (searched on the grid up to ``max_batch_size``, NOT capped by the space's
+batch sizes), its predicted peak bytes, and in train mode the share each swept batch size would get (a number,
+or ``infeasible``). Then the device, the fit (margins, held-out errors) and the probe log.
+
+Exit codes: 0 done, 2 the spec or a flag is invalid (Ray is never started), 1 any other failure (e.g. nothing
+can be measured: NothingFitsError with its evidence).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from raysweep.autobatch.config import MODES, AutobatchConfig
+from raysweep.autobatch.host import format_record, probe_and_fit, request_from_spec
+from raysweep.autobatch.sizing import auto_batch_size, gpu_share, trial_need
+from raysweep.errors import NothingFitsError, RaysweepError, SpecError
+from raysweep.space import load_spec
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m raysweep.autobatch", description=__doc__.splitlines()[0])
+    ap.add_argument("space", help="the search space YAML")
+    ap.add_argument("--fractions", default=None, help="target memory fractions, comma-separated (default: 0.8)")
+    ap.add_argument("--modes", default="train,val", help="train, val or both (default train,val)")
+    ap.add_argument("--output", help="write the rows to FILE.json or FILE.csv")
+    ap.add_argument("--storage", default="results",
+                    help="results root: the model cache is STORAGE/NAME/autobatch_cache.json (default ./results)")
+    ap.add_argument("--no-ray", action="store_true", help="probe in a subprocess instead of a Ray actor")
+    ap.add_argument("--refresh", action="store_true", help="probe again even when the cache has a model")
+    return ap.parse_args(argv)
+
+
+def _fractions(text: str | None, default: float) -> list[float]:
+    if text is None:
+        return [default]
+    try:
+        out = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SpecError(f"--fractions: must be comma-separated numbers in (0, 1], got {text!r}") from None
+    if not out or any(not 0 < f <= 1 for f in out):
+        raise SpecError(f"--fractions: must be comma-separated numbers in (0, 1], got {text!r}")
+    return out
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not modes or any(m not in MODES for m in modes):
+        raise SpecError(f"--modes: must be a comma-separated subset of {','.join(MODES)}, got {text!r}")
+    return tuple(dict.fromkeys(modes))
+
+
+def analyse(spec, model, config: AutobatchConfig, fractions, modes) -> list[dict]:
+    """The rows: one per fraction x mode x (optimizer, width, depth)."""
+    experiment = spec.experiment.as_dict()
+    k = request_from_spec(spec, config).n_members
+    shapes = sorted({(p["optimizer"], p["width"], p["depth"]) for p in spec.points()})
+    rows = []
+    for fraction in fractions:
+        cfg = config.with_fraction(fraction)
+        usable = model.usable_bytes(fraction)
+        for mode in modes:
+            for optimizer, width, depth in shapes:
+                point = {"optimizer": optimizer, "width": width, "depth": depth}
+                row = {"fraction": fraction, "mode": mode, "optimizer": optimizer, "width": width, "depth": depth,
+                       "n_members": k, "batch_size": None, "predicted_peak_bytes": None, "need_bytes": None,
+                       "usable_bytes": usable, "margin": model.fit_for(optimizer, mode).margin,
+                       "label": model.label, "device": model.device.name, "shares": None, "error": None}
+                try:
+                    found = auto_batch_size(model, point, cfg, n_members=k, experiment=experiment, mode=mode)
+                    b = found.batch_size
+                    row["batch_size"], row["sizes_tried"] = b, found.tried
+                    row["predicted_peak_bytes"] = model.context_bytes + model.predict(
+                        width, depth, b, optimizer=optimizer, n_members=k, mode=mode)
+                    row["need_bytes"] = (trial_need(model, {**point, "batch_size": b}, n_members=k,
+                                                    experiment=experiment)["need_bytes"] if mode == "train"
+                                         else model.need_bytes(width, depth, b, optimizer=optimizer, n_members=k,
+                                                               mode=mode))
+                except NothingFitsError as exc:
+                    row["error"] = str(exc)
+                if mode == "train":
+                    shares = {}
+                    for b in spec.space.batch_size:
+                        need = trial_need(model, {**point, "batch_size": b}, n_members=k, experiment=experiment)
+                        share = gpu_share(need["need_bytes"], usable)
+                        shares[b] = ("infeasible" if share > 1 else share) if model.label == "cuda" else (
+                            need["need_bytes"] if need["need_bytes"] <= usable else "infeasible")
+                    row["shares"] = shares
+                rows.append(row)
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    unit = "share" if rows and rows[0]["label"] == "cuda" else "memory B"
+    lines = [f"{'fraction':>8} {'mode':5} {'optimizer':9} {'width':>6} {'depth':>5} {'K':>3} {'largest batch':>13} "
+             f"{'peak MiB':>9}  {unit} per swept batch_size"]
+    for r in rows:
+        peak = f"{r['predicted_peak_bytes'] / 2**20:9.1f}" if r["predicted_peak_bytes"] is not None else f"{'-':>9}"
+        best = str(r["batch_size"]) if r["batch_size"] is not None else "none fits"
+        shares = " ".join(f"{b}:{s}" for b, s in (r["shares"] or {}).items())
+        lines.append(f"{r['fraction']:8g} {r['mode']:5} {r['optimizer']:9} {r['width']:6d} {r['depth']:5d} "
+                     f"{r['n_members']:3d} {best:>13} {peak}  {shares}")
+    return "\n".join(lines)
+
+
+def write_output(path: str, report: dict) -> None:
+    """JSON (everything) or CSV (the rows; shares as ``b:share;...``), written atomically."""
+    out = Path(path)
+    if out.suffix.lower() == ".json":
+        text = json.dumps(report, indent=1, default=str)
+    elif out.suffix.lower() == ".csv":
+        buf = io.StringIO()
+        cols = [k for k in report["rows"][0] if k != "sizes_tried"] if report["rows"] else []
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in report["rows"]:
+            w.writerow({**r, "shares": ";".join(f"{b}:{s}" for b, s in (r["shares"] or {}).items())})
+        text = buf.getvalue()
+    else:
+        raise SpecError(f"--output: must end in .json or .csv, got {path!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        spec = load_spec(args.space)
+        config = getattr(spec, "autobatch", None) or AutobatchConfig()
+        modes = _modes(args.modes)
+        fractions = _fractions(args.fractions, config.target_memory_fraction)
+        if args.output and Path(args.output).suffix.lower() not in (".json", ".csv"):
+            raise SpecError(f"--output: must end in .json or .csv, got {args.output!r}")
+        config = AutobatchConfig(**{**config.to_dict(), "modes": modes})
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        storage = Path(args.storage) / spec.name
+        model = probe_and_fit(spec, config=config, storage=storage, use_ray=not args.no_ray, refresh=args.refresh,
+                              log=print)
+        rows = analyse(spec, model, config, fractions, modes)
+    except RaysweepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, NothingFitsError):
+            print(json.dumps(exc.evidence, indent=1, default=str)[:4000], file=sys.stderr)
+        return 1
+    print(f"autobatch {spec.name}: {model.device.name} ({model.label}), context {model.context_bytes / 2**20:.0f} MiB, "
+          f"free {model.available_bytes / 2**20:.0f} MiB at probe time")
+    print(_table(rows))
+    for name, fit in model.fits.items():
+        held = "n/a" if fit.max_rel_error is None else f"{fit.max_rel_error:.1%}"
+        print(f"fit {name}: margin {fit.margin:.1%} ({fit.margin_source}); max held-out error {held}")
+    print(f"probe log ({model.probe_wall_time_s:.1f} s):")
+    for rec in model.probe_log:
+        print(format_record(rec))
+    if args.output:
+        write_output(args.output, {"sweep": spec.name, "device": model.device.to_dict(), "label": model.label,
+                                   "context_bytes": model.context_bytes, "available_bytes": model.available_bytes,
+                                   "fits": {k: f.to_dict() for k, f in model.fits.items()}, "rows": rows,
+                                   "probe_log": model.probe_log})
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

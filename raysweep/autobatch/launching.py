@@ -1,0 +1,60 @@
+"""How the launcher uses autobatch: when to probe, and the sized plan it hands to Tune.
+
+The probe runs (once per model shape and device; then from the cache) when the spec has an ``autobatch:``
+section, when a ``batch_size`` is ``auto``, or when the cluster has real GPUs (Ray advertises an
+``accelerator_type:*`` resource for them; logical ``num_gpus`` alone do not count) and the spec sets no
+``resources.gpus_per_trial``. Otherwise trials keep the flat resources of ``resources:``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+AUTO = "auto"
+
+
+def has_real_gpus(cluster_resources: Mapping[str, float]) -> bool:
+    return cluster_resources.get("GPU", 0) > 0 and any(k.startswith("accelerator_type:") for k in cluster_resources)
+
+
+def wants_probe(spec, cluster_resources: Mapping[str, float]) -> bool:
+    auto = AUTO in spec.space.batch_size
+    gpus = has_real_gpus(cluster_resources) and spec.experiment.device != "cpu" and not spec.resources.gpus_per_trial
+    return spec.autobatch is not None or auto or gpus
+
+
+def size_plan(spec, plan, sweep_dir, *, log: Callable[[str], None] = print) -> tuple[Any, Callable, list[dict]]:
+    """Probe (or read the cache), size every bundle, resolve ``batch_size: auto``.
+
+    Returns the plan with resolved batch sizes and without infeasible bundles, a resources callable for
+    ``tune.with_resources`` (``config -> {"gpu": share, "cpu": c}`` or ``{"cpu": c, "memory": bytes}``), and
+    the trials rows to land as ``failed`` for configs that cannot fit even alone (``autobatch.infeasible: fail``;
+    with ``refuse``, the default, :class:`~raysweep.errors.NothingFitsError` lists them and nothing starts).
+    """
+    from raysweep.autobatch.host import probe_and_fit
+    from raysweep.autobatch.sizing import plan_resources, raise_if_infeasible
+    from raysweep.trial import Bundle, trial_row
+
+    model = probe_and_fit(spec, config=spec.autobatch, storage=sweep_dir, log=log)
+    sized = plan_resources(spec, list(plan.bundles.values()), device_info=model.device, model=model,
+                           config=spec.autobatch, storage=sweep_dir)
+    raise_if_infeasible(sized, spec.autobatch)
+    failed = []
+    for bad in sized["infeasible"]:
+        bundle = plan.bundles[bad["id"]]
+        for i in range(len(bundle.points)):
+            failed.append(trial_row(plan, bundle, i, status="failed", dataset=plan.experiment["family"],
+                                    error=f"infeasible: {bad['reason']}"))
+    bundles = {}
+    for bid, bundle in plan.bundles.items():
+        if bid not in sized["batch_size"]:
+            continue
+        size = sized["batch_size"][bid]
+        points = tuple({**p, "batch_size": size} if p["batch_size"] == AUTO else p for p in bundle.points)
+        bundles[bid] = Bundle(bid, bundle.keys, points)
+    resources = sized["resources"]
+    log(f"autobatch ({sized['label']} on {sized['device']['name']}): {len(bundles)} trials sized, "
+        f"{len(sized['infeasible'])} infeasible; usable {sized['usable_bytes'] / 2**20:.0f} MiB")
+    return replace(plan, bundles=bundles), (lambda config: resources[config["bundle"]]), failed

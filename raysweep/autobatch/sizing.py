@@ -1,0 +1,249 @@
+"""Sizing: from a fitted :class:`MemoryModel` to what each trial asks Ray for. Pure: no torch, no CUDA, no Ray.
+
+A trial (a bundle of K members at batch size B) needs, in bytes::
+
+    need = context + data + max(M_train(N, L, B, K) * (1 + margin_train),
+                                M_val(N, L, n_eval, K) * (1 + margin_val),
+                                M_val(N, L, n_f0, K) * (1 + margin_val))
+
+``M_val`` is evaluated at the eval set size (a trial evaluates the whole eval set in one no-grad forward) and at
+``n_f0`` (:func:`f0_pass_size`: ``raysweep.train`` computes ``f(x; theta_0)`` of a whole online block, or of the
+whole training set when that cache is small enough, in one no-grad forward); both are left out when the model has
+no eval fit. ``data`` (:func:`data_bytes`) is the task's tensors on the trial's device:
+training set (or one online block per data stream), eval set and the cached ``f(x; theta_0)``; exact from the
+spec for synthetic families, an upper bound for file data sets (60,000 MNIST / 1,000,000 MNIST-1M samples).
+
+- CUDA: ``gpu = need / usable``, rounded *up* to a multiple of 0.01, where ``usable = target_memory_fraction *
+  available`` (global free memory at probe time); a trial whose share exceeds 1.0 cannot fit even alone.
+- CPU (``cpu-rss``): ``{"cpu": cpus_per_trial, "memory": need}`` (Ray's ``memory`` resource, in bytes); a trial
+  whose need exceeds ``usable`` cannot fit even alone.
+
+A swept ``batch_size`` is never changed: the share is sized for it. ``batch_size: "auto"`` takes the largest grid
+batch whose need fits ``usable`` (:func:`raysweep.autobatch.search.largest_under_budget`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from raysweep.autobatch.config import AutobatchConfig
+from raysweep.autobatch.memory import ITEMSIZE, MemoryModel
+from raysweep.autobatch.search import SearchResult, largest_under_budget
+from raysweep.errors import NothingFitsError, RaysweepError
+
+SHARE_GRID = 0.01
+F0_CACHE_BYTES = 256 * 2**20  # as raysweep.train: f(x; theta_0) of the training set is cached up to this size
+FILE_TRAIN_SAMPLES = {"digits": 1797, "mnist": 60_000, "mnist1m": 1_000_000}  # upper bounds
+CLASSIFICATION_SHAPES = {"digits": (64, 10), "mnist": (784, 10), "mnist1m": (784, 10), "mnist1m_sampled": (784, 10)}
+
+
+def gpu_share(need_bytes: float, usable_bytes: float, *, grid: float = SHARE_GRID) -> float:
+    """``need / usable`` rounded up to a multiple of ``grid`` (at least one step). Above 1.0: does not fit alone."""
+    if usable_bytes <= 0:
+        raise ValueError(f"usable_bytes must be > 0, got {usable_bytes}")
+    steps = max(1, math.ceil(need_bytes / usable_bytes / grid - 1e-9))
+    return round(steps * grid, 10)
+
+
+def max_concurrent_per_gpu(shares: Sequence[float] | float) -> int:
+    """How many trials one GPU runs at once: ``floor(1 / share)`` for one share; for a list, how many of them a
+    first-fit in the given order packs into one GPU (Ray packs fractional GPUs per device)."""
+    if isinstance(shares, (int, float)):
+        return math.floor(1 / shares + 1e-9)
+    used, n = 0.0, 0
+    for s in shares:
+        if used + s <= 1 + 1e-9:
+            used += s
+            n += 1
+    return n
+
+
+def family_shape(experiment: Mapping[str, Any]) -> tuple[int, int]:
+    """``(dim, n_out)`` of the experiment's task, from the spec alone (no data is read)."""
+    family = experiment["family"]
+    if family in CLASSIFICATION_SHAPES:
+        return CLASSIFICATION_SHAPES[family]
+    return int(experiment["dim"]), 1
+
+
+def n_eval(experiment: Mapping[str, Any]) -> int:
+    """Eval set size: ``eval_samples`` (synthetic), else the test split capped at ``eval_samples`` / 10,000."""
+    family, cap = experiment["family"], experiment.get("eval_samples")
+    if family in ("poly_online", "poly_fixed", "mlp_teacher"):
+        return int(cap)
+    full = math.ceil(1797 * experiment.get("test_fraction", 0.2)) if family == "digits" else 10_000
+    return min(full, int(cap)) if cap else full
+
+
+def _n_train(experiment: Mapping[str, Any], batch_size: int) -> tuple[int, bool]:
+    family = experiment["family"]
+    online = family == "poly_online" or (family == "mlp_teacher" and experiment.get("online", True))
+    if online:
+        return max(int(experiment["n_train"]), batch_size), True
+    if family == "mnist1m_sampled":
+        return int(experiment["max_train_samples"]), False
+    return int(experiment.get("n_train") or FILE_TRAIN_SAMPLES[family]), False
+
+
+def f0_pass_size(experiment: Mapping[str, Any], *, n_members: int = 1, batch_size: int = 1) -> int:
+    """Samples in the trainer's one-shot ``f(x; theta_0)`` forward: the online block, or the training set when its
+    cache fits :data:`F0_CACHE_BYTES` (else 0: f0 is computed per batch, inside the measured step)."""
+    n_train, online = _n_train(experiment, batch_size)
+    if online:
+        return n_train
+    n_out = family_shape(experiment)[1]
+    cached = n_members * n_train * n_out * ITEMSIZE[experiment.get("dtype", "float32")] <= F0_CACHE_BYTES
+    return n_train if cached else 0
+
+
+def data_bytes(experiment: Mapping[str, Any], *, n_members: int = 1, batch_size: int = 1, n_streams: int = 1) -> int:
+    """The task's tensors on a trial's device (see the module docstring); ``n_streams`` = distinct seeds."""
+    s = ITEMSIZE[experiment.get("dtype", "float32")]
+    dim, n_out = family_shape(experiment)
+    classification = experiment["family"] in CLASSIFICATION_SHAPES
+    per_sample = dim * s + (8 + n_out * s if classification else n_out * s)  # labels (+ one-hot targets)
+    n_train, online = _n_train(experiment, batch_size)
+    train = (n_streams if online else 1) * n_train * per_sample
+    f0 = n_members * n_train * n_out * s
+    if not online and f0 > F0_CACHE_BYTES:
+        f0 = 0  # not cached: computed per batch (counted in the per-sample activations)
+    ne = n_eval(experiment)
+    return int(train + f0 + ne * per_sample + n_members * ne * n_out * s)
+
+
+def trial_need(model: MemoryModel, point: Mapping[str, Any], *, n_members: int = 1, n_streams: int = 1,
+               experiment: Mapping[str, Any] | None = None, batch_size: int | None = None) -> dict:
+    """The bytes a trial of ``point`` (a bundle of ``n_members``) needs, with its parts."""
+    b = int(point["batch_size"] if batch_size is None else batch_size)
+    w, d, opt = int(point["width"]), int(point["depth"]), point["optimizer"]
+    parts = {"train": model.predict(w, d, b, optimizer=opt, n_members=n_members, mode="train", n_streams=n_streams)
+             * (1 + model.fit_for(opt, "train").margin)}
+    if f"{opt}/val" in model.fits and experiment is not None:
+        val = lambda n: model.predict(w, d, n, optimizer=opt, n_members=n_members, mode="val",  # noqa: E731
+                                      n_streams=n_streams) * (1 + model.fit_for(opt, "val").margin)
+        parts["val"] = val(n_eval(experiment))
+        n_f0 = f0_pass_size(experiment, n_members=n_members, batch_size=b)
+        if n_f0:
+            parts["f0"] = val(n_f0)
+    data = data_bytes(experiment, n_members=n_members, batch_size=b, n_streams=n_streams) if experiment else 0
+    total = model.context_bytes + max(parts.values()) + data
+    return {"need_bytes": int(total), "context_bytes": model.context_bytes, "data_bytes": int(data),
+            **{f"{k}_bytes": int(v) for k, v in parts.items()}}
+
+
+def auto_batch_size(model: MemoryModel, point: Mapping[str, Any], config: AutobatchConfig, *, n_members: int = 1,
+                    n_streams: int = 1, experiment: Mapping[str, Any] | None = None,
+                    mode: str = "train") -> SearchResult:
+    """``batch_size: auto``: the largest grid batch size whose need fits ``target_memory_fraction * available``.
+
+    ``mode="val"`` sizes an eval batch instead (context + M_val (1 + margin)). Raises NothingFitsError with the
+    sizes tried, the bytes each needed and the budget."""
+    s = config.for_mode(mode)
+    usable = model.usable_bytes(s.target_memory_fraction)
+    w, d, opt = int(point["width"]), int(point["depth"]), point["optimizer"]
+    def data(b: int) -> int:
+        return data_bytes(experiment, n_members=n_members, batch_size=b, n_streams=n_streams) if experiment else 0
+
+    def need(b: int) -> int:
+        if mode == "train":
+            return trial_need(model, {**point, "batch_size": b}, n_members=n_members, n_streams=n_streams,
+                              experiment=experiment)["need_bytes"]
+        return model.need_bytes(w, d, b, optimizer=opt, n_members=n_members, mode="val", n_streams=n_streams) \
+            + data(b)
+
+    what = f"{mode} batch size for width={w} depth={d} optimizer={opt} n_members={n_members} on {model.device.name}"
+    return largest_under_budget(need, usable, s.min_batch_size, s.max_batch_size, config.batch_grid, what=what,
+                                evidence={"device": model.device.name, "label": model.label,
+                                          "probe_points": len(model.probe_log)})
+
+
+def _items(spec, bundles_or_points) -> list[tuple[str, list[Mapping[str, Any]]]]:
+    from raysweep.space import config_key
+
+    experiment = spec.experiment.as_dict()
+    out = []
+    for item in bundles_or_points:
+        if hasattr(item, "points"):
+            out.append((item.bundle_id, list(item.points)))
+        else:
+            out.append((config_key(experiment, item), [item]))
+    return out
+
+
+def plan_resources(spec, bundles_or_points, *, device_info, model: MemoryModel | None = None,
+                   config: AutobatchConfig | None = None, storage=None) -> dict:
+    """Ray resources for every bundle (``raysweep.trial.Bundle``: keyed by ``bundle_id``) or point (a dict:
+    keyed by its ``config_key``), and the configs that cannot fit even alone.
+
+    ``model`` defaults to the cached one in ``storage`` for ``device_info``; with neither, RaysweepError says to
+    probe first. Never touches CUDA. Returns ``{"label", "device", "usable_bytes", "target_memory_fraction",
+    "resources": {id: {"gpu": share, "cpu": c} or {"cpu": c, "memory": bytes}}, "need": {id: parts},
+    "batch_size": {id: int}, "infeasible": [{"id", ..., "reason"}]}``; infeasible ids have no resources.
+    """
+    config = config or getattr(spec, "autobatch", None) or AutobatchConfig()
+    if model is None and storage is not None:
+        from raysweep.autobatch.cache import ModelCache, cache_key
+        from raysweep.autobatch.host import request_from_spec
+
+        model = ModelCache(storage).lookup(cache_key(request_from_spec(spec, config), device_info))
+    if model is None:
+        raise RaysweepError(f"no memory model of sweep {spec.name} on {device_info.name}: run "
+                            "raysweep.autobatch.probe_and_fit(spec, storage=...) first")
+    if (model.device.kind, model.device.name, model.device.total_bytes) != (
+            device_info.kind, device_info.name, device_info.total_bytes):
+        raise RaysweepError(f"the memory model was measured on {model.device.name} ({model.device.kind}), "
+                            f"not on {device_info.name} ({device_info.kind}): probe this device")
+    experiment = spec.experiment.as_dict()
+    usable = model.usable_bytes(config.target_memory_fraction)
+    cpus = spec.resources.cpus_per_trial
+    plan = {"label": model.label, "device": model.device.to_dict(), "usable_bytes": usable,
+            "target_memory_fraction": config.target_memory_fraction, "resources": {}, "need": {},
+            "batch_size": {}, "infeasible": []}
+    for ident, points in _items(spec, bundles_or_points):
+        p, k = points[0], len(points)
+        n_streams = len({q.get("seed") for q in points})
+        try:
+            batch = (auto_batch_size(model, p, config, n_members=k, n_streams=n_streams, experiment=experiment)
+                     .batch_size if p["batch_size"] == "auto" else int(p["batch_size"]))
+        except NothingFitsError as exc:
+            plan["infeasible"].append({"id": ident, **_shape(p, k), "batch_size": "auto", "reason": str(exc),
+                                       "usable_bytes": usable})
+            continue
+        need = trial_need(model, p, n_members=k, n_streams=n_streams, experiment=experiment, batch_size=batch)
+        plan["need"][ident], plan["batch_size"][ident] = need, batch
+        fits = need["need_bytes"] <= usable
+        if fits:
+            plan["resources"][ident] = ({"gpu": gpu_share(need["need_bytes"], usable), "cpu": cpus}
+                                        if model.device.kind == "cuda" else {"cpu": cpus, "memory": need["need_bytes"]})
+            continue
+        reason = (f"needs {need['need_bytes'] / 2**20:.0f} MiB (context {need['context_bytes'] / 2**20:.0f}, data "
+                  f"{need['data_bytes'] / 2**20:.0f}, steps with margin) but {config.target_memory_fraction:g} of "
+                  f"{model.device.name}'s free memory is {usable / 2**20:.0f} MiB, even alone")
+        plan["infeasible"].append({"id": ident, **_shape(p, k), "batch_size": batch, "need_bytes": need["need_bytes"],
+                                   "usable_bytes": usable, "reason": reason})
+    return plan
+
+
+def _shape(p: Mapping[str, Any], k: int) -> dict:
+    return {"width": p["width"], "depth": p["depth"], "optimizer": p["optimizer"], "n_members": k}
+
+
+def raise_if_infeasible(plan: dict, config: AutobatchConfig | None = None) -> None:
+    """With ``infeasible: refuse`` (the default), raise NothingFitsError listing every config that cannot fit even
+    alone, before anything starts. With ``fail`` do nothing: the launcher lands those as failed rows with their
+    ``reason``."""
+    config = config or AutobatchConfig()
+    bad = plan["infeasible"]
+    if not bad or config.infeasible == "fail":
+        return
+    shown = "; ".join(f"{b['id']} (width={b['width']} depth={b['depth']} batch_size={b['batch_size']} "
+                      f"n_members={b['n_members']}): {b['reason']}" for b in bad[:5])
+    more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+    raise NothingFitsError(
+        f"{len(bad)} trial(s) cannot fit on {plan['device']['name']} even alone: {shown}{more}. Lower their "
+        "batch_size / width / fusion.max_members, raise autobatch.target_memory_fraction, or set "
+        "autobatch.infeasible: fail to run the rest",
+        {"infeasible": bad, "budget_bytes": plan["usable_bytes"], "device": plan["device"]},
+    )
