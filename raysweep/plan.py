@@ -65,8 +65,12 @@ def resources_per_trial(spec: SweepSpec, *, cuda: bool) -> dict[str, float]:
     return res
 
 
-def describe(spec: SweepSpec, plan: Plan, n_done: int, *, cuda: bool) -> str:
-    """The ``--dry-run`` text: counts, bundles and the resource plan."""
+def describe(spec: SweepSpec, plan: Plan, n_done: int, *, cuda: bool, storage=None) -> str:
+    """The ``--dry-run`` text: counts, bundles and the resource plan.
+
+    ``storage``: the sweep's local folder (where ``autobatch_cache.json`` lives); with it, a spec sized by autobatch
+    shows the per-trial resources of the cached model of this machine's CPU, if there is one (never touches CUDA).
+    """
     n_pending = sum(len(b.points) for b in plan.bundles.values())
     res = resources_per_trial(spec, cuda=cuda)
     sizes = sorted(len(b.points) for b in plan.bundles.values())
@@ -87,4 +91,57 @@ def describe(spec: SweepSpec, plan: Plan, n_done: int, *, cuda: bool) -> str:
             f"{k}={v if len(v) > 1 else v[0]}" for k, v in varied.items()))
     if len(plan.bundles) > 20:
         lines.append(f"  ... and {len(plan.bundles) - 20} more trials")
+    lines += autobatch_lines(spec, plan, cuda=cuda, storage=storage)
     return "\n".join(lines)
+
+
+def autobatch_lines(spec: SweepSpec, plan: Plan, *, cuda: bool, storage=None, limit: int = 20) -> list[str]:
+    """What autobatch will do at launch, for a spec with an ``autobatch:`` section or a ``batch_size: auto``; with a
+    cached memory model of this machine's CPU in ``storage``, the resources and batch sizes it gives every trial
+    (:func:`raysweep.autobatch.plan_resources`). Empty for other specs."""
+    from raysweep.autobatch.config import AutobatchConfig
+    from raysweep.autobatch.launching import AUTO
+
+    auto = AUTO in spec.space.batch_size
+    if spec.autobatch is None and not auto:
+        return []
+    config = spec.autobatch or AutobatchConfig()
+    lines = [
+        f"autobatch: trials are sized by autobatch at launch (target memory fraction "
+        f"{config.target_memory_fraction:g}, infeasible: {config.infeasible}"
+        + (f", batch_size: auto = the largest {config.batch_grid} batch in [{config.min_batch_size}, "
+           f"{config.max_batch_size}] that fits" if auto else "")
+        + "): a GPU share per trial (or CPU memory without CUDA) replaces the resources above"
+    ]
+    if spec.experiment.device == "cuda" or (cuda and spec.experiment.device != "cpu"):
+        lines.append("autobatch: the probe measures the GPU at launch (then cached); the dry run never touches CUDA")
+        return lines
+    if storage is None:
+        return lines
+    from raysweep.autobatch.device import cpu_device_info
+    from raysweep.autobatch.sizing import plan_resources
+    from raysweep.errors import RaysweepError
+
+    info = cpu_device_info()
+    try:
+        sized = plan_resources(spec, list(plan.bundles.values()), device_info=info, config=config, storage=storage)
+    except RaysweepError as exc:
+        lines.append(f"autobatch: no cached memory model of this machine's CPU ({info.name}) in {storage}: the probe "
+                     "runs at launch, then the model is cached there" if str(exc).startswith("no memory model")
+                     else f"autobatch: the cached memory model cannot size this space: {exc}")
+        return lines
+    lines.append(f"autobatch plan from the cached {sized['label']} model of {info.name}: {len(sized['resources'])} "
+                 f"trials sized, {len(sized['infeasible'])} infeasible; usable {sized['usable_bytes'] / 2**20:.0f} MiB")
+    bad = {b["id"]: b for b in sized["infeasible"]}
+    for bid, bundle in list(plan.bundles.items())[:limit]:
+        if bid in bad:
+            lines.append(f"  {bid}: infeasible ({'refused' if config.infeasible == 'refuse' else 'lands as failed'}):"
+                         f" {bad[bid]['reason']}")
+            continue
+        res = sized["resources"][bid]
+        shown = ", ".join(f"memory={v / 2**20:.0f} MiB" if k == "memory" else f"{k}={v:g}" for k, v in res.items())
+        auto_note = " (auto)" if bundle.points[0]["batch_size"] == AUTO else ""
+        lines.append(f"  {bid}: {shown}; batch_size={sized['batch_size'][bid]}{auto_note}")
+    if len(plan.bundles) > limit:
+        lines.append(f"  ... and {len(plan.bundles) - limit} more trials")
+    return lines

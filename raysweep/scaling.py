@@ -19,6 +19,13 @@ Three named rules (``lr_rule``), recorded with every trial:
   global rule is already per-layer correct) it equals ``study``.
 - ``raw``: no gamma multiplier, ``eta * width_mult`` (muP SGD: ``eta * N``), for gamma-eta phase sweeps.
 
+A third parametrization, ``torch_sp`` (PyTorch's default: weights N(0, 1/fan_in), no multipliers, no gamma
+in the forward beyond SP's), has the same forward as SP (``W ~ N(0, 1/fan_in)`` is ``W' / sqrt(fan_in)`` with
+``W' ~ N(0, 1)``) but trains the unscaled ``W``: a step ``-lr dL/dW`` on ``W`` is a step ``-lr * fan_in dL/dW'`` on
+``W'`` for SGD and ``-lr * sqrt(fan_in) * (Adam direction)`` for Adam. So under ``torch_sp`` layer l trains at
+``eta * gamma_mult * fan_in_l`` (SGD) or ``eta * gamma_mult * sqrt(fan_in_l)`` (Adam) (``raw``: no gamma_mult), and
+the hidden learning rate grows with N: eta* falls about an octave per width doubling under SGD.
+
 SGD temperature ``T = eta / batch_size`` uses the base eta.
 
 Pure: no Ray, no I/O.
@@ -43,8 +50,8 @@ def gamma_mult(optimizer: str, gamma: float, depth: int) -> float:
 
 
 def width_mult(optimizer: str, width: int, parametrization: str) -> float:
-    """muP: N for SGD, sqrt(N) for Adam; SP: 1."""
-    if parametrization == "SP":
+    """muP: N for SGD, sqrt(N) for Adam; SP: 1 (``torch_sp`` is per layer: see :func:`learning_rates`)."""
+    if parametrization in ("SP", "torch_sp"):
         return 1.0
     if optimizer == "SGD":
         return float(width)
@@ -62,8 +69,9 @@ class LearningRates:
 
     @property
     def effective(self) -> float:
-        """The rule's global rate: the input layer's (for ``mup_adam`` also the readout's)."""
-        return self.per_layer[0]
+        """The rule's global rate: the readout layer's (every layer's for ``study`` and ``raw`` under SP/muP; also
+        the input layer's for ``mup_adam``)."""
+        return self.per_layer[-1]
 
     @property
     def hidden(self) -> float | None:
@@ -72,11 +80,21 @@ class LearningRates:
 
 
 def learning_rates(
-    *, eta: float, gamma: float, width: int, depth: int, parametrization: str, optimizer: str, lr_rule: str
+    *, eta: float, gamma: float, width: int, depth: int, parametrization: str, optimizer: str, lr_rule: str,
+    dim: int | None = None,
 ) -> LearningRates:
-    """The learning rate of each of the ``depth`` weight matrices under ``lr_rule`` (see the module doc)."""
+    """The learning rate of each of the ``depth`` weight matrices under ``lr_rule`` (see the module doc).
+
+    ``dim`` (the input dimension D) matters only under ``torch_sp``, whose input layer trains at a rate that
+    grows with D; without it that layer's rate is NaN.
+    """
     if lr_rule not in LR_RULES:
         raise ValueError(f"lr_rule must be one of {LR_RULES}, got {lr_rule!r}")
+    if parametrization == "torch_sp":
+        base = eta if lr_rule == "raw" else eta * gamma_mult(optimizer, gamma, depth)
+        fan = (lambda n: float(n)) if optimizer == "SGD" else math.sqrt
+        first = base * fan(dim) if dim else float("nan")
+        return LearningRates((first,) + (base * fan(width),) * (depth - 1), lr_rule)
     wm = width_mult(optimizer, width, parametrization)
     if lr_rule == "raw":
         return LearningRates((eta * wm,) * depth, lr_rule)

@@ -42,6 +42,7 @@ TRIALS_SCHEMA = pa.schema(
         ("gpu_share", pa.float64()),
         ("cpu_share", pa.float64()),
         ("memory_cap", pa.float64()),
+        ("memory_bytes", pa.float64()),
         ("dtype", pa.string()),
         ("device", pa.string()),
         ("node_id", pa.string()),

@@ -110,7 +110,7 @@ AXES = ("batch_size", "eta", "width", "gamma", "depth", "seed", "parametrization
 REGRESSION_FAMILIES = ("poly_online", "poly_fixed", "mlp_teacher")
 CLASSIFICATION_FAMILIES = ("digits", "mnist", "mnist1m", "mnist1m_sampled")
 FAMILIES = REGRESSION_FAMILIES + CLASSIFICATION_FAMILIES
-PARAMETRIZATIONS = ("SP", "muP")
+PARAMETRIZATIONS = ("SP", "muP", "torch_sp")  # torch_sp: PyTorch's default init, no multipliers (see scaling)
 OPTIMIZERS = ("SGD", "Adam")
 LOSSES = ("mse", "xent")
 LR_RULES = ("study", "mup_adam", "raw")
@@ -135,7 +135,7 @@ _FAMILY_KEYS: dict[str, dict[str, tuple]] = {
         "teacher_width": (64, _pos_int),
         "teacher_depth": (2, _pos_int),
         "teacher_gamma": (1.0, lambda p, v: f.as_float(p, v, gt=0)),
-        "teacher_parametrization": ("muP", lambda p, v: f.as_choice(p, v, PARAMETRIZATIONS)),
+        "teacher_parametrization": ("muP", lambda p, v: f.as_choice(p, v, PARAMETRIZATIONS[:2])),
         "teacher_normalize": (True, f.as_bool),
         "online": (True, f.as_bool),
     },

@@ -146,6 +146,11 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
     try:
         device = _device(exp)
         placement = {**placement, "device": device, "memory_cap": _cap_memory(placement, device)}
+        if device == "cpu" and placement.get("memory_bytes"):
+            # sized by autobatch's cpu-rss model: allocate the way the probe measured (a fixed mmap threshold)
+            from raysweep.autobatch.guard import apply_malloc_policy
+
+            apply_malloc_policy()
         task = _task(json.dumps(dict(exp), sort_keys=True), device, exp.get("dtype", "float32"))
         dataset = task.dataset
         for report in train_bundle(task, exp, list(bundle.points), device=device):
@@ -244,5 +249,6 @@ def tune_trainable(config: dict, plan: Plan) -> None:
         "node_id": ctx.get_node_id(),
         "gpu_share": float(resources.get("GPU", 0.0)),
         "cpu_share": float(resources.get("CPU", 0.0)),
+        "memory_bytes": float(resources["memory"]) if resources.get("memory") else None,  # Ray's `memory`, bytes
     }
     run_bundle(plan, bundle_of(plan, config), tune.report, placement)

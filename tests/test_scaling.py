@@ -149,3 +149,28 @@ def test_sp_equals_mup_at_gamma_over_sqrt_width(width, gamma, eta, depth, optimi
     mup = learning_rates(eta=eta, gamma=gamma / math.sqrt(width), width=width, depth=depth, parametrization="muP",
                          optimizer=optimizer, lr_rule="study")
     assert mup.per_layer == pytest.approx(sp.per_layer, rel=1e-12)
+
+
+# torch_sp (PyTorch's default init, no multipliers): layer l trains at eta * gamma_mult * fan_in_l (SGD) or
+# eta * gamma_mult * sqrt(fan_in_l) (Adam), the rate on the N(0, 1) weights that the unscaled step implies.
+@pytest.mark.parametrize(
+    "optimizer, gamma, lr_rule, expected",
+    [
+        ("SGD", 1.0, "study", (0.5 * 16, 0.5 * 64, 0.5 * 64)),
+        ("SGD", 0.1, "study", (0.5 * 0.01 * 16, 0.5 * 0.01 * 64, 0.5 * 0.01 * 64)),
+        ("SGD", 0.1, "raw", (0.5 * 16, 0.5 * 64, 0.5 * 64)),
+        ("Adam", 1.0, "study", (0.5 * 4, 0.5 * 8, 0.5 * 8)),
+        ("Adam", 10.0, "study", (0.5 * 10 ** (1 / 3) * 4, 0.5 * 10 ** (1 / 3) * 8, 0.5 * 10 ** (1 / 3) * 8)),
+    ],
+)
+def test_torch_sp_rates_grow_with_fan_in(optimizer, gamma, lr_rule, expected):
+    rates = learning_rates(eta=0.5, gamma=gamma, width=64, depth=3, parametrization="torch_sp",
+                           optimizer=optimizer, lr_rule=lr_rule, dim=16)
+    assert rates.per_layer == pytest.approx(expected, rel=1e-12)
+    assert rates.effective == pytest.approx(expected[-1]) and rates.hidden == pytest.approx(expected[1])
+
+
+def test_torch_sp_without_dim_has_no_input_rate():
+    rates = learning_rates(eta=0.5, gamma=1.0, width=64, depth=2, parametrization="torch_sp", optimizer="SGD",
+                           lr_rule="study")
+    assert math.isnan(rates.per_layer[0]) and rates.per_layer[1] == 32.0

@@ -334,7 +334,7 @@ def test_import_does_not_pull_ray_or_torch():
         (spec_with(**{"space.seed": [-1]}), r"^space\.seed\[0\]: must be an integer >= 0"),
         (
             spec_with(**{"space.parametrization": ["XP"]}),
-            r"^space\.parametrization\[0\]: must be one of SP, muP, got 'XP'",
+            r"^space\.parametrization\[0\]: must be one of SP, muP, torch_sp, got 'XP'",
         ),
         (
             spec_with(**{"space.optimizer": "Adma"}),

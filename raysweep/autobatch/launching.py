@@ -49,7 +49,7 @@ def size_plan(spec, plan, sweep_dir, *, log: Callable[[str], None] = print) -> t
                                     error=f"infeasible: {bad['reason']}"))
     bundles = {}
     for bid, bundle in plan.bundles.items():
-        if bid not in sized["batch_size"]:
+        if bid not in sized["resources"]:  # infeasible (a swept batch size that cannot fit has a batch_size entry)
             continue
         size = sized["batch_size"][bid]
         points = tuple({**p, "batch_size": size} if p["batch_size"] == AUTO else p for p in bundle.points)
