@@ -1,9 +1,13 @@
-"""``python -m raysweep.analyze RESULTS_DIR [--sweep NAME] [--report F.html] [--out DIR]``.
+"""``python -m raysweep.analyze RESULTS_DIR [--sweep NAME] [--report F.html] [--out DIR] [--check STUDY]``.
 
 Writes every table (Parquet and CSV) and figure (PNG) to ``--out`` (default ``RESULTS_DIR/<sweep>/analysis``; with
 several sweeps, ``--out DIR`` gets one folder per sweep) and an HTML report (``--report``, default ``report.html``
 beside the tables). RESULTS_DIR may be a folder of sweeps or one sweep folder. Exit 0 on success, 2 when there are no
 trial rows to analyse (the message says where it looked).
+
+``--check STUDY`` (transfer, gamma_eta, temperature, critical_batch) runs that science check instead
+(:mod:`raysweep.analyze.checks`) on the sweep ``science_<STUDY>`` (or ``--sweep``, or the only sweep there): it prints
+``quantity | measured | expected | tolerance | pass`` and exits 0 when every row passes, 1 on any miss.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raysweep.analyze.report import analyze
+from raysweep.analyze.checks import STUDIES, run_check
 from raysweep.analyze.load import NoResultsError
+from raysweep.analyze.report import analyze
 
 
 def main(argv=None) -> int:
@@ -29,7 +34,11 @@ def main(argv=None) -> int:
     parser.add_argument("--lazy-max", type=float, default=1 / 8, help="gamma <= this is lazy (default 1/8)")
     parser.add_argument("--rich-min", type=float, default=4.0, help="gamma >= this is rich (default 4)")
     parser.add_argument("--max-panels", type=int, default=9, help="groups drawn per figure (default 9)")
+    parser.add_argument("--check", choices=STUDIES, metavar="STUDY",
+                        help=f"run a science check ({', '.join(STUDIES)}) instead of the report; exit 1 on a miss")
     args = parser.parse_args(argv)
+    if args.check:
+        return _check(args)
     try:
         analyses = analyze(args.results_dir, sweep=args.sweep, out=args.out, report=args.report,
                            targets=args.targets, window_samples=args.window_samples, seed=args.seed,
@@ -47,6 +56,17 @@ def main(argv=None) -> int:
         for a in analyses.values():
             print(f"report: {a.out_dir / 'report.html'}")
     return 0
+
+
+def _check(args) -> int:
+    target = min(args.targets) if args.targets else None  # critical_batch: the deepest --target given
+    try:
+        result = run_check(args.results_dir, args.check, sweep=args.sweep, target=target)
+    except NoResultsError as exc:
+        print(f"raysweep.analyze: {exc}", file=sys.stderr)
+        return 2
+    print(result.table())
+    return 0 if result.passed else 1
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ workers the test session starts; the code under test knows nothing of it."""
 
 import json
 import os
+import sys
 import time
 
 _log_dir = os.environ.get("RAYSWEEP_TEST_EXEC_LOG")
-if _log_dir:
+_ray_worker = "default_worker" in (sys.argv[0] if sys.argv else "")  # only Ray's worker processes train
+if _log_dir and _ray_worker:
     try:
         import raysweep.train as _train
 

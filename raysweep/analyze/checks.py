@@ -1,0 +1,365 @@
+"""Science checks: does a sweep reproduce what the theory says? Each check reads the sweep's Parquet tables through
+the analysis functions of this package and compares what they measure with the expected value and a tolerance.
+
+``python -m raysweep.analyze RESULTS_DIR --check STUDY`` prints one table, ``quantity | measured | expected |
+tolerance | pass``, and exits 1 on any miss. The studies and their search spaces (``search_spaces/science_*.yaml``):
+
+- ``transfer``: eta*(N) per parametrization (:func:`~raysweep.analyze.transfer.transfer_slope`). muP: the fitted
+  drift of log2 eta* across the width range is within +-0.5 octave, and the seed-mean loss at a fixed eta falls with
+  width (slope of log2 loss vs log2 N < 0) at eta = eta*(N_min) and at eta*(N_min) / 4. SP (here the NTK
+  parametrization): eta* drifts up a little (0 < slope <= 0.5 octave per width doubling), and at eta*(N_min) / 4
+  wider is worse (loss slope > 0): two octaves below the narrowest width's optimum, where wide NTK nets stay lazier;
+  at the optimum itself, close to the edge of stability, wider measures better (shown as info). ``torch_sp``
+  (PyTorch's default SP): eta* falls one octave per width doubling, slope -1 +- 0.3; reported as skipped when
+  raysweep has no such parametrization or the sweep has no torch_sp rows.
+- ``gamma_eta``: the slope of log2 eta_diverge_min (the stability edge: the smallest eta at which any seed
+  diverged; :func:`~raysweep.analyze.gamma.gamma_slopes`) against log2 gamma is 2 +- 0.3 for gamma <= 1/8 and
+  2/L +- 0.3 for gamma >= 4, per depth L (Atanasov et al., ICLR 2025). eta_max (the largest eta with no diverged
+  seed) is shown as info: past the edge deep ReLU nets may die instead of diverging, which makes it non-monotone.
+- ``temperature``: eta*(B) grows with B at small B (power-law slope >= 0.25 below the saturation batch B_sat of
+  :func:`~raysweep.analyze.optimum.fit_eta_power_law`) and saturates inside the B range; for B <= B_sat and T from
+  the first temperature at which every such B has at least halved the zero-predictor loss (below it nothing has
+  trained and every B trivially agrees) up to the smallest optimal temperature eta*(B) / B (well below the edge),
+  the :func:`~raysweep.analyze.temperature.temperature_collapse` score is <= 0.1.
+- ``critical_batch``: S(B) at the deepest default target (:func:`~raysweep.analyze.critical.default_targets`,
+  or ``target``) is reached at every B, fits S_min (1 + B_crit / B) within 20% at every B
+  (:func:`~raysweep.analyze.critical.fit_critical_batch`), with B_crit inside the swept B range and S_min at least
+  three report intervals (so that it is resolved).
+
+A check passes when no row fails; ``info`` and ``skipped`` rows never fail it. Each check expects one configuration
+group per parametrization (transfer) or per depth (gamma_eta), as the shipped search spaces give.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from raysweep.analyze.critical import default_targets, fit_critical_batch, seed_mean_curves, steps_to_target
+from raysweep.analyze.gamma import gamma_slopes, gamma_table
+from raysweep.analyze.load import NoResultsError, ensure_prepared, find_sweeps, load
+from raysweep.analyze.optimum import config_table, eta_max, fit_eta_power_law, fit_line, optimal_eta
+from raysweep.analyze.temperature import temperature_collapse
+from raysweep.analyze.transfer import transfer_slope, transfer_table
+
+STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch")
+PASS, FAIL, SKIPPED, INFO = "pass", "FAIL", "skipped", "info"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured quantity: ``status`` is ``pass``, ``FAIL``, ``skipped`` or ``info``; ``value`` the raw number."""
+
+    quantity: str
+    measured: str
+    expected: str
+    tolerance: str
+    status: str
+    value: float = math.nan
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        """What the ``pass`` column shows: the status, then the note (``skipped: <why>``)."""
+        return f"{self.status}: {self.note}" if self.note else self.status
+
+
+@dataclass
+class CheckResult:
+    """The rows of one study's check on one sweep."""
+
+    study: str
+    sweep: str
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """No row failed, and at least one passed."""
+        return all(r.status != FAIL for r in self.rows) and any(r.status == PASS for r in self.rows)
+
+    @property
+    def failed(self) -> list[Row]:
+        return [r for r in self.rows if r.status == FAIL]
+
+    def table(self) -> str:
+        """The rows as an aligned text table with a verdict line."""
+        head = ("quantity", "measured", "expected", "tolerance", "pass")
+        cells = [head] + [(r.quantity, r.measured, r.expected, r.tolerance, r.verdict) for r in self.rows]
+        widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+        lines = [" | ".join(c[i].ljust(widths[i]) for i in range(len(head))).rstrip() for c in cells]
+        lines.insert(1, "-+-".join("-" * w for w in widths))
+        n_fail = len(self.failed)
+        verdict = "PASS" if self.passed else f"FAIL ({n_fail} of {len(self.rows)} rows missed)" if n_fail else \
+            "FAIL (nothing was checked)"
+        return f"check {self.study} on sweep {self.sweep}: {verdict}\n" + "\n".join(lines)
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    if v is None or not np.isfinite(v):
+        return "nan"
+    text = f"{v:.{digits}f}"
+    return "0." + "0" * digits if float(text) == 0 else text  # no "-0.000"
+
+
+def _row(quantity, value, expected, tolerance, ok, *, measured=None) -> Row:
+    finite = value is not None and np.isfinite(value)
+    status = PASS if finite and ok else FAIL
+    return Row(quantity, measured if measured is not None else _fmt(value), expected, tolerance, status,
+               float(value) if finite else math.nan)
+
+
+def _info(quantity, value, expected="-", note="info", *, measured=None) -> Row:
+    return Row(quantity, measured if measured is not None else _fmt(value), expected, note, INFO,
+               float(value) if value is not None and np.isfinite(value) else math.nan)
+
+
+# ---------------------------------------------------------------------------------------------------- transfer
+
+
+def _loss_slope_at(ct: pd.DataFrame, eta: float) -> tuple[float, str]:
+    """Slope of log2(seed-mean loss) against log2(width) at one eta, and a note naming masked widths."""
+    at = ct[np.isclose(ct["eta"].to_numpy(float), eta, rtol=1e-9)]
+    bad = at[at["masked"]]["width"].astype(int).tolist()
+    if bad:
+        return math.nan, f"diverged at N={bad}"
+    slope, _, _ = fit_line(np.log2(at["width"].to_numpy(float)), np.log2(at["loss_mean"].to_numpy(float)))
+    return slope, ""
+
+
+def check_transfer(trials: pd.DataFrame, *, drift_tol: float = 0.5, sp_slope_max: float = 0.5,
+                   torch_sp_slope: float = -1.0, torch_sp_tol: float = 0.3) -> list[Row]:
+    """muP transfer, SP (NTK) drift and wider-is-worse, torch_sp's falling eta* (rules in the module docstring)."""
+    trials = ensure_prepared(trials)
+    table = transfer_table(trials)
+    slopes = transfer_slope(table)
+    ct = config_table(trials, x="width")
+    rows: list[Row] = []
+    for par in ("muP", "SP", "torch_sp"):
+        sub = table[table["parametrization"] == par]
+        if par == "torch_sp" and sub.empty:
+            rows.append(_torch_sp_skip())
+            continue
+        mine = trials[trials["parametrization"] == par]
+        if len(mine) and (mine["status"] == "failed").all():
+            error = str(mine["error"].dropna().iloc[0]) if mine["error"].notna().any() else "no error text"
+            rows.append(Row(f"{par}: trials", f"all {len(mine)} failed", "completed trials", "-", FAIL,
+                            note=error[:120]))
+            continue
+        if sub.empty:
+            rows.append(Row(f"{par}: trials", "0", "rows of this parametrization", "-", FAIL))
+            continue
+        widths = np.sort(sub["width"].unique())
+        n_min, n_max = int(widths[0]), int(widths[-1])
+        fit = slopes[slopes["parametrization"] == par]
+        n_interior = int(fit["n_widths"].iloc[0]) if len(fit) else 0
+        rows.append(_row(f"{par}: widths with an interior eta*", n_interior, f"all {len(widths)}", "-",
+                         n_interior == len(widths), measured=f"{n_interior}/{len(widths)}"))
+        slope = float(fit["slope"].iloc[0]) if len(fit) else math.nan
+        octaves = math.log2(n_max / n_min)
+        if par == "muP":
+            rows.append(_row(f"muP: eta* drift N={n_min}->{n_max} (octaves, fitted)", slope * octaves, "0",
+                             f"+-{drift_tol}", abs(slope * octaves) <= drift_tol))
+        elif par == "SP":
+            rows.append(_row("SP: eta* slope (octaves per width doubling)", slope, "small positive",
+                             f"(0, {sp_slope_max}]", 0 < slope <= sp_slope_max))
+        else:
+            rows.append(_row("torch_sp: eta* slope (octaves per width doubling)", slope, f"{torch_sp_slope:g}",
+                             f"+-{torch_sp_tol}", abs(slope - torch_sp_slope) <= torch_sp_tol))
+            edge = eta_max(mine, x="width")
+            edge_slope = fit_line(np.log2(edge["width"].to_numpy(float)),
+                                  np.log2(edge["eta_diverge_min"].to_numpy(float)))[0]
+            rows.append(_info("torch_sp: slope of the stability edge (eta_diverge_min)", edge_slope,
+                              f"{torch_sp_slope:g}"))
+        best = sub[sub["width"] == n_min]["eta_grid_best"].iloc[0]
+        if par == "torch_sp" or not np.isfinite(best):
+            continue
+        grid = np.sort(ct[ct["parametrization"] == par]["eta"].unique())
+        for factor, label in ((1.0, f"eta*(N={n_min})"), (0.25, f"eta*(N={n_min})/4")):
+            eta = best * factor
+            name = f"{par}: loss slope vs width at {label} = {eta:g}"
+            if not np.isclose(grid, eta).any():
+                rows.append(Row(name, "not on grid", "-", "-", FAIL))
+                continue
+            value, note = _loss_slope_at(ct[ct["parametrization"] == par], eta)
+            if par == "muP":
+                rows.append(_row(name, value, "< 0 (wider is better)", "< 0", value < 0,
+                                 measured=note or None))
+            elif factor < 1:
+                rows.append(_row(name, value, "> 0 (wider is worse)", "> 0", value > 0, measured=note or None))
+            else:
+                rows.append(_info(name, value, note="info (near the edge: not checked)", measured=note or None))
+    return rows
+
+
+def _torch_sp_skip() -> Row:
+    from raysweep.space import PARAMETRIZATIONS
+
+    if "torch_sp" not in PARAMETRIZATIONS:
+        why = "parametrization torch_sp not available"
+    else:
+        why = "no torch_sp rows in this sweep (launch search_spaces/science_transfer.yaml)"
+    return Row("torch_sp: eta* slope (octaves per width doubling)", "-", "-1", "+-0.3", SKIPPED, note=why)
+
+
+# --------------------------------------------------------------------------------------------------- gamma_eta
+
+
+def check_gamma_eta(trials: pd.DataFrame, *, lazy_max: float = 1 / 8, rich_min: float = 4.0,
+                    tol: float = 0.3) -> list[Row]:
+    """Slopes of the stability edge in gamma per depth and regime (rules in the module docstring)."""
+    trials = ensure_prepared(trials)
+    table = gamma_table(trials, n_boot=0)
+    slopes = gamma_slopes(table, lazy_max=lazy_max, rich_min=rich_min)
+    rows: list[Row] = []
+    eta_lo = trials.groupby("depth")["eta"].min()
+    for depth in sorted(table["depth"].dropna().unique()):
+        sub = table[table["depth"] == depth]
+        low = eta_lo.loc[depth]
+        inside = np.isfinite(sub["eta_diverge_min"].to_numpy(float)) & (sub["eta_diverge_min"].to_numpy(float) > low)
+        L = int(depth)
+        rows.append(_row(f"L={L}: gammas with the edge inside the eta grid", int(inside.sum()), f"all {len(sub)}",
+                         "-", bool(inside.all()), measured=f"{int(inside.sum())}/{len(sub)}"))
+        for regime, cut, expected in (("lazy", f"gamma <= {lazy_max:g}", 2.0), ("rich", f"gamma >= {rich_min:g}",
+                                                                             2.0 / L)):
+            pick = slopes[(slopes["depth"] == depth) & (slopes["regime"] == regime)]
+            edge = pick[pick["quantity"] == "eta_diverge_min"]
+            name = f"L={L} {regime} ({cut}): slope of log2 edge vs log2 gamma"
+            if edge.empty:
+                rows.append(Row(name, "fewer than 2 gammas", f"{expected:.3g}", f"+-{tol}", FAIL))
+            else:
+                value = float(edge["slope"].iloc[0])
+                rows.append(_row(name + f" ({int(edge['n_points'].iloc[0])} gammas)", value, f"{expected:.3g}",
+                                 f"+-{tol}", abs(value - expected) <= tol))
+            largest = pick[pick["quantity"] == "eta_max"]
+            if len(largest):
+                rows.append(_info(f"L={L} {regime}: slope of log2 eta_max (largest stable eta)",
+                                  float(largest["slope"].iloc[0]), f"{expected:.3g}", "info (dead ReLUs)"))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------- temperature
+
+
+def check_temperature(trials: pd.DataFrame, *, min_slope: float = 0.25, max_score: float = 0.1) -> list[Row]:
+    """eta*(B) grows then saturates; the loss depends on T alone at small B and moderate T (module docstring)."""
+    trials = ensure_prepared(trials)
+    opt = optimal_eta(trials, n_boot=0)
+    law = fit_eta_power_law(opt)
+    rows: list[Row] = []
+    if law.empty or not np.isfinite(law["slope"].iloc[0]):
+        return [Row("eta* power law in B", "no fit", "-", "-", FAIL)]
+    batches = np.sort(trials["batch_size"].dropna().unique())
+    b_sat = float(law["batch_size_saturation"].iloc[0])
+    alpha = float(law["slope"].iloc[0])
+    rows.append(_row("eta* ~ B^alpha for B <= B_sat: alpha", alpha, "> 0 (grows; 1 = linear scaling)",
+                     f">= {min_slope}", alpha >= min_slope))
+    rows.append(_row("saturation batch B_sat", b_sat, f"inside ({batches[0]:g}, {batches[-1]:g})", "-",
+                     batches[0] < b_sat < batches[-1], measured=f"{b_sat:g}"))
+    small = opt[opt["batch_size"] <= b_sat]
+    t_star = (small["eta_star"] / small["batch_size"]).to_numpy(float)
+    t_hi = float(np.nanmin(t_star)) if np.isfinite(t_star).any() else math.nan
+    table = config_table(trials)
+    table = table[table["batch_size"] <= b_sat].assign(temperature=lambda t: t["eta"] / t["batch_size"])
+    # the zero-predictor loss per B (the loss at step 0); without that column, the worst loss of the B column
+    initial = pd.to_numeric(trials["initial_loss"], errors="coerce").groupby(trials["batch_size"]).median()
+    initial = initial.fillna(table.groupby("batch_size")["loss_mean"].max())
+    half = 0.5 * table["batch_size"].map(initial).to_numpy(float)
+    trained = table.assign(ok=table["loss_mean"].to_numpy(float) <= half).groupby("temperature")["ok"].all()
+    t_lo = float(trained[trained].index.min()) if trained.any() else math.nan
+    keep = (trials["batch_size"] <= b_sat) & (trials["temperature"] >= t_lo * (1 - 1e-9)) & (
+        trials["temperature"] <= t_hi * (1 + 1e-9))
+    score = temperature_collapse(trials[keep])
+    value = float(score["collapse_score"].iloc[0]) if len(score) else math.nan
+    n_bins = int(score["n_bins"].iloc[0]) if len(score) else 0
+    rows.append(_row(f"collapse score, B <= {b_sat:g}, T in [2^{np.log2(t_lo):.2f}, 2^{np.log2(t_hi):.2f}] "
+                     f"({n_bins} bins)", value, "0 (loss depends on T alone)", f"<= {max_score}",
+                     value <= max_score and n_bins >= 2))
+    large = temperature_collapse(trials[trials["batch_size"] >= b_sat])
+    if len(large):
+        rows.append(_info(f"collapse score, B >= {b_sat:g}, all T (breaks past B_sat)",
+                          float(large["collapse_score"].iloc[0])))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- critical_batch
+
+
+def check_critical_batch(trials: pd.DataFrame, curves: pd.DataFrame, *, target: float | None = None,
+                         tol: float = 0.2, min_reports: float = 3.0) -> list[Row]:
+    """S(B) = S_min (1 + B_crit / B) within ``tol`` at every B, at the deepest default target (module docstring)."""
+    trials = ensure_prepared(trials)
+    mean = seed_mean_curves(curves, trials)
+    given = target
+    if target is None:
+        targets = default_targets(mean)
+        if not targets:
+            return [Row("target loss", "none", "curves that go down", "-", FAIL)]
+        target = min(targets)
+    rows = [_info("target loss (deepest default target)" if given is None else "target loss (given)", target,
+                  measured=f"{target:.3g}")]
+    s = steps_to_target(curves, trials, targets=[target], mean_curves=mean)
+    batches = np.sort(trials["batch_size"].dropna().unique())
+    reached = s[s["reached"]]
+    rows.append(_row("batch sizes that reach the target", len(reached), f"all {len(batches)}", "-",
+                     len(reached) == len(batches), measured=f"{len(reached)}/{len(batches)}"))
+    fit = fit_critical_batch(s, n_boot=200)
+    if fit.empty or not np.isfinite(fit["batch_crit"].iloc[0]):
+        rows.append(Row("fit S_min (1 + B_crit / B)", "no fit", "-", "-", FAIL))
+        return rows
+    f = fit.iloc[0]
+    s_min, b_crit = float(f["steps_min"]), float(f["batch_crit"])
+    steps = np.sort(curves["step"].dropna().unique())
+    interval = float(np.median(np.diff(steps))) if len(steps) > 1 else math.nan
+    rows.append(_row("B_crit", b_crit, f"inside [{batches[0]:g}, {batches[-1]:g}]", "-",
+                     batches[0] <= b_crit <= batches[-1], measured=f"{b_crit:.1f} (90%: {f['batch_crit_low']:.1f}"
+                     f"..{f['batch_crit_high']:.1f})"))
+    rows.append(_row("S_min (steps)", s_min, f">= {min_reports:g} report intervals ({min_reports * interval:g})",
+                     "-", s_min >= min_reports * interval, measured=f"{s_min:.1f}"))
+    for _, r in reached.sort_values("batch_size").iterrows():
+        pred = s_min * (1 + b_crit / r["batch_size"])
+        rel = r["steps"] / pred - 1
+        rows.append(_row(f"S(B={r['batch_size']:g}) / fit - 1", rel, f"0 (S={r['steps']:.1f}, fit {pred:.1f})",
+                         f"+-{tol}", abs(rel) <= tol))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------- dispatcher
+
+
+def find_sweep(results_dir, study: str, sweep: str | None = None) -> Path:
+    """The sweep folder a check reads: ``sweep`` if given, else ``science_<study>``, else the only sweep there."""
+    name = sweep or f"science_{study}"
+    found = find_sweeps(results_dir, name)
+    if not found and sweep is None:
+        found = find_sweeps(results_dir)
+        if len(found) != 1:
+            found = []
+    if not found:
+        have = ", ".join(p.name for p in find_sweeps(results_dir)) or "none"
+        raise NoResultsError(f"no sweep {name!r} under {results_dir} (sweeps there: {have}); run "
+                             f"python -m raysweep.launch search_spaces/science_{study}.yaml --storage {results_dir}, "
+                             "or name the sweep with --sweep")
+    return found[0]
+
+
+def run_check(results_dir, study: str, *, sweep: str | None = None, target: float | None = None) -> CheckResult:
+    """Load the sweep (:func:`find_sweep`) and run the check of ``study`` (one of :data:`STUDIES`) on it."""
+    if study not in STUDIES:
+        raise ValueError(f"study must be one of {', '.join(STUDIES)}, got {study!r}")
+    folder = find_sweep(results_dir, study, sweep)
+    trials, curves = load(folder)
+    if trials.empty:
+        raise NoResultsError(f"no trial rows in {folder}/trials")
+    if study == "transfer":
+        rows = check_transfer(trials)
+    elif study == "gamma_eta":
+        rows = check_gamma_eta(trials)
+    elif study == "temperature":
+        rows = check_temperature(trials)
+    else:
+        rows = check_critical_batch(trials, curves, target=target)
+    return CheckResult(study, folder.name, rows)
