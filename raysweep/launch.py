@@ -4,17 +4,16 @@ Exit codes: 0 the sweep ran (diverged and failed trials included), 2 the spec is
 field; Ray is never imported), 1 any other failure.
 
 Ray: an embedded local Ray when no address is given; ``--address`` (or ``RAY_ADDRESS``) attaches to a cluster.
-Tune's per-trial JSON/CSV/TensorBoard files are off and its experiment folder is temporary: the Parquet tables
-under ``<storage>/<name>/`` are the record.
+Tune's per-trial JSON/CSV/TensorBoard files are off and its experiment folder (``<sweep>/_tune/``) is removed at
+the end: the Parquet tables under ``<storage>/<name>/`` are the record.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import socket
 import sys
-import tempfile
 from pathlib import Path
 
 from raysweep.errors import RaysweepError, SpecError
@@ -26,7 +25,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("space", help="the search space YAML (see search_spaces/)")
     ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                     help="Ray cluster to attach to (default: RAY_ADDRESS, else an embedded local Ray)")
-    ap.add_argument("--storage", default="results", help="results root; the sweep lands in STORAGE/NAME (default ./results)")
+    ap.add_argument("--storage", default="results",
+                    help="results root, a local path or a URI (file://, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX); "
+                         "the sweep lands in STORAGE/NAME (default ./results)")
+    ap.add_argument("--shared-storage", action="store_true",
+                    help="assert that a local --storage path is a mount every node of the cluster sees (NFS, Lustre); "
+                         "without it a cluster of more than one node refuses a local path")
     ap.add_argument("--name", help="sweep name (default: the spec's name)")
     ap.add_argument("--dry-run", action="store_true", help="print the trials, bundles and resources; start nothing")
     ap.add_argument("--max-concurrent", type=int, help="cap on trials running at once (overrides search.max_concurrent)")
@@ -36,9 +40,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def check_saved_spec(sweep_dir: Path, spec) -> None:
-    """A relaunch may grow the space but not change the experiment: that would mix two studies in one table."""
-    saved = sweep_dir / "spec.yaml"
+def check_saved_spec(sweep_dir, spec) -> None:
+    """A relaunch may grow the space but not change the experiment: that would mix two studies in one table.
+
+    ``sweep_dir``: a local path, a URI or a :class:`raysweep.storage.Location`."""
+    from raysweep import storage
+
+    saved = storage.resolve(sweep_dir).join("spec.yaml")
     if not saved.exists():
         return
     from raysweep.space import parse_spec
@@ -52,10 +60,11 @@ def check_saved_spec(sweep_dir: Path, spec) -> None:
         )
 
 
-def save_spec(sweep_dir: Path, spec) -> None:
-    tmp = sweep_dir / ".spec.yaml.tmp"
-    tmp.write_text(spec.to_yaml())
-    os.replace(tmp, sweep_dir / "spec.yaml")
+def save_spec(sweep_dir, spec) -> None:
+    """``<sweep>/spec.yaml``, atomically (a local path, a URI or a :class:`raysweep.storage.Location`)."""
+    from raysweep import storage
+
+    storage.write_bytes_atomic(storage.resolve(sweep_dir).join("spec.yaml"), spec.to_yaml().encode())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     except RaysweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the storage: a missing bucket, missing credentials, a full disk (RAYSWEEP_DEBUG=1: trace)
+        if os.environ.get("RAYSWEEP_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished trials are saved; relaunch the same command to continue", file=sys.stderr)
         return 1
@@ -91,20 +105,49 @@ def _renamed(spec, name: str):
 
 
 def run(spec, args) -> int:
+    from raysweep import storage
+
+    root = storage.resolve(args.storage)
+    sweep = root.join(spec.name)
+    shared = getattr(args, "shared_storage", False)
+    if args.address and args.address.startswith("ray://") and not args.dry_run:
+        # Under Ray Client, Tune runs its loop (and raysweep's callbacks: the Parquet writer) as an actor on the
+        # cluster, where this process's writer and lock are not: refuse rather than lose rows.
+        raise RaysweepError(
+            f"--address {args.address}: Ray Client (ray://) is not supported, because Tune would run the sweep's "
+            "results writer on the cluster instead of in this process. From a laptop, submit the launcher as a "
+            "Ray job: ray job submit --address http://HEAD:8265 --working-dir . -- python -m raysweep.launch "
+            "SPACE.yaml --storage s3://BUCKET/PREFIX; on a cluster node, attach with --address HEAD:6379"
+        )
+    if not args.dry_run and sweep.is_posix and not shared and (args.address or "ray" in sys.modules):
+        # A local path serves one node: refuse a larger cluster before anything is written (and before torch loads).
+        import ray
+
+        ours = not ray.is_initialized()
+        start_ray(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+        try:
+            storage.check_cluster(root, sum(1 for n in ray.nodes() if n["Alive"]), shared_storage=False,
+                                  address=args.address)
+        except storage.StorageError:
+            if ours:
+                ray.shutdown()
+            raise
+
     from raysweep.plan import build_plan, describe
     from raysweep.results import ResultsWriter, read_trials
     from raysweep.search import describe_search, planned_spec
 
-    sweep_dir = Path(args.storage) / spec.name
-    done = set(read_trials(sweep_dir).column("config_key").to_pylist()) if sweep_dir.exists() else set()
+    done = set(read_trials(sweep).column("config_key").to_pylist())
     plan, n_done = build_plan(planned_spec(spec), done)  # guided searches and schedulers: one trial per config
     if args.dry_run:
-        print(describe_search(spec, describe(planned_spec(spec), plan, n_done, cuda=_cuda_available())))
+        print(describe_search(spec, describe(planned_spec(spec), plan, n_done, cuda=_cuda_available(),
+                                             storage=sweep.local_dir)))
+        print(_describe_storage(sweep, shared))
         return 0
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    check_saved_spec(sweep_dir, spec)
-    with ResultsWriter(sweep_dir, spec.name) as writer:
-        save_spec(sweep_dir, spec)
+    sweep.mkdir()
+    check_saved_spec(sweep, spec)
+    with ResultsWriter(sweep, spec.name) as writer:
+        save_spec(sweep, spec)
         plan, n_done = build_plan(planned_spec(spec), writer.keys)  # under the lock: the keys are final
         n_todo = sum(len(b.points) for b in plan.bundles.values())
         if not n_todo and spec.search.algorithm != "optuna":  # Optuna's studies, not the grid, say what is left
@@ -112,22 +155,68 @@ def run(spec, args) -> int:
             return 0
         summary = run_tuner(spec, plan, writer, address=args.address, max_concurrent=args.max_concurrent,
                             num_cpus=args.num_cpus, num_gpus=args.num_gpus, quiet=args.quiet)
-    print(f"sweep {spec.name}: {summary}; results in {sweep_dir}")
+    print(f"sweep {spec.name}: {summary}; results in {sweep}")
     return 0
 
 
+def _describe_storage(sweep, shared: bool) -> str:
+    """The ``--dry-run`` line: where the results go and what that storage guarantees."""
+    if sweep.is_posix:
+        scope = ("a mount every node sees (--shared-storage)" if shared else
+                 "a local path: a cluster of more than one node needs --shared-storage or an object-store URI")
+        return f"storage: {sweep} ({scope}; atomic renames; one driver per sweep, held by {sweep}/.lock)"
+    return (f"storage: {sweep} (object store: each file is one atomic PUT; no lock, so run one driver per sweep at "
+            f"a time; Optuna journal and autobatch cache in the local folder {sweep.local_dir})")
+
+
+_WHERE: str | None = None  # where start_ray connected this process, for the progress and summary lines
+
+
 def start_ray(address: str | None, *, num_cpus: int | None, num_gpus: float | None) -> str:
-    """Attach to ``address`` or start an embedded local Ray; say where the driver runs."""
+    """Attach to ``address`` or start an embedded local Ray; say where the driver runs.
+
+    "embedded local Ray on host H"; "attached to ADDR from host H (the head node | a worker node)": the driver
+    attaches through the Ray node of its own machine; "on the head node as a Ray job (SUBMISSION_ID)" when
+    ``ray job submit`` started this process (the job supervisor sets RAY_ADDRESS, so that path attaches too).
+    A later call in the same process returns the first one's answer ("in-process Ray" when something else
+    initialised Ray).
+    """
+    global _WHERE
     import ray
 
     if ray.is_initialized():
-        return "in-process Ray"
+        return _WHERE or "in-process Ray"
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
     if address:
         ray.init(address=address, **{k: v for k, v in common.items() if k != "include_dashboard"})
-        return f"attached to {address}"
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **common)  # never a stray `ray start`
-    return "embedded local Ray"
+        _WHERE = _driver_placement(address)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **common)  # never a stray `ray start`
+        _WHERE = f"embedded local Ray on host {socket.gethostname()}"
+    return _WHERE
+
+
+def _driver_placement(address: str) -> str:
+    """Where an attached driver runs: on which node, and whether as a Ray job (see :func:`start_ray`)."""
+    import ray
+
+    me = ray.get_runtime_context().get_node_id()
+    on_head = any(n["NodeID"] == me and "node:__internal_head__" in n.get("Resources", {}) for n in ray.nodes())
+    # RAY_JOB_CONFIG_JSON_ENV_VAR: set by the Ray job supervisor for a `ray job submit` entrypoint
+    return _placement_text(address, socket.gethostname(), on_head, os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+
+
+def _placement_text(address: str, host: str, on_head: bool, job_config: str | None) -> str:
+    import json
+
+    node = "the head node" if on_head else "a worker node"
+    if job_config:
+        try:
+            submission = json.loads(job_config).get("metadata", {}).get("job_submission_id")
+        except ValueError:
+            submission = None
+        return f"on {node} as a Ray job" + (f" ({submission})" if submission else "")
+    return f"attached to {address} from host {host} ({node})"
 
 
 def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus=None, num_gpus=None,
@@ -160,7 +249,7 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
     resources = resources_per_trial(spec, cuda=_cluster_has_gpus())
     if search.searcher is None and wants_probe(spec, ray.cluster_resources()):
         # GPU shares (or CPU memory) per bundle from the fitted memory model; `batch_size: auto` resolved
-        plan, resources, failed = size_plan(spec, search.plan, writer.sweep_dir, log=_log(quiet))
+        plan, resources, failed = size_plan(spec, search.plan, writer.local_dir, log=_log(quiet))
         results._land([{"trial": row, "curves": []} for row in failed])
         search.plan = results.plan = plan
         search.param_space = {"bundle": tune.grid_search(list(plan.bundles))}
@@ -168,7 +257,9 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
     callbacks = [results]
     if not quiet:
         callbacks.append(ProgressCallback(results, search.n_total, where))
-    scratch = tempfile.mkdtemp(prefix="raysweep-tune-")
+    from raysweep.storage import tune_storage
+
+    tune_dir = tune_storage(writer.location)  # <sweep>/_tune/<launch>/: as reachable as the sweep itself
     try:
         tuner = tune.Tuner(
             trainable,
@@ -182,7 +273,8 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
             ),
             run_config=tune.RunConfig(
                 name=spec.name,
-                storage_path=scratch,
+                storage_path=tune_dir.path,
+                storage_filesystem=tune_dir.filesystem,
                 callbacks=callbacks,
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=2),
@@ -193,11 +285,11 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
     finally:
         if search.searcher is not None:
             search.searcher.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        tune_dir.remove()
     c = results.counts
     extra = search.summary()
     return (f"{sum(c.values())} configurations landed ({c['completed']} completed, {c['diverged']} diverged, "
-            f"{c['failed']} failed, {c['pruned']} pruned){'; ' + extra if extra else ''}; ran on {where}")
+            f"{c['failed']} failed, {c['pruned']} pruned){'; ' + extra if extra else ''}; driver {where}")
 
 
 def _log(quiet: bool):

@@ -101,7 +101,7 @@ def build_search(spec, plan, recorder):
         curves: dict[str, list[dict]] = {}
         for c in read_curves(sweep_dir).to_pylist():
             curves.setdefault(c["config_key"], []).append(c)
-        searcher = OptunaStudies(spec, recorder, sweep_dir, rows, curves)
+        searcher = OptunaStudies(spec, recorder, recorder.writer.local_dir, rows, curves)  # the journal needs POSIX
         plan = dataclasses.replace(plan, bundles={})  # configurations come from the studies at run time
         n_total = sum(max(0, c.wants()) for c in searcher.cells)
     else:
