@@ -5,14 +5,23 @@ rule; they may differ in eta, gamma and seed. Their weights are stacked (``[K, f
 one batched forward and backward, and each member keeps its own learning rates, centring, data stream (one per
 distinct seed) and divergence state. A single trial is a bundle of one: there is only one training loop.
 
-Divergence: a member whose minibatch loss becomes NaN or Inf is diverged at that step (tracked on the device,
-without a host sync). At each report a member whose mean train loss or eval loss exceeds ``divergence_factor`` times
-its initial loss (the zero-predictor loss on the eval set) is diverged at that report's step. A diverged member
-reports no more rows and is dropped from the stacked tensors, so it can never touch the others' numbers.
+Divergence: a member whose minibatch loss becomes NaN or Inf is diverged at that step (the window's losses stay on
+the device until the report). At each report a member whose mean train loss or eval loss exceeds
+``divergence_factor`` times its initial loss (the zero-predictor loss on the eval set) is diverged at that report's
+step. A diverged member reports no more rows and is dropped from the stacked tensors, so it can never touch the
+others' numbers.
 
-Speed: data lives on the device; batches are index slices of a permutation (fixed data) or of a block (online
-teachers), never gathered on the host; ``f(x; theta_0)`` is computed once per training sample (for the whole
-training set, or once per online block) instead of once per step; the host syncs only on report steps.
+Speed (a step of a small MLP is a few dozen tiny ops, so their number is what costs):
+
+- no autograd: :func:`raysweep.model.forward_cached` / :func:`raysweep.model.backward` are the forward and the
+  backward by hand, and for SGD the update is fused into the gradient's bmm (one pass over each weight matrix);
+- members that share a seed share their data and ``theta_0``: ``f(x; theta_0)`` is computed once per distinct seed
+  and per sample (once per online block or for the whole training set, in cache-sized pieces), and folded into the
+  target ``t = a f0 + y``; a step only slices inputs and targets out of the current block or epoch;
+- the host syncs only on report steps; eval runs in cache-sized pieces too.
+
+Everything a member computes is per member (bmm, or mul and sum for a scalar readout; pieces sized by the width,
+never by the bundle), so its numbers are bit-identical alone and in any bundle.
 
 Pure: no Ray, no file output.
 """
@@ -38,6 +47,11 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 # f(x; theta_0) is kept for the whole training set when it takes at most this many bytes, else per batch.
 F0_CACHE_BYTES = 256 * 2**20
+# no-grad forwards over many samples (f(x; theta_0), eval) run in pieces of this many members x activations
+CHUNK_MEMBERS = 8
+CHUNK_ELEMENTS = 2**18
+# a training step runs the members in groups whose weights (and Adam state) take at most this many bytes
+STEP_GROUP_BYTES = 2**22
 
 
 def init_seed(seed: int) -> int:
@@ -96,39 +110,126 @@ def _targets(y: torch.Tensor, loss: str, n_out: int, dtype: torch.dtype) -> torc
     return y
 
 
-class _Stream:
-    """One data stream (one distinct seed): batch positions into its current source.
+class _Feed:
+    """The bundle's minibatches: inputs ``x`` and targets with ``f(x; theta_0)`` folded in.
 
-    Fixed data: the source is the training set, read in a fresh random permutation every epoch; the tail smaller
-    than a batch is dropped. Online: the source is a block of fresh samples, replaced when used up.
+    One data stream per distinct seed; members that share a seed share their stream *and* their initial weights,
+    so ``f(x; theta_0)`` is computed once per stream (the raw output, times each member's readout multiplier).
+    All streams move in lockstep (same batch size, same source size): one position for all of them.
+
+    Sources: online teachers draw a block of fresh samples when one is used up; fixed data sets read a fresh
+    random permutation every epoch (the tail smaller than a batch is dropped). A source is *materialized* (inputs,
+    and targets ``t = a f0_raw + y`` per member) once per block or epoch, so a step only slices it; a fixed data
+    set read by several streams, or too large for that, is gathered per step instead.
+
+    ``batch(lo, hi)`` gives ``(x, t, labels)``: ``x`` ``[B, D]`` when one stream feeds every member, else
+    ``[K, B, D]``; for MSE ``t = a f0 + y`` and ``labels`` is None; for cross-entropy ``t = a f0`` and ``labels``
+    the int64 classes (``[B]`` or ``[K, B]``).
     """
 
-    def __init__(self, task, batch_size: int, seed: int, device: torch.device):
-        self.task, self.batch_size, self.device = task, batch_size, device
-        self.gen = torch.Generator().manual_seed(data_seed(seed))
+    def __init__(self, task, seeds: list[int], member_stream: list[int], init, batch_size: int, out_mult,
+                 loss: str, dtype: torch.dtype, device: torch.device):
+        self.task, self.init, self.loss, self.dtype, self.device = task, init, loss, dtype, device
+        self.gens = [torch.Generator().manual_seed(data_seed(s)) for s in seeds]
+        self.stream = torch.tensor(member_stream, device=device)  # member -> stream, for the members alive
+        self.out_mult = out_mult
         # an online block holds at least one batch
         self.size = max(task.block_size, batch_size) if task.online else task.n_train
-        self.pos = self.size  # the first call draws the first permutation / block
-        self.order: torch.Tensor | None = None
-        self.block: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.shared = len(seeds) == 1
+        self.f0_all = None  # fixed data: f(x; theta_0) of the whole training set per stream [S, n, out], if cached
+        self.gather = False
+        if not task.online:
+            self.x_all = task.x_train.to(device=device, dtype=dtype)
+            self.y_all = _targets(task.y_train.to(device), loss, task.n_out, dtype)
+            el = self.x_all.element_size()
+            k, n, out = len(member_stream), self.size, task.n_out
+            if len(seeds) * n * out * el <= F0_CACHE_BYTES:
+                self.f0_all = _forward_chunked(init, self.x_all)
+            # an epoch's permuted copy (inputs, per-member targets) must fit too
+            fits = (k * out + task.dim) * n * el <= F0_CACHE_BYTES
+            self.gather = not (self.shared and self.f0_all is not None and fits)
+        self.src: tuple | None = None
+        self.orders: list[torch.Tensor] = []
 
-    def next(self) -> tuple[torch.Tensor, bool]:
-        """Positions ``[B]`` of the next batch, and whether the source changed (a new block)."""
-        fresh = self.pos + self.batch_size > self.size
-        if fresh:
-            self.pos = 0
-            if not self.task.online:
-                self.order = torch.randperm(self.size, generator=self.gen).to(self.device)
-            elif self.size == self.task.block_size:
-                self.block = self.task.draw_block(self.gen)
-            else:
-                self.block = _draw(self.task, self.gen, self.size)
-        if self.task.online:
-            idx = torch.arange(self.pos, self.pos + self.batch_size, device=self.device)
+    def refresh(self) -> None:
+        """The next block (online) or epoch permutation (fixed) of every stream, from the stream's generator."""
+        task = self.task
+        if task.online:
+            blocks = [task.draw_block(g) if self.size == task.block_size else _draw(task, g, self.size)
+                      for g in self.gens]
+            x = blocks[0][0] if self.shared else torch.stack([b[0] for b in blocks])
+            y = blocks[0][1] if self.shared else torch.stack([b[1] for b in blocks])
+            x = x.to(self.dtype)
+            y = _targets(y, self.loss, task.n_out, self.dtype)
+            f0 = _forward_chunked(self.init, x)  # [S, P, out]
+            self._materialize(x, y, f0)
+            return
+        self.orders = [torch.randperm(self.size, generator=g).to(self.device) for g in self.gens]
+        if not self.gather:
+            order = self.orders[0]
+            self._materialize(self.x_all[order], self.y_all[order], self.f0_all[:, order])
+
+    def _materialize(self, x, y, f0) -> None:
+        """Keep ``x`` and the per-member targets of a whole source; per-stream tensors are spread to members."""
+        if not self.shared:
+            x, y = x[self.stream], y[self.stream]
+        t = f0[self.stream] * self.out_mult
+        if self.loss == "xent":
+            self.src = (x, t, y)
         else:
-            idx = self.order[self.pos : self.pos + self.batch_size]
-        self.pos += self.batch_size
-        return idx, fresh and self.task.online
+            self.src = (x, t.add_(y), None)
+
+    def batch(self, lo: int, hi: int):
+        """The minibatch of source positions ``lo:hi``."""
+        if not self.gather:
+            x, t, labels = self.src
+            if self.shared:
+                return x[lo:hi], t[:, lo:hi], None if labels is None else labels[lo:hi]
+            return x[:, lo:hi], t[:, lo:hi], None if labels is None else labels[:, lo:hi]
+        idx = self.orders[0][lo:hi] if self.shared else torch.stack([o[lo:hi] for o in self.orders])  # [B] / [S, B]
+        if self.f0_all is not None:
+            streams = torch.arange(len(idx), device=idx.device)[:, None]
+            f0 = self.f0_all[:, idx] if self.shared else self.f0_all[streams, idx]  # [1, B, out] / [S, B, out]
+        else:
+            f0 = _forward_chunked(self.init, self.x_all[idx])
+        if not self.shared:
+            idx, f0 = idx[self.stream], f0[self.stream]
+        x, y = self.x_all[idx], self.y_all[idx]
+        t = f0 * self.out_mult  # [K, B, out]
+        if self.loss == "xent":
+            return x, t, y
+        return x, t.add_(y), None
+
+    def select(self, keep: torch.Tensor, out_mult: torch.Tensor) -> None:
+        """Keep only the members ``keep`` (indices into the members alive)."""
+        self.stream, self.out_mult = self.stream[keep], out_mult
+        if self.src is not None:
+            x, t, labels = self.src
+            if not self.shared:
+                x = x[keep]
+                labels = None if labels is None else labels[keep]
+            self.src = (x, t[keep], labels)
+
+
+def _forward_chunked(weights, x: torch.Tensor) -> torch.Tensor:
+    """The raw output ``[K, n, out]`` of :func:`raysweep.model.forward_cached` without gradients, for many samples.
+
+    Computed in pieces of at most ``CHUNK_MEMBERS`` members and ``CHUNK_ELEMENTS / width`` samples: the
+    activations stay in cache and below glibc's mmap threshold (a whole 4096-sample block at once pays page faults
+    on every call). The pieces depend on the width only, never on the bundle size, so a member's numbers are the
+    same alone and in any bundle.
+    """
+    k, n = weights[0].shape[0], x.shape[-2]
+    rows = max(1, CHUNK_ELEMENTS // (CHUNK_MEMBERS * max(w.shape[2] for w in weights)))
+    if k <= CHUNK_MEMBERS and n <= rows:
+        return model.forward_cached(weights, x, keep=False)[0]
+    out = torch.empty(k, n, weights[-1].shape[2], dtype=weights[0].dtype, device=weights[0].device)
+    for a in range(0, k, CHUNK_MEMBERS):
+        ws = [w[a:a + CHUNK_MEMBERS] for w in weights]
+        xs = x if x.dim() == 2 else x[a:a + CHUNK_MEMBERS]
+        for lo in range(0, n, rows):
+            out[a:a + CHUNK_MEMBERS, lo:lo + rows] = model.forward_cached(ws, xs[..., lo:lo + rows, :], keep=False)[0]
+    return out
 
 
 def _draw(task, gen: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,73 +286,67 @@ def train_bundle(
     weights = model.init_weights(widths, [init_seed(p["seed"]) for p in points], dtype=dtype, device=device)
     gamma = torch.tensor([float(p["gamma"]) for p in points], dtype=dtype, device=device)
     out_mult = model.readout_multiplier(width, gamma, first["parametrization"])
-    rates = [learning_rates(**{k: p[k] for k in _LR_ARGS}) for p in points]
+    rates = [learning_rates(**{k: p[k] for k in _LR_ARGS}, dim=task.dim) for p in points]
     lrs = [torch.tensor([r.per_layer[l] for r in rates], dtype=dtype, device=device).reshape(-1, 1, 1)
            for l in range(depth)]
-    init = [w.clone() for w in weights]
-    for w in weights:
-        w.requires_grad_(True)
+    if all(len(set(r.per_layer)) == 1 for r in rates):
+        lrs = [lrs[0]] * depth  # one tensor for every layer: model.backward then applies it once
     adam = [(torch.zeros_like(w), torch.zeros_like(w)) for w in weights] if optimizer == "Adam" else None
+    loss_coef, df_coef = _loss_coefficients(loss_name, mse_convention, batch_size, task.n_out)
+    dfa_coef = out_mult * df_coef
 
-    # --- data: one stream per distinct seed; members map to their stream ----------------------------------------
+    # --- data: one stream per distinct seed; members that share a seed share its data and its theta_0 ---------
     seeds = sorted({int(p["seed"]) for p in points})
-    streams = [_Stream(task, batch_size, s, device) for s in seeds]
-    member_stream = torch.tensor([seeds.index(int(p["seed"])) for p in points], device=device)
-    shared = len(streams) == 1
+    member_stream = [seeds.index(int(p["seed"])) for p in points]
+    init = [w[[member_stream.index(s) for s in range(len(seeds))]] for w in weights]  # [S, ...], a copy
+    feed = _Feed(task, seeds, member_stream, init, batch_size, out_mult, loss_name, dtype, device)
     x_eval = task.x_eval.to(device=device, dtype=dtype)
     y_eval = _targets(task.y_eval.to(device), loss_name, task.n_out, dtype)
-    with torch.no_grad():
-        f0_eval = model.forward(init, x_eval, out_mult)
-        zero = torch.zeros_like(f0_eval)
-        initial_loss = loss_per_member(zero, y_eval, loss_name, mse_convention)
-    if not task.online:
-        x_src = task.x_train.to(device=device, dtype=dtype)
-        y_src = _targets(task.y_train.to(device), loss_name, task.n_out, dtype)
-        cache_f0 = len(points) * len(x_src) * task.n_out * x_src.element_size() <= F0_CACHE_BYTES
-        f0_src = _f0(init, x_src, out_mult) if cache_f0 else None
+    f0_eval = _forward_chunked(init, x_eval)[feed.stream] * out_mult
+    initial_loss = loss_per_member(torch.zeros_like(f0_eval), y_eval, loss_name, mse_convention)
     alive = list(range(len(points)))  # bundle indices of the members still training
-    first_bad = torch.full((len(points),), -1, dtype=torch.int64, device=device)
-    loss_sum = torch.zeros(len(points), dtype=dtype, device=device)
-    n_in_window = 0
+    window: list[torch.Tensor] = []  # per step: each member's minibatch loss [K]
+    pos = feed.size  # the first step draws the first block / permutation
+    member_bytes = sum(w[0].numel() * w.element_size() for w in weights) * (1 if adam is None else 3)
+    groups = _groups(len(alive), member_bytes)
 
-    # --- the loop: step, track divergence on the device, report (the only host sync) ----------------------------
+    # --- the loop: step, report (the only host sync), drop diverged members ------------------------------------
     for step in range(1, total_steps + 1):
-        batch = [s.next() for s in streams]
-        if task.online and any(fresh for _, fresh in batch):
-            blocks = [s.block for s in streams]
-            x_src = blocks[0][0] if shared else torch.stack([b[0] for b in blocks])[member_stream]
-            y_src = _targets(
-                blocks[0][1] if shared else torch.stack([b[1] for b in blocks])[member_stream],
-                loss_name, task.n_out, dtype,
-            )
-            x_src = x_src.to(dtype)
-            f0_src = _f0(init, x_src, out_mult)
-        x, y, f0 = _gather(batch, x_src, y_src, f0_src, init, out_mult, shared, member_stream, task.online)
+        if pos + batch_size > feed.size:
+            feed.refresh()
+            pos = 0
+        x, t, labels = feed.batch(pos, pos + batch_size)
+        pos += batch_size
 
-        f = model.forward(weights, x, out_mult) - f0
-        losses = loss_per_member(f, y, loss_name, mse_convention)
-        grads = torch.autograd.grad(losses.sum(), weights)
-        with torch.no_grad():
-            _update(weights, grads, lrs, adam, step)
-            loss_sum += losses
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses), step, first_bad)
-        n_in_window += 1
+        if len(groups) == 1:
+            losses = _step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step)
+        else:  # large weights: a group of members at a time, so that each group's weights stay in cache
+            losses = torch.cat([
+                _step([w[g] for w in weights], x if x.dim() == 2 else x[g], t[g],
+                      labels if labels is None or labels.dim() == 1 else labels[g], out_mult[g], loss_coef,
+                      dfa_coef[g], [lrs[0][g]] * depth if lrs[0] is lrs[-1] else [lr[g] for lr in lrs],
+                      None if adam is None else [(m[g], v[g]) for m, v in adam], step)
+                for g in groups])
+        window.append(losses)
 
         if step % report_every and step != total_steps:
             continue
-        # report: one host sync; judge divergence, drop diverged members from the stacked tensors
+        # report: judge divergence, drop diverged members from the stacked tensors
+        losses = torch.stack(window, 1)  # [K, steps in the window]
         with torch.no_grad():
-            f_eval = model.forward(weights, x_eval, out_mult) - f0_eval
+            f_eval = _forward_chunked(weights, x_eval).mul_(out_mult).sub_(f0_eval)
             eval_loss = loss_per_member(f_eval, y_eval, loss_name, mse_convention)
             acc = (
                 (f_eval.argmax(-1) == task.y_eval.to(device)).to(dtype).mean(1)
                 if task.kind == "classification"
                 else None
             )
-        train_loss = (loss_sum / n_in_window).cpu().numpy()
+        finite = torch.isfinite(losses)
+        first_bad = (~finite).to(torch.int8).argmax(1) + (step - len(window) + 1)  # first non-finite step
+        bad_np = torch.where(finite.all(1), -1, first_bad).cpu().numpy()
+        train_loss = (losses.sum(1) / len(window)).cpu().numpy()
         eval_np = eval_loss.cpu().numpy()
         acc_np = acc.cpu().numpy() if acc is not None else None
-        bad_np = first_bad.cpu().numpy()
         initial_np = initial_loss.cpu().numpy()
         limit = factor * initial_np.astype(np.float64)  # float64: a large factor must not overflow a float32 loss
         diverged = {}
@@ -277,54 +372,67 @@ def train_bundle(
         yield report
         if report.finished:
             return
+        window = []
         if diverged:
             keep = [j for j, m in enumerate(alive) if m not in diverged]
             sel = torch.tensor(keep, device=device)
             alive = [alive[j] for j in keep]
-            weights = [w.detach()[sel].requires_grad_(True) for w in weights]
-            init = [w[sel] for w in init]
-            lrs = [lr[sel] for lr in lrs]
-            out_mult, f0_eval = out_mult[sel], f0_eval[sel]
-            initial_loss, first_bad = initial_loss[sel], first_bad[sel]
-            member_stream = member_stream[sel]
+            weights = [w[sel] for w in weights]
+            lrs = [lr[sel] for lr in lrs] if lrs[0] is not lrs[-1] else [lrs[0][sel]] * depth
+            out_mult, dfa_coef, f0_eval, initial_loss = out_mult[sel], dfa_coef[sel], f0_eval[sel], initial_loss[sel]
+            feed.select(sel, out_mult)
+            groups = _groups(len(alive), member_bytes)
             if adam is not None:
                 adam = [(m[sel], v[sel]) for m, v in adam]
-            if f0_src is not None:
-                f0_src = f0_src[sel]
-            if x_src.dim() == 3:
-                x_src, y_src = x_src[sel], y_src[sel]
-        loss_sum = torch.zeros(len(alive), dtype=dtype, device=device)
-        n_in_window = 0
 
 
 _LR_ARGS = ("eta", "gamma", "width", "depth", "parametrization", "optimizer", "lr_rule")
 
 
-def _f0(init, x_src, out_mult) -> torch.Tensor:
-    with torch.no_grad():
-        return model.forward(init, x_src, out_mult)
+def _groups(n_members: int, member_bytes: int) -> list[slice]:
+    """Consecutive groups of members whose weights (and Adam state) take at most ``STEP_GROUP_BYTES``: one group
+    for small models; one member at a time when a member's weights alone fill the cache."""
+    size = max(1, STEP_GROUP_BYTES // max(1, member_bytes))
+    return [slice(a, min(a + size, n_members)) for a in range(0, n_members, size)]
 
 
-def _gather(batch, x_src, y_src, f0_src, init, out_mult, shared, member_stream, online):
-    """The minibatch ``(x, y, f0)``: shared ``[B, D]`` inputs when every member reads one stream, else ``[K, B, D]``."""
-    if shared:
-        idx = batch[0][0]
-        x, y = x_src[idx], y_src[idx]
-        f0 = f0_src[:, idx] if f0_src is not None else _f0(init, x, out_mult)
-        return x, y, f0
-    idx = torch.stack([i for i, _ in batch])[member_stream]  # [K, B]
-    if online:  # x_src is [K, P, D]: each member indexes its own block
-        rows = torch.arange(len(idx), device=idx.device)[:, None]
-        x, y = x_src[rows, idx], y_src[rows, idx]
-        f0 = f0_src[rows, idx]
+def _step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step: int) -> torch.Tensor:
+    """One optimizer step of the members of ``weights``, in place; returns their minibatch losses ``[K]``."""
+    raw, acts = model.forward_cached(weights, x)
+    losses, dfa = _loss_and_dfa(raw, out_mult, t, labels, loss_coef, dfa_coef)
+    if adam is None:
+        model.backward(weights, acts, dfa, sgd_lr=lrs)
     else:
-        x, y = x_src[idx], y_src[idx]
-        if f0_src is not None:
-            rows = torch.arange(len(idx), device=idx.device)[:, None]
-            f0 = f0_src[rows, idx]
-        else:
-            f0 = _f0(init, x, out_mult)
-    return x, y, f0
+        _update(weights, model.backward(weights, acts, dfa), lrs, adam, step)
+    return losses
+
+
+def _loss_coefficients(loss: str, mse_convention: str, batch_size: int, n_out: int) -> tuple[float, float]:
+    """``(c_loss, c_df)``: MSE ``loss = c_loss * sum r^2`` and ``dloss/df = c_df * r`` (``r = f - f0 - y``);
+    xent ``dloss/df = c_df * (softmax - onehot)`` (``c_loss`` unused). The conventions of :func:`loss_per_member`."""
+    if loss == "xent":
+        return 1.0, 1.0 / batch_size
+    if mse_convention == "study":
+        return 1.0 / (batch_size * n_out), 2.0 / (batch_size * n_out)
+    return 0.5 / batch_size, 1.0 / batch_size
+
+
+def _loss_and_dfa(raw, out_mult, t, labels, loss_coef: float, dfa_coef):
+    """Each member's minibatch loss ``[K]`` and ``dfa = a * dloss/df`` ``[K, B, out]`` (what
+    :func:`raysweep.model.backward` takes), from the raw output ``raw`` (overwritten).
+
+    MSE: ``t = a f0 + y`` and ``r = a raw - t`` is the centred residual. xent: ``t = a f0``, ``labels`` the classes.
+    ``dfa_coef`` is ``a * c_df`` per member, ``[K, 1, 1]`` (see :func:`_loss_coefficients`).
+    """
+    f = raw.mul_(out_mult).sub_(t)
+    if labels is None:
+        flat = f.flatten(1)
+        return torch.linalg.vecdot(flat, flat).mul_(loss_coef), f.mul_(dfa_coef)
+    logp = torch.log_softmax(f, -1)
+    lab = labels.expand(f.shape[:2]).unsqueeze(-1)
+    losses = logp.gather(-1, lab).squeeze(-1).mean(1).neg_()
+    dfa = logp.exp_().scatter_add_(-1, lab, torch.full(lab.shape, -1.0, dtype=f.dtype, device=f.device))
+    return losses, dfa.mul_(dfa_coef)
 
 
 def _update(weights, grads, lrs, adam, step: int) -> None:
@@ -338,11 +446,18 @@ def _update(weights, grads, lrs, adam, step: int) -> None:
         return
     b1, b2 = ADAM_BETAS
     c1, c2 = 1 - b1**step, 1 - b2**step
-    for w, g, lr, (m, v) in zip(weights, grads, lrs, adam):
-        m.mul_(b1).add_(g, alpha=1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (v.sqrt() / math.sqrt(c2)).add_(ADAM_EPS)
-        w.sub_((lr / c1) * m / denom)
+    ms, vs = [m for m, _ in adam], [v for _, v in adam]
+    # _foreach ops: one call per quantity for all layers (a third of the op calls of a per-layer loop)
+    torch._foreach_mul_(ms, b1)
+    torch._foreach_add_(ms, grads, alpha=1 - b1)
+    torch._foreach_mul_(vs, b2)
+    torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+    denom = torch._foreach_sqrt(vs)
+    torch._foreach_div_(denom, math.sqrt(c2))
+    torch._foreach_add_(denom, ADAM_EPS)
+    steps = torch._foreach_div(ms, denom)  # torch.optim.Adam: w -= (lr / c1) * m / denom
+    torch._foreach_mul_(steps, [lr / c1 for lr in lrs])
+    torch._foreach_sub_(weights, steps)
 
 
 def train(task, experiment: Mapping[str, Any], point: Mapping[str, Any], *, device="cpu") -> list[Report]:

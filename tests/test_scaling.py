@@ -174,3 +174,42 @@ def test_torch_sp_without_dim_has_no_input_rate():
     rates = learning_rates(eta=0.5, gamma=1.0, width=64, depth=2, parametrization="torch_sp", optimizer="SGD",
                            lr_rule="study")
     assert math.isnan(rates.per_layer[0]) and rates.per_layer[1] == 32.0
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "Adam"])
+def test_torch_sp_steps_match_pytorch_default_training(optimizer):
+    """torch_sp is PyTorch's default MLP: W_t ~ N(0, 1/fan_in), no multipliers, trained at eta on W_t. Training
+    raysweep's N(0, 1) weights at the torch_sp rates must give W' / sqrt(fan_in) == W_t after every step (exactly
+    for SGD; for Adam up to its eps, which enters as eps * sqrt(fan_in) on the rescaled gradients)."""
+    import torch
+
+    from raysweep import model
+
+    torch.manual_seed(0)
+    dim, width, depth, eta = 8, 32, 3, 0.01
+    widths = model.layer_widths(dim, width, depth, 1)
+    w_ours = [w.double() for w in model.init_weights(widths, [1], dtype=torch.float64)]
+    w_torch = [(w[0] / math.sqrt(w.shape[1])).clone().requires_grad_(True) for w in w_ours]
+    w_ours = [w.clone().requires_grad_(True) for w in w_ours]
+    rates = learning_rates(eta=eta, gamma=1.0, width=width, depth=depth, parametrization="torch_sp",
+                           optimizer=optimizer, lr_rule="study", dim=dim).per_layer
+    mult = model.readout_multiplier(width, torch.ones(1, dtype=torch.float64), "torch_sp")
+    opt_t = (torch.optim.SGD if optimizer == "SGD" else torch.optim.Adam)(w_torch, lr=eta)
+    opt_o = (torch.optim.SGD if optimizer == "SGD" else torch.optim.Adam)(
+        [{"params": [w], "lr": lr} for w, lr in zip(w_ours, rates)])
+    for _ in range(3):
+        x = torch.randn(16, dim, dtype=torch.float64)
+        y = (x.sum(1, keepdim=True)) ** 2 / dim
+        h = x
+        for w in w_torch[:-1]:
+            h = torch.relu(h @ w)
+        loss_t = 0.5 * ((h @ w_torch[-1] - y) ** 2).sum(1).mean()
+        loss_o = 0.5 * ((model.forward(w_ours, x, mult)[0] - y) ** 2).sum(1).mean()
+        assert float(loss_o) == pytest.approx(float(loss_t), rel=1e-10 if optimizer == "SGD" else 1e-4)
+        for opt, loss in ((opt_t, loss_t), (opt_o, loss_o)):
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for w_o, w_t in zip(w_ours, w_torch):
+        tol = dict(rtol=1e-9, atol=1e-12) if optimizer == "SGD" else dict(rtol=1e-2, atol=1e-4)
+        torch.testing.assert_close(w_o.detach()[0] / math.sqrt(w_o.shape[1]), w_t.detach(), **tol)
