@@ -205,7 +205,7 @@ def test_torch_sp_steps_match_pytorch_default_training(optimizer):
             h = torch.relu(h @ w)
         loss_t = 0.5 * ((h @ w_torch[-1] - y) ** 2).sum(1).mean()
         loss_o = 0.5 * ((model.forward(w_ours, x, mult)[0] - y) ** 2).sum(1).mean()
-        assert float(loss_o) == pytest.approx(float(loss_t), rel=1e-10 if optimizer == "SGD" else 1e-4)
+        assert loss_o.item() == pytest.approx(loss_t.item(), rel=1e-10 if optimizer == "SGD" else 1e-4)
         for opt, loss in ((opt_t, loss_t), (opt_o, loss_o)):
             opt.zero_grad()
             loss.backward()
