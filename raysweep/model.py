@@ -166,6 +166,8 @@ def backward(
         # rate, instead of one [K, B, fan] product per layer
         dfa, rates = dfa * sgd_lr[0], [None] * depth
     w_out, h = weights[-1], acts[-1]
+    if h.dim() == 2:  # depth 1: the readout reads the shared inputs
+        h = h.expand(w_out.shape[0], *h.shape)
     if w_out.shape[-1] == 1:
         w_t = w_out.transpose(1, 2)  # [K, 1, N]: a view, so the in-place update below lands in w_out
         dh = dfa * w_t

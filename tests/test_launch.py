@@ -177,7 +177,9 @@ def test_sigkill_then_relaunch_runs_each_config_exactly_once(ray_cluster, exec_l
     common = {"batch_size": [8], "width": 32, "seed": [0]}
     small = write_space(tmp_path / "small.yaml", "crash", eta=etas, **common)
     spec = yaml.safe_load(small.read_text())
-    spec["experiment"].update(steps=1500, report_every=500, dim=9)  # dim tags this test's executions in the log
+    # dim tags this test's executions in the log; 6000 steps keep a trial ~0.5 s of CPU (the hand-written backward
+    # made 1500 steps so fast that all 12 trials landed before the driver could be killed mid-sweep)
+    spec["experiment"].update(steps=6000, report_every=2000, dim=9)
     spec["fusion"] = {"enabled": False}
     spec["search"] = {"max_concurrent": 2}
     small.write_text(yaml.safe_dump(spec))

@@ -3,7 +3,7 @@ autograd through the public rule (raysweep.model.forward, raysweep.train.loss_pe
 
 Gradients must equal autograd's to 1e-12 relative; the fused SGD update must equal ``W - lr * grad`` (autograd's
 grad) to the same tolerance; one Adam step from the hand gradients must equal torch.optim.Adam's from autograd's.
-Every case: SP and muP, L = 2 and 3, a scalar readout (the mul-and-sum path) and 10 outputs (the bmm path), MSE
+Every case: SP and muP, L = 1, 2 and 3, a scalar readout (the mul-and-sum path) and 10 outputs (the bmm path), MSE
 (both conventions) and cross-entropy, inputs shared by the members ``[B, D]`` and per member ``[K, B, D]``, members
 with different gammas and learning rates. The shapes are all different (D=5, N=7, B=6, K=3) so that a transposed
 operand or a fan_in / fan_out mix-up cannot cancel out.
@@ -84,7 +84,7 @@ def assert_close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
 
 CASES = [
     pytest.param(depth, n_out, loss, convention, id=f"L{depth}-out{n_out}-{loss}-{convention}")
-    for depth in (2, 3)
+    for depth in (1, 2, 3)
     for n_out, loss, convention in ((1, "mse", "half_sum"), (1, "mse", "study"), (10, "mse", "half_sum"),
                                     (10, "mse", "study"), (10, "xent", "half_sum"))
 ]
