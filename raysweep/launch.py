@@ -238,7 +238,7 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
 
     from raysweep.autobatch.launching import size_plan, wants_probe
     from raysweep.callbacks import ProgressCallback, ResultsCallback
-    from raysweep.plan import resources_per_trial
+    from raysweep.plan import resources_per_trial, run_order
     from raysweep.search import build_search
     from raysweep.trial import tune_trainable
 
@@ -252,7 +252,7 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
         plan, resources, failed = size_plan(spec, search.plan, writer.local_dir, log=_log(quiet))
         results._land([{"trial": row, "curves": []} for row in failed])
         search.plan = results.plan = plan
-        search.param_space = {"bundle": tune.grid_search(list(plan.bundles))}
+        search.param_space = {"bundle": tune.grid_search(run_order(plan))}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, plan=search.plan), resources)
     callbacks = [results]
     if not quiet:

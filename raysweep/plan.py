@@ -3,7 +3,7 @@
 Pure planning: no Ray, no torch. A configuration that already has a trials row (``done``) is not planned again;
 that is how a relaunch resumes and how a larger space runs only its new points.
 
-Bundles: configurations that share :data:`raysweep.train.BUNDLE_KEYS` (batch size, width, depth,
+Bundles: configurations that share :data:`raysweep.space.BUNDLE_KEYS` (batch size, width, depth,
 parametrization, optimizer, loss, lr rule) train as one stacked model, at most ``fusion.max_members`` at a time.
 ``fusion: {enabled: false}`` gives one trial per configuration.
 """
@@ -16,8 +16,7 @@ from collections import defaultdict
 from collections.abc import Collection
 
 from raysweep import __version__
-from raysweep.space import SweepSpec, config_key
-from raysweep.train import BUNDLE_KEYS
+from raysweep.space import BUNDLE_KEYS, SweepSpec, config_key
 from raysweep.trial import Bundle, Plan
 
 
@@ -55,6 +54,35 @@ def build_plan(spec: SweepSpec, done: Collection[str] = ()) -> tuple[Plan, int]:
         version=__version__,
     )
     return plan, len(keyed) - len(pending)
+
+
+STEP_OVERHEAD_FLOP = 2e6  # a step's fixed cost (kernel launches, Python) in FLOP-equivalents on a CPU core
+
+
+def bundle_cost(experiment: dict, bundle: Bundle) -> float:
+    """A bundle's training cost in FLOP-equivalents, for ordering: ``steps * (overhead + 6 K B P)`` with ``K``
+    members of ``P`` weights at batch size ``B`` (forward and backward ~ 6 FLOP per weight per sample)."""
+    from raysweep.autobatch.sizing import FILE_TRAIN_SAMPLES, family_shape
+
+    p = bundle.points[0]
+    b = 1 if p["batch_size"] == "auto" else int(p["batch_size"])
+    dim, n_out = family_shape(experiment)
+    widths = [dim] + [int(p["width"])] * (int(p["depth"]) - 1) + [n_out]
+    params = sum(a * c for a, c in zip(widths[:-1], widths[1:]))
+    if experiment.get("steps"):
+        steps = int(experiment["steps"])
+    else:
+        n_train = experiment.get("n_train") or experiment.get("max_train_samples") \
+            or FILE_TRAIN_SAMPLES.get(experiment["family"], 1)
+        steps = int(experiment.get("epochs") or 1) * max(1, int(n_train) // b)
+    return steps * (STEP_OVERHEAD_FLOP + 6.0 * len(bundle.points) * b * params)
+
+
+def run_order(plan: Plan) -> list[str]:
+    """Bundle ids, the costliest first (:func:`bundle_cost`): the longest trials start at once and the short ones
+    fill the gaps, so the last trial to finish is a short one (longest-processing-time-first scheduling)."""
+    cost = {bid: bundle_cost(plan.experiment, b) for bid, b in plan.bundles.items()}
+    return sorted(plan.bundles, key=lambda bid: -cost[bid])
 
 
 def resources_per_trial(spec: SweepSpec, *, cuda: bool) -> dict[str, float]:
@@ -111,7 +139,8 @@ def autobatch_lines(spec: SweepSpec, plan: Plan, *, cuda: bool, storage=None, li
         f"{config.target_memory_fraction:g}, infeasible: {config.infeasible}"
         + (f", batch_size: auto = the largest {config.batch_grid} batch in [{config.min_batch_size}, "
            f"{config.max_batch_size}] that fits" if auto else "")
-        + "): a GPU share per trial (or CPU memory without CUDA) replaces the resources above"
+        + "): a GPU share per trial (or CPU memory without CUDA) replaces the resources above; a bundle "
+        "whose members together exceed the usable memory is split into bundles that fit"
     ]
     if spec.experiment.device == "cuda" or (cuda and spec.experiment.device != "cpu"):
         lines.append("autobatch: the probe measures the GPU at launch (then cached); the dry run never touches CUDA")

@@ -65,6 +65,9 @@ CURVES_SCHEMA = pa.schema(
         ("eval_loss", pa.float64()),
         ("eval_accuracy", pa.float64()),
         ("wall_time_s", pa.float64()),
+        ("grad_noise_scale", pa.float64()),  # experiment.grad_noise_scale; the three are null when it is off
+        ("grad_sq", pa.float64()),
+        ("grad_trace_cov", pa.float64()),
     ]
 )
 

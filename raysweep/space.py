@@ -20,6 +20,9 @@ The format (every key is checked; an unknown key is an error that suggests the c
                                 # its initial loss (the zero-predictor loss: the trained function is centred)
       data_seed: 0              # int >= 0: fixes the teacher, the data split and the eval set
       device: auto              # auto | cpu | cuda
+      grad_noise_scale: null    # off (null/false, default) | true | {batches: 8, batch_size: null}: measure the
+                                # gradient noise scale at every report (raysweep.noise; batches: chunks m >= 2,
+                                # batch_size: chunk size b > 0, null for the trial's batch size)
       # family keys; a key of another family is an error that names the family:
       #   poly_online, poly_fixed: dim (D, 32), n_train (P; 4096 online, 1024 fixed), degree (K >= 1, 2),
       #                            noise (>= 0, 0.0). Teacher y = (x.w)^K, w ~ N(0, I/D).
@@ -103,13 +106,16 @@ from raysweep._spec_search import ALGORITHMS, Scheduler, Search
 __all__ = [  # closed sets first, then the types and functions
     "ALGORITHMS", "AXES", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "FAMILIES", "LOSSES", "LR_RULES",
     "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS", "REGRESSION_FAMILIES",
-    "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key", "load_spec", "parse_spec",
+    "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key", "grad_noise_option",
+    "load_spec", "parse_spec",
 ]  # fmt: skip
 
 AXES = ("batch_size", "eta", "width", "gamma", "depth", "seed", "parametrization", "optimizer", "loss", "lr_rule")
 REGRESSION_FAMILIES = ("poly_online", "poly_fixed", "mlp_teacher")
 CLASSIFICATION_FAMILIES = ("digits", "mnist", "mnist1m", "mnist1m_sampled")
 FAMILIES = REGRESSION_FAMILIES + CLASSIFICATION_FAMILIES
+# Configurations that agree on these axes can train as one fused bundle (same data order and shapes).
+BUNDLE_KEYS = ("batch_size", "width", "depth", "parametrization", "optimizer", "loss", "lr_rule")
 PARAMETRIZATIONS = ("SP", "muP", "torch_sp")  # torch_sp: PyTorch's default init, no multipliers (see scaling)
 OPTIMIZERS = ("SGD", "Adam")
 LOSSES = ("mse", "xent")
@@ -118,6 +124,8 @@ MSE_CONVENTIONS = ("half_sum", "study")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_EVAL_SAMPLES = 2048  # synthetic families; classification defaults to the full test set (capped at 10000)
+GRAD_NOISE_KEYS = ("batches", "batch_size")
+DEFAULT_NOISE_BATCHES = 8  # raysweep.noise.DEFAULT_BATCHES (this module imports no torch)
 
 _REQUIRED = f.Marker("<required>")
 _FAMILY_DEFAULT = f.Marker("<family default>")  # Experiment.eval_samples: 2048 (synthetic) or None (classification)
@@ -173,6 +181,7 @@ class Experiment(f.ShortRepr):
     diverged (at step 0 the centred network is the zero predictor, so the initial loss does not depend on gamma).
     ``eval_samples`` is 2048 for synthetic families when not given and None (the full test set, capped at 10000)
     for classification families.
+    ``grad_noise_scale``: None (off) or ``{"batches": m, "batch_size": b or None}`` (see :func:`grad_noise_option`).
     """
 
     family: str
@@ -185,6 +194,7 @@ class Experiment(f.ShortRepr):
     divergence_factor: float = 100.0
     data_seed: int = 0
     device: str = "auto"
+    grad_noise_scale: Any = None
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -198,6 +208,7 @@ class Experiment(f.ShortRepr):
         f.set_field(self, "divergence_factor", f.as_float("experiment.divergence_factor", self.divergence_factor, gt=1))
         f.set_field(self, "data_seed", f.as_int("experiment.data_seed", self.data_seed, ge=0))
         f.set_field(self, "device", f.as_choice("experiment.device", self.device, DEVICES))
+        f.set_field(self, "grad_noise_scale", grad_noise_option(self.grad_noise_scale))
         self._check_length()
         if self.eval_samples is _FAMILY_DEFAULT:
             f.set_field(self, "eval_samples", DEFAULT_EVAL_SAMPLES if self.kind == "regression" else None)
@@ -233,6 +244,10 @@ class Experiment(f.ShortRepr):
     def as_dict(self) -> dict:
         """The flat experiment mapping, defaults applied: what ``raysweep.data.build_task`` receives."""
         common = {fld.name: getattr(self, fld.name) for fld in fields(self) if fld.name != "params"}
+        # off: absent, so that the config keys (and saved specs) of sweeps without the metric do not change
+        noise = common.pop("grad_noise_scale")
+        if noise is not None:
+            common["grad_noise_scale"] = dict(noise)
         return {**common, **self.params}
 
     def _shown(self) -> dict:
@@ -243,6 +258,31 @@ class Experiment(f.ShortRepr):
             shown["eval_samples"] = self.eval_samples
         changed = {k: v for k, v in self.params.items() if v != defaults[k]}
         return {**shown, "params": changed} if changed else shown
+
+
+def grad_noise_option(value: Any, path: str = "experiment.grad_noise_scale") -> f.FrozenDict | None:
+    """The gradient-noise-scale option, normalized: None (off: null or false), or
+    ``{"batches": m, "batch_size": b}`` (``true`` is ``{batches: 8, batch_size: null}``). ``batches`` is the number
+    of chunks of the noise batch, an int >= 2 (null: 8); ``batch_size`` the chunk size, an int > 0, or null for the
+    trial's batch size. Raises a SpecError naming the field."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise f.fail(path, "must be true, false, null or a mapping {batches: m, batch_size: b}", value)
+    f.check_keys(value, GRAD_NOISE_KEYS, path)
+    batches = value.get("batches")
+    if batches is None:
+        batches = DEFAULT_NOISE_BATCHES
+    else:
+        try:
+            batches = f.as_int(f"{path}.batches", batches, ge=2)
+        except f.FieldError:
+            must = "must be an integer >= 2 (the number of chunks of the noise batch; the estimator needs two)"
+            raise f.fail(f"{path}.batches", must, batches) from None
+    batch_size = f.optional(_pos_int, f"{path}.batch_size", value.get("batch_size"))
+    return f.FrozenDict(batches=batches, batch_size=batch_size)
 
 
 def _family_params(family: str, given: Mapping) -> dict:

@@ -93,6 +93,7 @@ def trial_row(
 
 
 def curve_row(report, member: int) -> dict:
+    noise = report.noise_scale is not None  # experiment.grad_noise_scale on: the metric's three columns
     return {
         "step": report.step,
         "epoch": report.epoch,
@@ -100,6 +101,9 @@ def curve_row(report, member: int) -> dict:
         "train_loss": report.train_loss[member],
         "eval_loss": report.eval_loss[member],
         "eval_accuracy": report.eval_accuracy[member],
+        "grad_noise_scale": report.noise_scale[member] if noise else None,
+        "grad_sq": report.grad_sq[member] if noise else None,
+        "grad_trace_cov": report.trace_sigma[member] if noise else None,
         "wall_time_s": report.wall_time_s,
     }
 

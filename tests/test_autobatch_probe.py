@@ -348,3 +348,31 @@ def test_probe_and_fit_stores_then_hits_the_cache_without_probing(tmp_path, monk
     dev.name = "FakeGPU-2"
     host_module.probe_and_fit(spec, storage=tmp_path, use_ray=False)
     assert calls[-2:] == ["describe", "probe"]
+
+
+def test_bundles_larger_than_memory_are_split_into_bundles_that_fit():
+    from raysweep.autobatch.launching import split_bundles
+    from raysweep.plan import build_plan
+
+    spec = parse_spec({"name": "split", "experiment": {"family": "poly_online", "dim": 32, "n_train": 4096,
+                                                       "steps": 10},
+                       "space": {"batch_size": [128], "eta": [0.1, 0.2, 0.3, 0.4, 0.5], "width": [4096],
+                                 "depth": [3], "optimizer": ["SGD"]}})
+    plan, _ = build_plan(spec)
+    (bundle,) = plan.bundles.values()
+    assert len(bundle.points) == 5
+    # By hand: params 32*4096 + 4096^2 + 4096 = 16,912,384; SGD static 3 copies * 4 B = 202,948,608 B per member,
+    # times 1.1 (margin); data 811,008 B + 24,576 B per member (f0 of the block and of the eval set);
+    # usable 0.8 * 2 GiB; context 1 GiB -> k members fit while 1 GiB + k (223,243,468.8 + 24,576) + 811,008 <= usable:
+    # k <= 2.88, so 5 members -> 2 + 2 + 1.
+    model = hand_model(available=2 * GiB)
+    split = split_bundles(plan, model, AutobatchConfig(), log=lambda m: None)
+    sizes = [len(b.points) for b in split.bundles.values()]
+    assert sizes == [2, 2, 1]
+    assert [k for b in split.bundles.values() for k in b.keys] == list(bundle.keys)  # every member once, in order
+    assert all(b.bundle_id not in plan.bundles for b in split.bundles.values())
+    sized = plan_resources(spec, list(split.bundles.values()), device_info=model.device, model=model)
+    assert not sized["infeasible"] and len(sized["resources"]) == 3
+    # a bundle that fits is kept as it is (same id)
+    roomy = split_bundles(plan, hand_model(available=80 * GiB), AutobatchConfig(), log=lambda m: None)
+    assert roomy.bundles == plan.bundles

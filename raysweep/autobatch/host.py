@@ -25,7 +25,7 @@ from raysweep.errors import RaysweepError
 
 def request_from_spec(spec, config: AutobatchConfig | None = None) -> ProbeRequest:
     """The probe request of a validated spec: its shapes, the batch ranges per mode, the largest bundle."""
-    from raysweep.train import BUNDLE_KEYS
+    from raysweep.space import BUNDLE_KEYS
 
     config = config or getattr(spec, "autobatch", None) or AutobatchConfig()
     experiment = spec.experiment.as_dict()

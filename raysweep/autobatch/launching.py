@@ -38,6 +38,7 @@ def size_plan(spec, plan, sweep_dir, *, log: Callable[[str], None] = print) -> t
     from raysweep.trial import Bundle, trial_row
 
     model = probe_and_fit(spec, config=spec.autobatch, storage=sweep_dir, log=log)
+    plan = split_bundles(plan, model, spec.autobatch, log=log)
     sized = plan_resources(spec, list(plan.bundles.values()), device_info=model.device, model=model,
                            config=spec.autobatch, storage=sweep_dir)
     raise_if_infeasible(sized, spec.autobatch)
@@ -58,3 +59,31 @@ def size_plan(spec, plan, sweep_dir, *, log: Callable[[str], None] = print) -> t
     log(f"autobatch ({sized['label']} on {sized['device']['name']}): {len(bundles)} trials sized, "
         f"{len(sized['infeasible'])} infeasible; usable {sized['usable_bytes'] / 2**20:.0f} MiB")
     return replace(plan, bundles=bundles), (lambda config: resources[config["bundle"]]), failed
+
+
+def split_bundles(plan, model, config, *, log: Callable[[str], None] = print):
+    """The memory bound on bundle size: split every bundle whose members together exceed the usable memory into
+    consecutive bundles that fit (:func:`raysweep.autobatch.sizing.split_to_fit`); the others are kept as they
+    are (same ids)."""
+    from raysweep.autobatch.sizing import split_to_fit
+    from raysweep.plan import bundle_id
+    from raysweep.trial import Bundle
+
+    usable = model.usable_bytes(config.target_memory_fraction)
+    bundles, n_split = {}, 0
+    for bid, bundle in plan.bundles.items():
+        chunks = split_to_fit(model, bundle.points, usable, experiment=plan.experiment,
+                              min_batch_size=config.min_batch_size)
+        if len(chunks) == 1:
+            bundles[bid] = bundle
+            continue
+        n_split += 1
+        start = 0
+        for chunk in chunks:
+            keys = bundle.keys[start:start + len(chunk)]
+            start += len(chunk)
+            bundles[bundle_id(keys)] = Bundle(bundle_id(keys), keys, tuple(chunk))
+    if n_split:
+        log(f"autobatch: {n_split} bundle(s) split to fit {usable / 2**20:.0f} MiB "
+            f"({len(plan.bundles)} -> {len(bundles)} trials)")
+    return replace(plan, bundles=bundles)

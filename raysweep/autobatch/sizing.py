@@ -159,6 +159,31 @@ def auto_batch_size(model: MemoryModel, point: Mapping[str, Any], config: Autoba
                                           "probe_points": len(model.probe_log)})
 
 
+def split_to_fit(model: MemoryModel, points: Sequence[Mapping[str, Any]], usable: float, *,
+                 experiment: Mapping[str, Any] | None, min_batch_size: int = 1) -> list[list[Mapping[str, Any]]]:
+    """Consecutive chunks of a bundle's ``points`` whose need (:func:`trial_need`, members and data streams
+    counted) fits ``usable``: the memory bound on the bundle size. Greedy in the bundle's order. When one member
+    cannot fit even alone the bundle is kept whole (sizing reports it infeasible; splitting would not help: the
+    members share their shapes). ``batch_size: auto`` is judged at ``min_batch_size`` (the smallest batch the
+    search may pick)."""
+
+    def need(chunk: list[Mapping[str, Any]]) -> int:
+        p = chunk[0]
+        batch = min_batch_size if p["batch_size"] == "auto" else int(p["batch_size"])
+        return trial_need(model, p, n_members=len(chunk), n_streams=len({q.get("seed") for q in chunk}),
+                          experiment=experiment, batch_size=batch)["need_bytes"]
+
+    if not points or need([points[0]]) > usable:
+        return [list(points)]
+    chunks: list[list[Mapping[str, Any]]] = []
+    for p in points:
+        if chunks and need(chunks[-1] + [p]) <= usable:
+            chunks[-1].append(p)
+        else:
+            chunks.append([p])
+    return chunks
+
+
 def _items(spec, bundles_or_points) -> list[tuple[str, list[Mapping[str, Any]]]]:
     from raysweep.space import config_key
 

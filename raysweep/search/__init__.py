@@ -89,7 +89,9 @@ def build_search(spec, plan, recorder):
     scheduler = build_scheduler(spec)
     n_planned = sum(len(b.points) for b in plan.bundles.values())
     if not spec.search.guided:
-        return SearchSetup(plan, {"bundle": tune.grid_search(list(plan.bundles))}, scheduler=scheduler,
+        from raysweep.plan import run_order
+
+        return SearchSetup(plan, {"bundle": tune.grid_search(run_order(plan))}, scheduler=scheduler,
                            n_total=n_planned)
     sweep_dir = recorder.writer.sweep_dir
     rows = {r["config_key"]: r for r in read_trials(sweep_dir).to_pylist()}

@@ -1,0 +1,94 @@
+"""The gradient noise scale, McCandlish et al. 2018, "An Empirical Model of Large-Batch Training", App. A.1.
+
+The simple noise scale is ``B_simple = tr(Sigma) / |G|^2``: ``G`` is the true gradient of the mean loss and
+``Sigma`` the covariance of the per-example gradients. A minibatch gradient ``G_B`` of ``B`` i.i.d. samples has
+``E |G_B|^2 = |G|^2 + tr(Sigma) / B``, so squared norms measured at two batch sizes ``b < B`` (same parameters)
+give unbiased estimates of both pieces (:func:`two_batch`)::
+
+    |G|^2     ~ (B |G_B|^2 - b |G_b|^2) / (B - b)
+    tr(Sigma) ~ (|G_b|^2 - |G_B|^2) / (1/b - 1/B)
+
+:func:`chunk_sq_norms` measures them for a stacked bundle (weights ``[K, fan_in, fan_out]``) on a noise batch of
+``m`` chunks of ``b`` samples: ``|G_b|^2`` is the mean over chunks of each chunk gradient's squared norm, ``|G_B|^2``
+the squared norm of their mean, the gradient of the whole ``B = m b`` batch. Gradients are taken with respect to
+every weight matrix as stored (all layers, concatenated), of the loss the trainer optimizes (centred output
+``f - f0``, the MSE convention or cross-entropy), by :func:`raysweep.model.backward`. The ratio of the two noisy
+estimates is biased: average ``tr(Sigma)`` and ``|G|^2`` over reports (or steps) before dividing, as McCandlish
+et al. do.
+
+Pure: torch and raysweep's model and loss code; no Ray, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from raysweep import model
+from raysweep.train import _loss_and_dfa
+
+DEFAULT_BATCHES = 8  # chunks per noise batch, m
+
+
+def two_batch(small_sq, big_sq, b_small, b_big):
+    """``(trace_sigma, grad_sq)``: the unbiased estimates of ``tr(Sigma)`` and ``|G|^2`` from the squared gradient
+    norms ``small_sq = |G_{b_small}|^2`` and ``big_sq = |G_{b_big}|^2`` (floats, arrays or tensors)::
+
+        grad_sq     = (b_big big_sq - b_small small_sq) / (b_big - b_small)
+        trace_sigma = (small_sq - big_sq) / (1 / b_small - 1 / b_big)
+    """
+    if not 0 < b_small < b_big:
+        raise ValueError(f"two_batch needs 0 < b_small < b_big, got b_small={b_small}, b_big={b_big}")
+    grad_sq = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
+    trace_sigma = (small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big)
+    return trace_sigma, grad_sq
+
+
+def noise_scale(trace_sigma: float, grad_sq: float) -> float:
+    """``B_simple = tr(Sigma) / |G|^2`` of one pair of estimates; NaN when ``grad_sq`` is 0. Either estimate may
+    come out negative on a small noise batch, and so may the ratio: average the pieces first."""
+    return trace_sigma / grad_sq if grad_sq != 0 and math.isfinite(grad_sq) else math.nan
+
+
+def chunk_sq_norms(
+    weights: Sequence[torch.Tensor],
+    chunks: Iterable[tuple],
+    out_mult: torch.Tensor,
+    loss_coef: float,
+    dfa_coef: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(small_sq, big_sq)``, float64 ``[K]``: each member's mean over chunks of ``|G_chunk|^2`` and ``|mean of
+    the chunk gradients|^2``, the gradient norms at batch sizes ``b`` and ``m b``.
+
+    ``chunks`` are ``m`` minibatches ``(x, t, labels)`` of ``b`` samples each, in the form
+    ``raysweep.train._Feed.batch`` gives them (``t = a f0 + y`` for MSE, ``t = a f0`` and the labels for
+    cross-entropy). ``loss_coef`` and ``dfa_coef`` (``a * c_df``, ``[K, 1, 1]``) come from
+    ``raysweep.train._loss_coefficients`` at the chunk size ``b``: the loss is a mean over the chunk, so the mean of
+    the chunk gradients is the gradient of the whole batch. ``weights`` are only read.
+    """
+    small = None
+    total: list[torch.Tensor] = []
+    m = 0
+    for x, t, labels in chunks:
+        raw, acts = model.forward_cached(weights, x)
+        _, dfa = _loss_and_dfa(raw, out_mult, t, labels, loss_coef, dfa_coef)
+        grads = model.backward(weights, acts, dfa)
+        sq = _sq_norm(grads)
+        small = sq if small is None else small.add_(sq)
+        total = grads if not total else [acc.add_(g) for acc, g in zip(total, grads)]
+        m += 1
+    if m < 2:
+        raise ValueError(f"chunk_sq_norms needs at least 2 chunks, got {m}")
+    return small / m, _sq_norm(total) / (m * m)
+
+
+def _sq_norm(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_l |g_l|^2`` per member, in float64, ``[K]``."""
+    out = None
+    for g in grads:
+        flat = g.flatten(1).to(torch.float64)
+        sq = torch.linalg.vecdot(flat, flat)
+        out = sq if out is None else out.add_(sq)
+    return out
