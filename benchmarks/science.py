@@ -5,9 +5,7 @@
 
 For each study: ``python -m raysweep.launch search_spaces/science_<study>.yaml --storage DIR`` (an embedded local
 Ray, or ``--address``), then ``python -m raysweep.analyze DIR --check <study>`` (the table of measured vs expected
-values). The transfer study runs ``science_transfer.yaml`` when raysweep can train the torch_sp parametrization
-(probed with one tiny training run), else ``science_transfer_muP_SP.yaml`` (same sweep; torch_sp is then reported as
-skipped). Without ``--storage`` every study runs fresh in a temporary folder; with it, a study that already has its
+values). Without ``--storage`` every study runs fresh in a temporary folder; with it, a study that already has its
 rows is only checked (relaunching runs nothing new). Prints the wall time of each launch and check and the load
 average of the machine (timings on a shared machine depend on it). Exit 0 when every check passed, 1 otherwise.
 """
@@ -26,31 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch")
 
 
-def torch_sp_trains() -> tuple[bool, str]:
-    """Whether the spec accepts parametrization torch_sp and one tiny torch_sp training run works."""
-    try:
-        from raysweep.data import build_task
-        from raysweep.space import PARAMETRIZATIONS
-        from raysweep.train import train
-
-        if "torch_sp" not in PARAMETRIZATIONS:
-            return False, "parametrization torch_sp not available"
-        experiment = {"family": "poly_online", "dim": 8, "n_train": 64, "steps": 2, "report_every": 2,
-                      "eval_samples": 16, "data_seed": 0}
-        point = {"batch_size": 4, "eta": 0.01, "width": 8, "gamma": 1.0, "depth": 2, "seed": 0,
-                 "parametrization": "torch_sp", "optimizer": "SGD", "loss": "mse", "lr_rule": "study"}
-        train(build_task(experiment), experiment, point)
-        return True, "torch_sp trains"
-    except Exception as exc:  # any failure means: run the variant without it
-        return False, f"torch_sp does not train yet ({type(exc).__name__}: {exc})"
-
-
-def spec_for(study: str) -> tuple[Path, str]:
-    if study != "transfer":
-        return ROOT / "search_spaces" / f"science_{study}.yaml", ""
-    ok, why = torch_sp_trains()
-    name = "science_transfer.yaml" if ok else "science_transfer_muP_SP.yaml"
-    return ROOT / "search_spaces" / name, why
+def spec_for(study: str) -> Path:
+    return ROOT / "search_spaces" / f"science_{study}.yaml"
 
 
 def run(cmd: list[str]) -> tuple[int, str, float]:
@@ -74,9 +49,8 @@ def main(argv=None) -> int:
     print(f"storage {storage}; {os.cpu_count()} CPUs; load average at start {os.getloadavg()[0]:.1f}", flush=True)
     summary = []
     for study in studies:
-        spec, why = spec_for(study)
-        note = f" ({why})" if why else ""
-        print(f"\n=== {study}: {spec.relative_to(ROOT)}{note}", flush=True)
+        spec = spec_for(study)
+        print(f"\n=== {study}: {spec.relative_to(ROOT)}", flush=True)
         launch = [sys.executable, "-m", "raysweep.launch", str(spec), "--storage", str(storage), "--quiet"]
         launch += ["--address", args.address] if args.address else []
         launch += ["--num-cpus", str(args.num_cpus)] if args.num_cpus else []

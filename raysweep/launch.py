@@ -14,7 +14,6 @@ import argparse
 import os
 import socket
 import sys
-from pathlib import Path
 
 from raysweep.errors import RaysweepError, SpecError
 from raysweep.space import load_spec

@@ -228,86 +228,6 @@ class _Feed:
             self.src = (x, t[keep], labels)
 
 
-class _NoiseFeed:
-    """The noise batches of the gradient-noise-scale metric, and the metric itself (:meth:`estimate`).
-
-    One generator per stream (distinct seed), seeded with :func:`noise_seed`: the training data stream never moves
-    for it. Each report draws ``batches * size`` samples per stream still alive: fresh samples of an online
-    teacher, or training indices drawn uniformly with replacement from a fixed data set (i.i.d. draws from the
-    training distribution, as the estimator assumes; any number of them). Members that share a seed share the
-    batch; ``f(x; theta_0)`` comes from the stream's initial weights ``init``, times each member's readout
-    multiplier, as in :class:`_Feed`.
-    """
-
-    def __init__(self, task, seeds: list[int], init, batches: int, size: int, loss: str, dtype, device):
-        self.task, self.init, self.batches, self.size = task, init, batches, size
-        self.loss, self.dtype, self.device = loss, dtype, device
-        self.gens = [torch.Generator().manual_seed(noise_seed(s)) for s in seeds]
-        if not task.online:
-            self.x_all = task.x_train.to(device=device, dtype=dtype)
-            self.y_all = _targets(task.y_train.to(device), loss, task.n_out, dtype)
-
-    @classmethod
-    def of(cls, experiment, task, seeds, init, batch_size: int, loss: str, dtype, device) -> _NoiseFeed | None:
-        """The noise feed that ``experiment.grad_noise_scale`` asks for, or None when it is off."""
-        option = experiment.get("grad_noise_scale")
-        if option is None or option is False:
-            return None
-        from raysweep.space import grad_noise_option  # no torch there; validates a hand-made experiment too
-
-        option = grad_noise_option(option)
-        return cls(task, seeds, init, option["batches"], option["batch_size"] or batch_size, loss, dtype, device)
-
-    def _draw(self, streams: list[int]):
-        """``(x, y, f0)`` of ``batches * size`` fresh samples of each stream of ``streams``: ``x`` ``[n, D]`` for one
-        stream, else ``[S, n, D]``; ``f0`` ``[S, n, out]`` the raw output of the streams' initial weights."""
-        n, task, xs, ys = self.batches * self.size, self.task, [], []
-        for s in streams:
-            if task.online:
-                x, y = _draw(task, self.gens[s], n)
-                xs.append(x.to(self.dtype))
-                ys.append(_targets(y, self.loss, task.n_out, self.dtype))
-            else:
-                idx = torch.randint(task.n_train, (n,), generator=self.gens[s]).to(self.device)
-                xs.append(self.x_all[idx])
-                ys.append(self.y_all[idx])
-        x, y = (xs[0], ys[0]) if len(streams) == 1 else (torch.stack(xs), torch.stack(ys))
-        return x, y, _forward_chunked([w[streams] for w in self.init], x)
-
-    def estimate(self, weights, stream: torch.Tensor, out_mult, loss_coef: float, dfa_coef, groups) -> dict:
-        """Each member's ``grad_sq``, ``trace_sigma`` and ``noise_scale`` (lists of floats) at ``weights``; ``stream``
-        maps the members to their streams. Gradients are computed per group of members, like a step, and only
-        read the weights."""
-        from raysweep import noise  # it reuses this module's loss code
-
-        member_stream = stream.tolist()
-        streams = sorted(set(member_stream))
-        x, y, f0 = self._draw(streams)
-        pos = torch.tensor([streams.index(s) for s in member_stream], device=stream.device)
-        xent = self.loss == "xent"
-
-        def chunks(g: slice):
-            for lo in range(0, self.batches * self.size, self.size):
-                hi = lo + self.size
-                t = f0[:, lo:hi][pos[g]] * out_mult[g]
-                if x.dim() == 2:
-                    xc, yc = x[lo:hi], y[lo:hi]
-                else:
-                    xc, yc = x[:, lo:hi][pos[g]], y[:, lo:hi][pos[g]]
-                yield (xc, t, yc) if xent else (xc, t.add_(yc), None)
-
-        small, big = [], []
-        with torch.no_grad():
-            for g in groups:
-                s, b = noise.chunk_sq_norms([w[g] for w in weights], chunks(g), out_mult[g], loss_coef, dfa_coef[g])
-                small.append(s)
-                big.append(b)
-        trace, grad_sq = noise.two_batch(torch.cat(small), torch.cat(big), self.size, self.batches * self.size)
-        trace, grad_sq = trace.cpu().tolist(), grad_sq.cpu().tolist()
-        return {"grad_sq": grad_sq, "trace_sigma": trace,
-                "noise_scale": [noise.noise_scale(tr, gs) for tr, gs in zip(trace, grad_sq)]}
-
-
 def _forward_chunked(weights, x: torch.Tensor) -> torch.Tensor:
     """The raw output ``[K, n, out]`` of :func:`raysweep.model.forward_cached` without gradients, for many samples.
 
@@ -401,7 +321,11 @@ def train_bundle(
     y_eval = _targets(task.y_eval.to(device), loss_name, task.n_out, dtype)
     f0_eval = _forward_chunked(init, x_eval)[feed.stream] * out_mult
     initial_loss = loss_per_member(torch.zeros_like(f0_eval), y_eval, loss_name, mse_convention)
-    noise = _NoiseFeed.of(experiment, task, seeds, init, batch_size, loss_name, dtype, device)
+    noise = None
+    if experiment.get("grad_noise_scale") not in (None, False):
+        from raysweep.noise import NoiseFeed  # it reuses this module's data and loss code
+
+        noise = NoiseFeed.of(experiment, task, seeds, init, batch_size, loss_name, dtype, device)
     if noise is not None:  # chunks of noise.size samples: the loss coefficients of that batch size
         noise_loss_coef, noise_df_coef = _loss_coefficients(loss_name, mse_convention, noise.size, task.n_out)
     alive = list(range(len(points)))  # bundle indices of the members still training

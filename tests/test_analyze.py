@@ -288,3 +288,24 @@ def test_smoothing_window_is_batch_aware():
     assert out.loc[out["batch_size"] == 64, "curve_loss"].to_list() == frame.loc[100:, "curve_loss"].to_list()
     small = out[out["batch_size"] == 4]["curve_loss"].to_numpy()
     assert small[50] == pytest.approx(15 / 16) and small[65] == 0.0  # trailing mean over 16 reports
+
+
+def test_noise_scale_is_the_ratio_of_the_averaged_estimates(tmp_path):
+    trials, _ = make_rows({"batch_size": [4, 16], "eta": [0.1]}, lambda c: 1.0)
+    keys = [t["config_key"] for t in trials]
+    # two reports per config: |G|^2 = 1 then 3, tr Sigma = 10 both times -> B_simple = 10 / 2 = 5 (the mean of the
+    # per-report ratios, (10 + 10/3) / 2 = 6.67, is the biased estimate); the second config never measured it
+    curves = pd.DataFrame({"sweep": "noise", "config_key": [keys[0]] * 2 + [keys[1]] * 2, "step": [50, 100] * 2,
+                           "train_loss": 1.0, "eval_loss": 1.0,
+                           "grad_sq": [1.0, 3.0, None, None], "grad_trace_cov": [10.0, 10.0, None, None],
+                           "grad_noise_scale": [10.0, 10.0 / 3, None, None]})
+    table = ra.noise_scale_table(curves, pd.DataFrame(trials))
+    assert list(table["config_key"]) == [keys[0]]
+    row = table.iloc[0]
+    assert row["n_reports"] == 2 and row["b_simple"] == pytest.approx(5.0)
+    assert row["b_simple_ratio_mean"] == pytest.approx((10 + 10 / 3) / 2)
+    assert ra.noise_scale_table(curves, pd.DataFrame(trials), min_step=100).iloc[0]["b_simple"] == pytest.approx(10 / 3)
+    # the analysis lists it when the sweep measured it, and not otherwise
+    assert "noise_scale" in ra.analyze_frames(pd.DataFrame(trials), curves, make_plots=False).tables
+    off = curves.assign(grad_sq=None, grad_trace_cov=None, grad_noise_scale=None)
+    assert "noise_scale" not in ra.analyze_frames(pd.DataFrame(trials), off, make_plots=False).tables

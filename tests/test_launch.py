@@ -4,7 +4,6 @@ a SIGKILLed sweep resumes exactly once; a larger space runs only its new points.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -13,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 import yaml

@@ -269,7 +269,7 @@ def test_the_sweep_is_found_by_study_name_or_given(tmp_path):
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.parametrize("space, study", [
-    ("science_transfer_muP_SP.yaml", "transfer"),   # ~45 s on 2 cores
+    ("science_transfer.yaml", "transfer"),          # ~35 s on 2 cores
     ("science_temperature.yaml", "temperature"),    # ~60-90 s on 2 cores
 ])
 def test_shipped_study_passes_its_check(tmp_path, ray_cluster, space, study):

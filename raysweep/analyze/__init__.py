@@ -26,6 +26,7 @@ from raysweep.analyze.critical import (
 from raysweep.analyze.curves import smooth_curves, smoothing_window
 from raysweep.analyze.gamma import gamma_slopes, gamma_table
 from raysweep.analyze.load import NoResultsError, find_sweeps, group_columns, load, prepare_trials
+from raysweep.analyze.noise import noise_scale_table
 from raysweep.analyze.optimum import all_diverged, config_table, eta_max, fit_eta_power_law, optimal_eta
 from raysweep.analyze.plots import HeatmapGrid, heatmap_grid
 from raysweep.analyze.report import Analysis, analyze, analyze_frames, build_report, render_html, write_outputs
@@ -52,6 +53,7 @@ __all__ = [
     "group_columns",
     "heatmap_grid",
     "load",
+    "noise_scale_table",
     "optimal_eta",
     "prepare_trials",
     "render_html",

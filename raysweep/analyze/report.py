@@ -23,6 +23,7 @@ from raysweep.analyze import plots
 from raysweep.analyze.critical import fit_critical_batch, seed_mean_curves, steps_to_target
 from raysweep.analyze.gamma import gamma_slopes, gamma_table
 from raysweep.analyze.load import CONFIG_COLUMNS, NoResultsError, ensure_prepared, find_sweeps, load_sweep
+from raysweep.analyze.noise import has_noise_scale, noise_scale_table
 from raysweep.analyze.optimum import all_diverged, config_table, eta_max, fit_eta_power_law, optimal_eta
 from raysweep.analyze.temperature import temperature_collapse, temperature_table
 from raysweep.analyze.transfer import transfer_slope, transfer_table
@@ -118,6 +119,8 @@ def analyze_frames(trials: pd.DataFrame, curves: pd.DataFrame, *, name: str = "s
         by_width = config_table(trials, x="width")
     else:
         notes.append("Fewer than 2 widths: no transfer analysis.")
+    if len(curves) and has_noise_scale(curves):
+        tables["noise_scale"] = noise_scale_table(curves, trials)
     if _n(trials, "gamma") >= 2 and _n(trials, "eta"):
         tables["gamma"] = gamma_table(trials, n_boot=n_boot, seed=seed)
         tables["gamma_slopes"] = gamma_slopes(tables["gamma"], lazy_max=lazy_max, rich_min=rich_min)
