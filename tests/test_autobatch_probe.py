@@ -376,3 +376,19 @@ def test_bundles_larger_than_memory_are_split_into_bundles_that_fit():
     # a bundle that fits is kept as it is (same id)
     roomy = split_bundles(plan, hand_model(available=80 * GiB), AutobatchConfig(), log=lambda m: None)
     assert roomy.bundles == plan.bundles
+
+
+def test_the_gradient_noise_scale_adds_its_batch_and_two_gradient_copies():
+    space = {"batch_size": [128], "eta": [0.1], "width": [1024], "depth": [3]}
+    experiment = {"family": "poly_online", "dim": 32, "n_train": 4096, "steps": 10}
+    off = parse_spec({"name": "hand", "experiment": experiment, "space": space})
+    on = parse_spec({"name": "hand", "experiment": {**experiment, "grad_noise_scale": {"batches": 4}},
+                     "space": space})
+    model = hand_model()
+    need_off = plan_resources(off, off.points(), device_info=model.device, model=model)["need"]
+    need_on = plan_resources(on, on.points(), device_info=model.device, model=model)["need"]
+    # by hand: 4 chunks of B = 128 samples, each 32 inputs + target + f0 (4 B each): 4 * 128 * 34 * 4 = 69,632;
+    # two gradient copies of 1,082,368 weights: 2 * 1,082,368 * 4 = 8,658,944
+    (a,), (b,) = need_off.values(), need_on.values()
+    assert b["need_bytes"] - a["need_bytes"] == 69_632 + 8_658_944
+    assert b["data_bytes"] - a["data_bytes"] == 69_632 + 8_658_944

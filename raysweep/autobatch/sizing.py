@@ -2,9 +2,9 @@
 
 A trial (a bundle of K members at batch size B) needs, in bytes::
 
-    need = context + data + max(M_train(N, L, B, K) * (1 + margin_train),
-                                M_val(N, L, n_eval, K) * (1 + margin_val),
-                                M_val(N, L, n_f0, K) * (1 + margin_val))
+    need = context + data + noise + max(M_train(N, L, B, K) * (1 + margin_train),
+                                        M_val(N, L, n_eval, K) * (1 + margin_val),
+                                        M_val(N, L, n_f0, K) * (1 + margin_val))
 
 ``M_val`` is evaluated at the eval set size (a trial evaluates the whole eval set in one no-grad forward) and at
 ``n_f0`` (:func:`f0_pass_size`: ``raysweep.train`` computes ``f(x; theta_0)`` of a whole online block, or of the
@@ -12,6 +12,7 @@ whole training set when that cache is small enough, in one no-grad forward); bot
 no eval fit. ``data`` (:func:`data_bytes`) is the task's tensors on the trial's device:
 training set (or one online block per data stream), eval set and the cached ``f(x; theta_0)``; exact from the
 spec for synthetic families, an upper bound for file data sets (60,000 MNIST / 1,000,000 MNIST-1M samples).
+``noise`` (:func:`noise_bytes`) is 0 unless ``experiment.grad_noise_scale`` is on.
 
 - CUDA: ``gpu = need / usable``, rounded *up* to a multiple of 0.01, where ``usable = target_memory_fraction *
   available`` (global free memory at probe time); a trial whose share exceeds 1.0 cannot fit even alone.
@@ -113,6 +114,23 @@ def data_bytes(experiment: Mapping[str, Any], *, n_members: int = 1, batch_size:
     return int(train + f0 + ne * per_sample + n_members * ne * n_out * s)
 
 
+def noise_bytes(experiment: Mapping[str, Any], model: MemoryModel, width: int, depth: int, batch_size: int, *,
+                n_members: int = 1, n_streams: int = 1) -> tuple[int, int]:
+    """``(chunk size b, bytes)`` the gradient-noise-scale metric adds at a report: the noise batch of every stream
+    (``m b`` inputs, targets and ``f(x; theta_0)``) and two copies of the members' weight gradients (the chunk
+    gradient and the running sum). Its gradient steps on ``b`` samples are a training step's activations."""
+    from raysweep.autobatch.memory import n_params
+    from raysweep.space import grad_noise_option
+
+    option = grad_noise_option(experiment["grad_noise_scale"])
+    chunk = int(option["batch_size"] or batch_size)
+    s = ITEMSIZE[experiment.get("dtype", "float32")]
+    dim, n_out = family_shape(experiment)
+    samples = n_streams * option["batches"] * chunk * (dim + 2 * n_out) * s
+    grads = 2 * n_members * n_params(dim, width, depth, n_out) * s
+    return chunk, int(samples + grads)
+
+
 def trial_need(model: MemoryModel, point: Mapping[str, Any], *, n_members: int = 1, n_streams: int = 1,
                experiment: Mapping[str, Any] | None = None, batch_size: int | None = None) -> dict:
     """The bytes a trial of ``point`` (a bundle of ``n_members``) needs, with its parts."""
@@ -128,8 +146,15 @@ def trial_need(model: MemoryModel, point: Mapping[str, Any], *, n_members: int =
         if n_f0:
             parts["f0"] = val(n_f0)
     data = data_bytes(experiment, n_members=n_members, batch_size=b, n_streams=n_streams) if experiment else 0
-    total = model.context_bytes + max(parts.values()) + data
-    return {"need_bytes": int(total), "context_bytes": model.context_bytes, "data_bytes": int(data),
+    noise = 0
+    option = (experiment or {}).get("grad_noise_scale")
+    if option not in (None, False):
+        chunk, noise = noise_bytes(experiment, model, w, d, b, n_members=n_members, n_streams=n_streams)
+        if chunk > b:  # a noise chunk larger than the training batch: its step, not the training one, peaks
+            parts["noise"] = model.predict(w, d, chunk, optimizer=opt, n_members=n_members, mode="train",
+                                           n_streams=n_streams) * (1 + model.fit_for(opt, "train").margin)
+    total = model.context_bytes + max(parts.values()) + data + noise
+    return {"need_bytes": int(total), "context_bytes": model.context_bytes, "data_bytes": int(data + noise),
             **{f"{k}_bytes": int(v) for k, v in parts.items()}}
 
 
