@@ -42,7 +42,7 @@ FAMILIES: tuple[str, ...] = (
 
 COMMON_KEYS: frozenset[str] = frozenset({
     "family", "steps", "epochs", "report_every", "eval_samples", "mse_convention", "dtype", "divergence_factor",
-    "data_seed", "device",
+    "data_seed", "device", "grad_noise_scale",
 })
 
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
