@@ -111,7 +111,11 @@ def describe(spec: SweepSpec, plan: Plan, n_done: int, *, cuda: bool, storage=No
         + ("" if "gpu" in res else " (no CUDA here or no gpus_per_trial: trials run on CPU)"),
         f"max concurrent trials: {spec.search.max_concurrent or 'as many as resources allow'}",
     ]
-    for b in list(plan.bundles.values())[:20]:
+    guided = spec.search.guided  # a searcher picks the trials at run time
+    order = list(plan.bundles) if guided else run_order(plan)
+    if plan.bundles and not guided:
+        lines.append("trials, costliest first (the order they start in):")
+    for b in [plan.bundles[bid] for bid in order[:20]]:
         p = b.points[0]
         shape = " ".join(f"{k}={p[k]}" for k in BUNDLE_KEYS)
         varied = {k: sorted({q[k] for q in b.points}) for k in ("eta", "gamma", "seed")}

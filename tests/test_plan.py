@@ -44,3 +44,13 @@ def test_epoch_budgets_cost_fewer_steps_at_larger_batches():
     assert cost[1] == 10_240 * (2e6 + 6 * p)
     assert cost[512] == 20 * (2e6 + 6 * 512 * p)
     assert run_order(plan)[0] == next(bid for bid, b in plan.bundles.items() if b.points[0]["batch_size"] == 1)
+
+
+def test_dry_run_lists_bundles_in_run_order():
+    from raysweep.plan import describe
+
+    spec = spec_of({"batch_size": [1, 128], "eta": [0.1, 0.2], "width": [16]})
+    plan, _ = build_plan(spec)
+    text = describe(spec, plan, 0, cuda=False)
+    assert "costliest first" in text
+    assert text.index("batch_size=128") < text.index("batch_size=1 ")
