@@ -113,17 +113,6 @@ class NoiseFeed:
             self.x_all = task.x_train.to(device=device, dtype=dtype)
             self.y_all = _targets(task.y_train.to(device), loss, task.n_out, dtype)
 
-    @classmethod
-    def of(cls, experiment, task, seeds, init, batch_size: int, loss: str, dtype, device) -> NoiseFeed | None:
-        """The noise feed that ``experiment.grad_noise_scale`` asks for, or None when it is off."""
-        option = experiment.get("grad_noise_scale")
-        if option is None or option is False:
-            return None
-        from raysweep.space import grad_noise_option  # no torch there; validates a hand-made experiment too
-
-        option = grad_noise_option(option)
-        return cls(task, seeds, init, option["batches"], option["batch_size"] or batch_size, loss, dtype, device)
-
     def _draw(self, streams: list[int]):
         """``(x, y, f0)`` of ``batches * size`` fresh samples of each stream of ``streams``: ``x`` ``[n, D]`` for one
         stream, else ``[S, n, D]``; ``f0`` ``[S, n, out]`` the raw output of the streams' initial weights."""

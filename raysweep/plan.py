@@ -62,7 +62,7 @@ STEP_OVERHEAD_FLOP = 2e6  # a step's fixed cost (kernel launches, Python) in FLO
 def bundle_cost(experiment: dict, bundle: Bundle) -> float:
     """A bundle's training cost in FLOP-equivalents, for ordering: ``steps * (overhead + 6 K B P)`` with ``K``
     members of ``P`` weights at batch size ``B`` (forward and backward ~ 6 FLOP per weight per sample)."""
-    from raysweep.autobatch.sizing import FILE_TRAIN_SAMPLES, family_shape
+    from raysweep.autobatch.sizing import _n_train, family_shape
 
     p = bundle.points[0]
     b = 1 if p["batch_size"] == "auto" else int(p["batch_size"])
@@ -71,10 +71,8 @@ def bundle_cost(experiment: dict, bundle: Bundle) -> float:
     params = sum(a * c for a, c in zip(widths[:-1], widths[1:]))
     if experiment.get("steps"):
         steps = int(experiment["steps"])
-    else:
-        n_train = experiment.get("n_train") or experiment.get("max_train_samples") \
-            or FILE_TRAIN_SAMPLES.get(experiment["family"], 1)
-        steps = int(experiment.get("epochs") or 1) * max(1, int(n_train) // b)
+    else:  # an epoch budget on a fixed data set (file data sets: an upper bound of their size)
+        steps = int(experiment.get("epochs") or 1) * max(1, _n_train(experiment, b)[0] // b)
     return steps * (STEP_OVERHEAD_FLOP + 6.0 * len(bundle.points) * b * params)
 
 

@@ -47,7 +47,7 @@ from raysweep import model
 from raysweep.data._base import derive_seed
 from raysweep.errors import InfeasibleError
 from raysweep.scaling import learning_rates
-from raysweep.space import BUNDLE_KEYS
+from raysweep.space import BUNDLE_KEYS, grad_noise_option
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -321,12 +321,13 @@ def train_bundle(
     y_eval = _targets(task.y_eval.to(device), loss_name, task.n_out, dtype)
     f0_eval = _forward_chunked(init, x_eval)[feed.stream] * out_mult
     initial_loss = loss_per_member(torch.zeros_like(f0_eval), y_eval, loss_name, mse_convention)
-    noise = None
-    if experiment.get("grad_noise_scale") not in (None, False):
+    noise, option = None, grad_noise_option(experiment.get("grad_noise_scale"))
+    if option is not None:
         from raysweep.noise import NoiseFeed  # it reuses this module's data and loss code
 
-        noise = NoiseFeed.of(experiment, task, seeds, init, batch_size, loss_name, dtype, device)
-    if noise is not None:  # chunks of noise.size samples: the loss coefficients of that batch size
+        noise = NoiseFeed(task, seeds, init, option["batches"], option["batch_size"] or batch_size, loss_name,
+                          dtype, device)
+        # chunks of noise.size samples: the loss coefficients of that batch size
         noise_loss_coef, noise_df_coef = _loss_coefficients(loss_name, mse_convention, noise.size, task.n_out)
     alive = list(range(len(points)))  # bundle indices of the members still training
     window: list[torch.Tensor] = []  # per step: each member's minibatch loss [K]

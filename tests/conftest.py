@@ -13,6 +13,12 @@ import torch
 # tests are timed on 2 loaded cores: one thread per process avoids oversubscription (and matches a Ray trial)
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Back to one thread before every test: an in-process trial sets torch's threads to its cpus_per_trial."""
+    torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORT = Path(__file__).resolve().parent / "support"
 
@@ -21,6 +27,20 @@ SUPPORT = Path(__file__).resolve().parent / "support"
 def exec_log(tmp_path_factory) -> Path:
     """A folder where Ray workers log every configuration they train (see tests/support/sitecustomize.py)."""
     return tmp_path_factory.mktemp("exec-log")
+
+
+def executions(exec_log: Path, since: float = 0.0, **match) -> list[dict]:
+    """Configurations the Ray workers trained since ``since`` (a time.time()), from the side channel of
+    tests/support/sitecustomize.py, filtered by the axis values in ``match``."""
+    import json
+
+    rows = []
+    for f in exec_log.glob("exec-*.jsonl"):
+        for line in f.read_text().splitlines():
+            row = json.loads(line)
+            if row["t"] >= since and all(row.get(k) == v for k, v in match.items()):
+                rows.append(row)
+    return rows
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ The GPU part runs on the session's logical GPUs (no CUDA): the model is fitted f
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from raysweep.autobatch import (
 from raysweep.results import read_trials
 from raysweep.schema import TRIALS_SCHEMA
 from raysweep.space import config_key, parse_spec
-from tests.conftest import run_cli
+from tests.conftest import executions, run_cli
 from tests.test_autobatch_probe import GiB, MiB, FakeDevice, probe_fake
 
 pytestmark = pytest.mark.ray
@@ -155,17 +154,6 @@ def test_sized_trials_never_overcommit_a_gpu_and_cap_their_memory(ray_cluster, t
 # ---------------------------------------------------------------------------------------------------------------
 # 2. CPU mode end to end through the command line: batch_size: auto resolved, the model cached and reused
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def executions(exec_log: Path, since: float, **match) -> list[dict]:
-    """Configurations the Ray workers trained since ``since`` (tests/support/sitecustomize.py's side channel)."""
-    rows = []
-    for f in exec_log.glob("exec-*.jsonl"):
-        for line in f.read_text().splitlines():
-            row = json.loads(line)
-            if row["t"] >= since and all(row.get(k) == v for k, v in match.items()):
-                rows.append(row)
-    return rows
 
 
 def write_spec(path: Path, spec: dict) -> Path:

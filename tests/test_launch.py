@@ -19,7 +19,7 @@ import yaml
 from raysweep.results import read_curves, read_trials
 from raysweep.space import load_spec
 from raysweep.schema import CURVES_SCHEMA, STATUSES, TRIALS_SCHEMA
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, executions, run_cli
 
 pytestmark = pytest.mark.ray
 
@@ -32,17 +32,6 @@ def write_space(path: Path, name: str, **space) -> Path:
     }
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def executions(exec_log: Path, since: float = 0.0, **match) -> list[dict]:
-    """Configurations the Ray workers trained since ``since`` (a time.time()), from the side channel."""
-    rows = []
-    for f in exec_log.glob("exec-*.jsonl"):
-        for line in f.read_text().splitlines():
-            row = json.loads(line)
-            if row["t"] >= since and all(row.get(k) == v for k, v in match.items()):
-                rows.append(row)
-    return rows
 
 
 def test_quickstart_lands_tables_every_reader_agrees_on(ray_cluster, tmp_path):

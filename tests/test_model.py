@@ -21,15 +21,6 @@ from raysweep import model
 D, N, B = 5, 7, 11
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matmuls: intra-op threads only add scheduler noise (and are very slow on a loaded 2-core machine)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def hand_forward(ws: list[np.ndarray], x: np.ndarray, gamma: float, parametrization: str, width: int):
     """The rule of DESIGN.md, one member, plain numpy: returns (f, hidden post-activations)."""
     h, hidden = x, []

@@ -30,16 +30,10 @@ from raysweep.errors import SpecError
 from raysweep.space import config_key, parse_spec
 from raysweep.train import _loss_coefficients, init_seed, noise_seed, train, train_bundle
 from tests.conftest import run_cli
+from tests.test_train import point as train_point
+from tests.test_train import task_for
 
 DT = torch.float64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------- an independent plain-torch MLP
@@ -269,14 +263,7 @@ def experiment(family: str = "poly_online", **overrides) -> dict:
 
 
 def point(**overrides) -> dict:
-    p = {"batch_size": 16, "eta": 0.05, "width": 16, "gamma": 1.0, "depth": 3, "seed": 0,
-         "parametrization": "muP", "optimizer": "SGD", "loss": "mse", "lr_rule": "study"}
-    p.update(overrides)
-    return p
-
-
-def task_for(exp: dict):
-    return build_task(exp, dtype=torch.float64 if exp.get("dtype") == "float64" else torch.float32)
+    return train_point(**{"width": 16, **overrides})
 
 
 def noise_batch(task, seed: int, n: int, draws: int):

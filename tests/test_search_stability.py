@@ -10,7 +10,7 @@ import pytest
 from raysweep.results import read_trials
 from tests.conftest import run_cli
 from tests.search_support import write_spec
-from tests.test_launch import executions
+from tests.conftest import executions
 
 pytestmark = pytest.mark.ray
 

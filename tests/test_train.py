@@ -32,15 +32,6 @@ from raysweep.train import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the models here are tiny: intra-op threads only add noise (and stall badly on a loaded 2-core machine)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------------------------------- helpers
 
 SYNTH = {"dim": 16, "n_train": 256, "degree": 2}

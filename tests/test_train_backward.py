@@ -33,14 +33,6 @@ K = len(GAMMAS)
 RTOL = 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_case(depth: int, n_out: int, loss: str, parametrization: str, shared: bool, seed: int = 0):
     """Weights moved away from their init (so relu masks and f - f0 are not trivial), inputs, targets, f0, a."""
     gen = torch.Generator().manual_seed(seed)

@@ -114,7 +114,7 @@ def data_bytes(experiment: Mapping[str, Any], *, n_members: int = 1, batch_size:
     return int(train + f0 + ne * per_sample + n_members * ne * n_out * s)
 
 
-def noise_bytes(experiment: Mapping[str, Any], model: MemoryModel, width: int, depth: int, batch_size: int, *,
+def noise_bytes(experiment: Mapping[str, Any], width: int, depth: int, batch_size: int, *,
                 n_members: int = 1, n_streams: int = 1) -> tuple[int, int]:
     """``(chunk size b, bytes)`` the gradient-noise-scale metric adds at a report: the noise batch of every stream
     (``m b`` inputs, targets and ``f(x; theta_0)``) and two copies of the members' weight gradients (the chunk
@@ -147,9 +147,8 @@ def trial_need(model: MemoryModel, point: Mapping[str, Any], *, n_members: int =
             parts["f0"] = val(n_f0)
     data = data_bytes(experiment, n_members=n_members, batch_size=b, n_streams=n_streams) if experiment else 0
     noise = 0
-    option = (experiment or {}).get("grad_noise_scale")
-    if option not in (None, False):
-        chunk, noise = noise_bytes(experiment, model, w, d, b, n_members=n_members, n_streams=n_streams)
+    if experiment and experiment.get("grad_noise_scale") not in (None, False):
+        chunk, noise = noise_bytes(experiment, w, d, b, n_members=n_members, n_streams=n_streams)
         if chunk > b:  # a noise chunk larger than the training batch: its step, not the training one, peaks
             parts["noise"] = model.predict(w, d, chunk, optimizer=opt, n_members=n_members, mode="train",
                                            n_streams=n_streams) * (1 + model.fit_for(opt, "train").margin)
