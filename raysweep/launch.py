@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished trials are saved; relaunch the same command to continue", file=sys.stderr)
         return 1
+    finally:
+        stop_ray()
 
 
 def _renamed(spec, name: str):
@@ -169,6 +171,7 @@ def _describe_storage(sweep, shared: bool) -> str:
 
 
 _WHERE: str | None = None  # where start_ray connected this process, for the progress and summary lines
+_EMBEDDED = False  # start_ray started an embedded local Ray, which stop_ray stops
 
 
 def start_ray(address: str | None, *, num_cpus: int | None, num_gpus: float | None) -> str:
@@ -180,7 +183,7 @@ def start_ray(address: str | None, *, num_cpus: int | None, num_gpus: float | No
     A later call in the same process returns the first one's answer ("in-process Ray" when something else
     initialised Ray).
     """
-    global _WHERE
+    global _WHERE, _EMBEDDED
     import ray
 
     if ray.is_initialized():
@@ -190,9 +193,34 @@ def start_ray(address: str | None, *, num_cpus: int | None, num_gpus: float | No
         ray.init(address=address, **{k: v for k, v in common.items() if k != "include_dashboard"})
         _WHERE = _driver_placement(address)
     else:
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **common)  # never a stray `ray start`
-        _WHERE = f"embedded local Ray on host {socket.gethostname()}"
+        # never a stray `ray start`; no prestarted idle workers: Tune starts its trainable actors in workers of
+        # their own, so on a small machine the prestarted ones only take CPU from the start of the sweep
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                 _system_config={"prestart_worker_first_driver": False}, **common)
+        _WHERE, _EMBEDDED = f"embedded local Ray on host {socket.gethostname()}", True
     return _WHERE
+
+
+def stop_ray() -> None:
+    """Stop the embedded local Ray that :func:`start_ray` started (a cluster attached to, or a Ray initialised by
+    someone else, is left alone).
+
+    Explicitly rather than at interpreter exit, which pauses 0.5 s first; and the embedded node's autoscaler
+    monitor goes first: it answers SIGTERM by reporting to the GCS, which ``ray.shutdown`` has already stopped,
+    so it would sit out Ray's 1 s grace period. A one-node local cluster has nothing to autoscale.
+    """
+    global _WHERE, _EMBEDDED
+    if not _EMBEDDED:
+        return
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    try:
+        node.kill_monitor(check_alive=False)  # Ray's own Node method; a best effort across Ray versions
+    except Exception:
+        pass
+    ray.shutdown()
+    _WHERE, _EMBEDDED = None, False
 
 
 def _driver_placement(address: str) -> str:

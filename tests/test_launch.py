@@ -4,6 +4,7 @@ a SIGKILLed sweep resumes exactly once; a larger space runs only its new points.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -157,6 +158,46 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "3 configurations" in proc.stdout and "1 Ray trials" in proc.stdout and "cpu=1" in proc.stdout
     assert not (tmp_path / "r").exists()
+
+
+def test_embedded_ray_stops_when_the_launcher_returns_and_an_attached_one_stays(ray_cluster, tmp_path):
+    path = write_space(tmp_path / "s.yaml", "embedded", eta=[0.1, 0.2])
+    # no --address: the launcher starts an embedded Ray, and has stopped it (no Ray process of its own left, zombies
+    # aside) by the time main() returns
+    script = (
+        "import json, os, sys, time, ray, raysweep.launch as L\n"
+        "rc = L.main([sys.argv[1], '--storage', sys.argv[2], '--quiet', '--num-cpus', '1'])\n"
+        "def children():\n"
+        "    out = []\n"
+        "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "        try:\n"
+        "            stat = open(f'/proc/{pid}/stat').read()\n"
+        "        except OSError:\n"
+        "            continue\n"
+        "        fields = stat[stat.rindex(')') + 2:].split()\n"
+        "        if int(fields[1]) == os.getpid() and fields[0] != 'Z':\n"
+        "            out.append(stat[stat.index('(') + 1:stat.rindex(')')])\n"
+        "    return out\n"
+        "deadline = time.time() + 10\n"
+        "while children() and time.time() < deadline:\n"
+        "    time.sleep(0.1)\n"
+        "print(json.dumps({'rc': rc, 'initialized': ray.is_initialized(), 'children': children()}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "r")], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"rc": 0, "initialized": False, "children": []}, report
+    assert read_trials(tmp_path / "r" / "embedded").num_rows == 2
+
+    # in a process whose Ray someone else started (here: the test session's), the launcher leaves it running
+    import ray
+
+    from raysweep import launch
+
+    assert launch.main([str(path), "--storage", str(tmp_path / "r2"), "--quiet"]) == 0
+    assert ray.is_initialized() and read_trials(tmp_path / "r2" / "embedded").num_rows == 2
 
 
 def test_sigkill_then_relaunch_runs_each_config_exactly_once(ray_cluster, exec_log, tmp_path):
