@@ -8,13 +8,22 @@ report at the end (``--report-every 50`` adds a sweep's evaluations of the 2,048
 member on both sides, so the ratio drops):
 
 - fused: one ``train_bundle`` of the 16 configurations (stacked weights ``[16, fan_in, fan_out]``);
-- unfused: the same 16 configurations one after the other, ``train()`` each (a bundle of one).
+- unfused: the same 16 configurations one after the other through raysweep's trainer, ``train()`` each (a bundle
+  of one: the hand-written backward, what ``fusion: off`` runs);
+- plain: the same 16 trainings the way a PyTorch user writes them (``_plain.plain_training``: autograd,
+  ``torch.optim``, ``loss.item()`` every step), the loop the fused trainer replaces.
 
 The 16 etas are a stable band (2^-8 .. 2^-0.5 in half octaves for SGD, 2^-14 .. 2^-6.5 for Adam): no member
-diverges, so both sides train every member for all the steps and the ratio measures compute, not early stopping
-(the script checks it). Member-steps/s = 16 x 500 / seconds, by wall clock and by process CPU time (on a shared
-machine the CPU-time figure is the steadier one); the best of ``--repeats`` is kept for each, the two sides
-interleaved so that they share the machine's moods. Goal: a fused throughput >= 8x the unfused one at width 64.
+diverges, so every side trains every member for all the steps and the ratio measures compute, not early stopping
+(the script checks it, and that the three sides end at the same train losses). Member-steps/s = 16 x 500 /
+seconds, by wall clock and by process CPU time (on a shared machine the CPU-time figure is the steadier one); the
+best of ``--repeats`` is kept for each, the sides interleaved so that they share the machine's moods. Goal: a
+fused throughput >= 8x the unfused one at width 64.
+
+Why the ratio to raysweep's own unfused trainer has a ceiling on a CPU: that trainer's step is lean (a few dozen
+small ops, ~140 us at width 64, nearly all of it per-op overhead), and a fused step pays the same ops once plus
+the batched matmuls of all 16 members (~17 MFLOP at width 64). With ``u`` the unfused step and ``m`` the fused
+matmul time, ratio <= 16 u / (u + m); the script prints ``m`` at this core's measured GEMM peak, and that bound.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import argparse
 import time
 
 import torch
+from _plain import plain_training
 
 from raysweep.data import build_task
 from raysweep.train import train, train_bundle
@@ -55,6 +65,42 @@ def unfused(task, exp, pts) -> list:
     return [r for p in pts for r in train(task, exp, p)]
 
 
+def plain(task, exp, pts) -> list:
+    return [plain_training(task, p, exp["steps"], exp["report_every"]) for p in pts]
+
+
+def final_losses(name: str, reports: list) -> list[float]:
+    """Each member's train loss over the last report window (raises when a member diverged)."""
+    if name == "plain":
+        if any(o["status"] != "completed" for o in reports):
+            raise SystemExit("plain: a member diverged; pick a stabler eta band")
+        return [o["curve"][-1][1] for o in reports]
+    diverged = [(r.step, r.diverged) for r in reports if r.diverged]
+    if diverged:
+        raise SystemExit(f"{name}: members diverged ({diverged}); pick a stabler eta band")
+    finals = [r for r in reports if r.finished]
+    return [loss for r in finals for loss in r.train_loss]
+
+
+def flops_per_step(width: int, dim: int) -> float:
+    """Matmul FLOPs of one fused step of all members: forward, the hidden layers' input gradients and every
+    weight gradient (the scalar readout is a product and a sum, not a matmul)."""
+    fans = [(dim, width)] + [(width, width)] * (DEPTH - 2)
+    forward = sum(a * b for a, b in fans)
+    backward = sum(a * b for a, b in fans[1:]) + forward  # input gradients of layers 2.., weight gradients of all
+    return 2.0 * N_MEMBERS * BATCH * (forward + backward)
+
+
+def gemm_peak() -> float:
+    """FLOP/s of a 1024^3 float32 matmul on one thread: this core's practical peak."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    return 10 * 2 * 1024**3 / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=500)
@@ -67,28 +113,36 @@ def main() -> None:
     exp = dict(EXPERIMENT, steps=args.steps, report_every=args.report_every or args.steps)
     task = build_task(exp, dtype=torch.float32)
     member_steps = N_MEMBERS * args.steps
+    peak = gemm_peak()
     print(f"CPU, 1 thread, torch {torch.__version__}: {N_MEMBERS} eta members, muP L={DEPTH}, B={BATCH}, "
           f"{args.steps} steps, report every {exp['report_every']}, poly_online D={DIM}, float32; "
-          f"member-steps/s by wall clock | by CPU time (best of {args.repeats})")
-    print(f"{'width':>5} {'opt':>4}  {'fused':>17}  {'unfused':>15}  {'ratio':>15}")
+          f"member-steps/s by wall clock | by CPU time (best of {args.repeats}); GEMM peak {peak / 1e9:.0f} GFLOP/s")
+    print(f"{'width':>5} {'opt':>4}  {'fused':>15}  {'unfused':>13}  {'plain':>13}  {'fused/unfused':>15}  "
+          f"{'fused/plain':>15}  {'max ratio':>9}  {'loss diff':>9}")
+    sides = {"fused": fused, "unfused": unfused, "plain": plain}
     for optimizer in args.optimizers.split(","):
         for width in (int(w) for w in args.widths.split(",")):
             pts = points(width, optimizer)
             fused(task, dict(exp, steps=20), pts)  # warm-up: allocator, kernels
-            times: dict[str, list] = {"fused": [], "unfused": []}
+            times: dict[str, list] = {name: [] for name in sides}
+            finals: dict[str, list[float]] = {}
             for _ in range(args.repeats):
-                for name, run in (("fused", fused), ("unfused", unfused)):
-                    wall, cpu, reports = timed(lambda: run(task, exp, pts))
-                    diverged = [(r.step, r.diverged) for r in reports if r.diverged]
-                    if diverged:
-                        raise SystemExit(f"{name} width {width} {optimizer}: members diverged ({diverged}); "
-                                         "pick a stabler eta band")
+                for name, run in sides.items():
+                    wall, cpu, reports = timed(lambda run=run: run(task, exp, pts))
+                    finals[name] = final_losses(name, reports)
                     times[name].append((wall, cpu))
-            f = [member_steps / min(t[i] for t in times["fused"]) for i in (0, 1)]
-            u = [member_steps / min(t[i] for t in times["unfused"]) for i in (0, 1)]
-            print(f"{width:>5} {optimizer:>4}  {f[0]:>7.0f} | {f[1]:>7.0f}  {u[0]:>6.0f} | {u[1]:>6.0f}  "
-                  f"{f[0] / u[0]:>5.2f}x | {f[1] / u[1]:>5.2f}x", flush=True)
-    print("goal: fused >= 8x unfused at width 64")
+            rate = {name: [member_steps / min(t[i] for t in times[name]) for i in (0, 1)] for name in sides}
+            f, u, p = rate["fused"], rate["unfused"], rate["plain"]
+            # ceiling of fused/unfused: 16 u / (u + m), u the unfused step, m the fused matmuls at the GEMM peak
+            u_step, m_step = 1.0 / u[1], flops_per_step(width, DIM) / peak
+            ceiling = N_MEMBERS * u_step / (u_step + m_step)
+            diff = max(abs(a - b) / abs(b) for other in ("unfused", "plain")
+                       for a, b in zip(finals[other], finals["fused"]))
+            print(f"{width:>5} {optimizer:>4}  {f[0]:>6.0f} | {f[1]:>6.0f}  {u[0]:>5.0f} | {u[1]:>5.0f}  "
+                  f"{p[0]:>5.0f} | {p[1]:>5.0f}  {f[0] / u[0]:>5.2f}x | {f[1] / u[1]:>5.2f}x  "
+                  f"{f[0] / p[0]:>5.2f}x | {f[1] / p[1]:>5.2f}x  {ceiling:>8.2f}x  {diff:>9.1e}", flush=True)
+    print("goal: fused >= 8x unfused at width 64. max ratio: the fused/unfused ceiling 16 u / (u + m) (CPU time). "
+          "loss diff: the largest relative difference of a member's final train loss, unfused or plain vs fused")
 
 
 if __name__ == "__main__":

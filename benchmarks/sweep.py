@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -37,6 +36,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _plain
+from _plain import plain_training
 
 EXPERIMENT = {"family": "poly_online", "steps": 1000, "report_every": 50}
 SPACE = {"batch_size": {"pow2": [0, 7]}, "eta": {"pow2": [-12, 12]}, "width": [128], "depth": [3],
@@ -60,57 +62,10 @@ WIDTH, DEPTH = 128, 3
 
 
 def plain_trial(task, batch_size: int, eta: float, report=None) -> dict:
-    """One configuration the way a plain study loop trains it (see the module doc); returns its outcome."""
-    import torch
-
-    from raysweep.train import data_seed, init_seed
-
-    steps, report_every = EXPERIMENT["steps"], EXPERIMENT["report_every"]
-    widths = [task.dim] + [WIDTH] * (DEPTH - 1) + [1]
-    gen = torch.Generator().manual_seed(init_seed(0))
-    weights = [torch.randn(a, b, generator=gen, dtype=torch.float64).float().requires_grad_(True)
-               for a, b in zip(widths[:-1], widths[1:])]
-    readout = 1.0 / WIDTH  # muP, gamma = 1
-
-    def f(ws, x):
-        h = x
-        for w in ws[:-1]:
-            h = torch.relu(h @ w / math.sqrt(w.shape[0]))
-        return h @ ws[-1] * readout
-
-    init = [w.detach().clone() for w in weights]
-    opt = torch.optim.SGD(weights, lr=eta * WIDTH)  # muP SGD, gamma = 1: every layer at eta * N
-    data = torch.Generator().manual_seed(data_seed(0))
-    with torch.no_grad():
-        f0_eval = f(init, task.x_eval)
-    block = max(task.block_size, batch_size)
-    pos, window, curve = block, [], []
-    x_blk = y_blk = f0_blk = None
-    for step in range(1, steps + 1):
-        if pos + batch_size > block:
-            parts = [task.draw_block(data) for _ in range(-(-block // task.block_size))]
-            x_blk, y_blk = torch.cat([p[0] for p in parts])[:block], torch.cat([p[1] for p in parts])[:block]
-            with torch.no_grad():
-                f0_blk = f(init, x_blk)
-            pos = 0
-        x, y, f0 = x_blk[pos:pos + batch_size], y_blk[pos:pos + batch_size], f0_blk[pos:pos + batch_size]
-        pos += batch_size
-        loss = 0.5 * ((f(weights, x) - f0 - y) ** 2).sum(1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            return {"status": "diverged", "step": step, "curve": curve}
-        window.append(value)
-        if step % report_every == 0:
-            with torch.no_grad():
-                eval_loss = 0.5 * ((f(weights, task.x_eval) - f0_eval - task.y_eval) ** 2).sum(1).mean().item()
-            curve.append((step, sum(window) / len(window), eval_loss))
-            window = []
-            if report is not None:
-                report({"step": step, "train_loss": curve[-1][1], "eval_loss": eval_loss})
-    return {"status": "completed", "step": steps, "curve": curve}
+    """One configuration the way a plain study loop trains it (see the module doc and ``_plain``)."""
+    point = {"batch_size": batch_size, "eta": eta, "width": WIDTH, "depth": DEPTH, "gamma": 1.0, "seed": 0,
+             "parametrization": "muP", "optimizer": "SGD", "lr_rule": "study"}
+    return plain_training(task, point, EXPERIMENT["steps"], EXPERIMENT["report_every"], report)
 
 
 def build_task():
@@ -156,6 +111,7 @@ def run_tune(storage: str) -> dict:
     import ray
     from ray import tune
 
+    ray.cloudpickle.register_pickle_by_value(_plain)  # the workers cannot import this folder's modules
     # a fresh local Ray, as raysweep starts one (never a cluster some other process left in /tmp/ray)
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     tuner = tune.Tuner(

@@ -1,0 +1,79 @@
+"""One configuration trained the way a PyTorch user writes it: the baseline of fusion.py and sweep.py.
+
+The rule of :mod:`raysweep.model` (bias-free MLP, weights N(0, 1), ``relu(h W / sqrt(fan_in))``, readout
+``/ (gamma N)`` for muP or ``/ (gamma sqrt(N))`` for SP, the centred function ``f - f0``), the same initial
+weights and the same online teacher blocks as raysweep's trainer, written plainly: autograd, ``torch.optim.SGD`` or
+``torch.optim.Adam`` with one parameter group per layer at raysweep's learning rates, ``f0`` computed once per
+block, ``loss.item()`` every step and a stop at the first non-finite loss (as a researcher would), an eval loss
+every ``report_every`` steps. MSE with the half_sum convention. It must reach raysweep's losses to float32
+rounding: both benchmarks check it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from raysweep.scaling import learning_rates
+from raysweep.train import ADAM_BETAS, ADAM_EPS, data_seed, init_seed
+
+
+def plain_training(task, point: Mapping[str, Any], steps: int, report_every: int,
+                   report: Callable[[dict], None] | None = None) -> dict:
+    """Train ``point`` (batch_size, eta, width, depth, gamma, seed, parametrization, optimizer, lr_rule) on the
+    online ``task``; returns ``{"status", "step", "curve": [(step, mean train loss, eval loss), ...]}``."""
+    batch_size, width, depth, gamma = point["batch_size"], point["width"], point["depth"], point["gamma"]
+    widths = [task.dim] + [width] * (depth - 1) + [task.n_out]
+    gen = torch.Generator().manual_seed(init_seed(point["seed"]))
+    weights = [torch.randn(a, b, generator=gen, dtype=torch.float64).float().requires_grad_(True)
+               for a, b in zip(widths[:-1], widths[1:])]
+    readout = 1.0 / (gamma * (width if point["parametrization"] == "muP" else math.sqrt(width)))
+
+    def f(ws, x):
+        h = x
+        for w in ws[:-1]:
+            h = torch.relu(h @ w / math.sqrt(w.shape[0]))
+        return h @ ws[-1] * readout
+
+    lrs = learning_rates(**{k: point[k] for k in ("eta", "gamma", "width", "depth", "parametrization",
+                                                  "optimizer", "lr_rule")}, dim=task.dim).per_layer
+    # one group when every layer shares the rate (muP and SP SGD): torch.optim's foreach update is one call
+    groups = ([{"params": weights, "lr": lrs[0]}] if len(set(lrs)) == 1
+              else [{"params": [w], "lr": lr} for w, lr in zip(weights, lrs)])
+    opt = (torch.optim.SGD(groups) if point["optimizer"] == "SGD"
+           else torch.optim.Adam(groups, betas=ADAM_BETAS, eps=ADAM_EPS))
+    init = [w.detach().clone() for w in weights]
+    data = torch.Generator().manual_seed(data_seed(point["seed"]))
+    with torch.no_grad():
+        f0_eval = f(init, task.x_eval)
+    block = max(task.block_size, batch_size)
+    pos, window, curve = block, [], []
+    x_blk = y_blk = f0_blk = None
+    for step in range(1, steps + 1):
+        if pos + batch_size > block:
+            parts = [task.draw_block(data) for _ in range(-(-block // task.block_size))]
+            x_blk, y_blk = torch.cat([p[0] for p in parts])[:block], torch.cat([p[1] for p in parts])[:block]
+            with torch.no_grad():
+                f0_blk = f(init, x_blk)
+            pos = 0
+        x, y, f0 = x_blk[pos:pos + batch_size], y_blk[pos:pos + batch_size], f0_blk[pos:pos + batch_size]
+        pos += batch_size
+        loss = 0.5 * ((f(weights, x) - f0 - y) ** 2).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            return {"status": "diverged", "step": step, "curve": curve}
+        window.append(value)
+        if step % report_every == 0 or step == steps:
+            with torch.no_grad():
+                eval_loss = 0.5 * ((f(weights, task.x_eval) - f0_eval - task.y_eval) ** 2).sum(1).mean().item()
+            curve.append((step, sum(window) / len(window), eval_loss))
+            window = []
+            if report is not None:
+                report({"step": step, "train_loss": curve[-1][1], "eval_loss": eval_loss})
+    return {"status": "completed", "step": steps, "curve": curve}
