@@ -1,11 +1,11 @@
-"""Fused bundle vs unfused trials: member-steps per second of raysweep's trainer, CPU, one thread, one run.
+"""A fused bundle vs the same trainings unfused: member-steps per second, CPU, one thread, one run.
 
     python benchmarks/fusion.py [--steps 500] [--repeats 3] [--widths 64,512] [--report-every 500]
 
 16 learning rates of one configuration (the members of a fused bundle: an eta column), muP, L = 3 (two hidden
 layers), B = 32, online polynomial teacher (``poly_online``, D = 32, blocks of P = 4096), float32, 500 steps, one
 report at the end (``--report-every 50`` adds a sweep's evaluations of the 2,048-sample eval set: the same cost per
-member on both sides, so the ratio drops):
+member on every side, so the ratios drop):
 
 - fused: one ``train_bundle`` of the 16 configurations (stacked weights ``[16, fan_in, fan_out]``);
 - unfused: the same 16 configurations one after the other through raysweep's trainer, ``train()`` each (a bundle
@@ -18,10 +18,10 @@ diverges, so every side trains every member for all the steps and the ratio meas
 (the script checks it, and that the three sides end at the same train losses). Member-steps/s = 16 x 500 /
 seconds, by wall clock and by process CPU time (on a shared machine the CPU-time figure is the steadier one); the
 best of ``--repeats`` is kept for each, the sides interleaved so that they share the machine's moods. Goal: a
-fused throughput >= 8x the unfused one at width 64.
+fused throughput >= 8x that of 16 unfused trainings at width 64.
 
 Why the ratio to raysweep's own unfused trainer has a ceiling on a CPU: that trainer's step is lean (a few dozen
-small ops, ~140 us at width 64, nearly all of it per-op overhead), and a fused step pays the same ops once plus
+small ops, 130-160 us at width 64, nearly all of it per-op overhead), and a fused step pays the same ops once plus
 the batched matmuls of all 16 members (~17 MFLOP at width 64). With ``u`` the unfused step and ``m`` the fused
 matmul time (at least its FLOPs at this core's measured GEMM peak; the unfused step holds at least m / 16 of it),
 ratio <= 16 u / (u + 15 m / 16): the script prints that ceiling.
