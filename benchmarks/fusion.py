@@ -145,8 +145,8 @@ def main() -> None:
             print(f"{width:>5} {optimizer:>4}  {f[0]:>6.0f} | {f[1]:>6.0f}  {u[0]:>5.0f} | {u[1]:>5.0f}  "
                   f"{p[0]:>5.0f} | {p[1]:>5.0f}  {f[0] / u[0]:>5.2f}x | {f[1] / u[1]:>5.2f}x  "
                   f"{f[0] / p[0]:>5.2f}x | {f[1] / p[1]:>5.2f}x  {ceiling:>8.2f}x  {diff:>9.1e}", flush=True)
-    print("goal: fused >= 8x the 16 unfused trainings at width 64. max ratio: the fused/unfused ceiling 16 u / (u + 15 m / 16) "
-          "(u: the unfused step by CPU time, m: the fused matmuls at the GEMM peak). "
+    print("goal: fused >= 8x the 16 unfused trainings at width 64. max ratio: the fused/unfused ceiling "
+          "16 u / (u + 15 m / 16) (u: the unfused step by CPU time, m: the fused matmuls at the GEMM peak). "
           "loss diff: the largest relative difference of a member's final train loss, unfused or plain vs fused")
 
 

@@ -214,11 +214,10 @@ def stop_ray() -> None:
         return
     import ray
 
-    node = getattr(ray._private.worker, "_global_node", None)
-    try:
-        node.kill_monitor(check_alive=False)  # Ray's own Node method; a best effort across Ray versions
-    except Exception:
-        pass
+    # Ray's own Node method, looked up rather than assumed: a private API that other Ray versions may lack
+    kill_monitor = getattr(getattr(ray._private.worker, "_global_node", None), "kill_monitor", None)
+    if kill_monitor is not None:
+        kill_monitor(check_alive=False)
     ray.shutdown()
     _WHERE, _EMBEDDED = None, False
 

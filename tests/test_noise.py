@@ -28,7 +28,7 @@ from raysweep import model, noise
 from raysweep.data import build_task
 from raysweep.errors import SpecError
 from raysweep.space import config_key, parse_spec
-from raysweep.train import _loss_coefficients, init_seed, noise_seed, train, train_bundle
+from raysweep.train import _draw, _loss_coefficients, init_seed, noise_seed, train, train_bundle
 from tests.conftest import run_cli
 from tests.test_train import point as train_point
 from tests.test_train import task_for
@@ -132,12 +132,7 @@ def trained_net(loss: str, convention: str, parametrization: str, seed: int = 0,
                           dtype=DT)
 
         def sample(n):
-            xs, ys = [], []
-            while sum(len(x) for x in xs) < n:
-                x, y = task.draw_block(gen)
-                xs.append(x)
-                ys.append(y)
-            return torch.cat(xs)[:n], torch.cat(ys)[:n]
+            return _draw(task, gen, n)
 
         n_out = 1
     init = [w[0] for w in model.init_weights([DIM, WIDTH, WIDTH, n_out], [seed], dtype=DT)]
