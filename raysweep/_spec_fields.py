@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from raysweep.errors import SpecError
+from raysweep import limits
+from raysweep.errors import SpecError, shown
 
 # A range form may not expand to more values than this: a typo such as pow2: [0, 1000000] must fail, not hang.
 MAX_AXIS_VALUES = 100_000
@@ -52,11 +53,9 @@ class FieldError(SpecError):
 
 
 def show(value: Any) -> str:
-    """The ``got ...`` part of a message: repr, shortened, and a tuple shown as the YAML list it came from."""
-    if isinstance(value, tuple):
-        value = list(value)
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """The ``got ...`` part of a message: a bounded repr (:func:`raysweep.errors.shown`), a tuple shown as the YAML
+    list it came from."""
+    return shown(value)
 
 
 def fail(path: str, must: str, got: Any, hint: str = "") -> FieldError:
@@ -78,8 +77,9 @@ def check_keys(mapping: Mapping, allowed: Iterable[str], prefix: str) -> None:
     allowed = tuple(allowed)
     for key in mapping:
         if key not in allowed:
-            path = f"{prefix}.{key}" if prefix else str(key)
-            hint = suggestion(key, allowed) or f"; allowed: {', '.join(allowed)}"
+            name = key if isinstance(key, str) and len(key) <= 40 else shown(key, 40)
+            path = f"{prefix}.{name}" if prefix else name
+            hint = (suggestion(key, allowed) if len(name) <= 40 else "") or f"; allowed: {', '.join(allowed)}"
             raise FieldError(path, f"unknown key{hint}")
 
 
@@ -173,24 +173,38 @@ def _bound_text(gt=None, ge=None, lt=None, le=None) -> str:
     return " and ".join(parts)
 
 
-def as_int(path: str, value: Any, *, ge: int | None = None) -> int:
-    """An integer (a whole float such as 1.0e3 is accepted; a bool is not) that is ``>= ge``."""
+def as_int(path: str, value: Any, *, ge: int | None = None, le: int = limits.INT64_MAX) -> int:
+    """An integer (a whole float such as 1.0e3 is accepted; a bool is not) in ``[ge, le]``; ``le`` defaults to the
+    largest int64, what a Parquet column holds."""
     must = {1: "must be a positive integer", None: "must be an integer"}.get(ge, f"must be an integer >= {ge}")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise fail(path, must, value)
     if not isinstance(value, numbers.Integral):
-        if not (math.isfinite(value) and float(value).is_integer()):
+        if not (_finite(value) and float(value).is_integer()):
             raise fail(path, must, value)
     value = int(value)
     if ge is not None and value < ge:
         raise fail(path, must, value)
+    if value > le:
+        must = (f"must be a positive integer <= {limits.text(le)}" if ge == 1 else
+                f"must be an integer from {ge} to {limits.text(le)}" if ge is not None else
+                f"must be an integer <= {limits.text(le)}")
+        raise fail(path, must, value, limits.why(le))
     return value
+
+
+def _finite(value: numbers.Real) -> bool:
+    """False for NaN, infinities and integers beyond float64's range (math.isfinite would raise on those)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def as_float(path: str, value: Any, *, gt=None, ge=None, lt=None, le=None) -> float:
     """A finite number, stored as a Python float (so 1 and 1.0 are one value), within the given bounds."""
     bound = _bound_text(gt, ge, lt, le)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value):
         raise fail(path, f"must be a finite number {bound}".rstrip(), value)
     number = float(value)
     if (
@@ -254,9 +268,10 @@ def _pow2(path: str, args: Any, step: Any, kind: str) -> list:
     if not -1000 <= a <= b <= 1000:
         raise fail(path, "must be [a, b] with integers -1000 <= a <= b <= 1000", [a, b])
     step = 1.0 if step is None else as_float(path.rsplit(".", 1)[0] + ".step", step, gt=0)
-    count = int(math.floor((b - a) / step + 1e-9)) + 1
-    if count > MAX_AXIS_VALUES:
-        raise fail(path, f"must give at most {MAX_AXIS_VALUES} values", f"{count} values")
+    count = (b - a) / step + 1e-9  # a float: a tiny step makes it huge (or inf), never an int overflow
+    if count >= MAX_AXIS_VALUES:
+        raise fail(path, f"must give at most {MAX_AXIS_VALUES} values", Marker(f"{count:.3g} values (step {step!r})"))
+    count = int(math.floor(count)) + 1
     exponents = [a + i * int(step) for i in range(count)] if step.is_integer() else [a + i * step for i in range(count)]
     values = [2**e if isinstance(e, int) else _round12(2.0**e) for e in exponents]
     for e, v in zip(exponents, values):
@@ -271,7 +286,9 @@ def _logspace(path: str, args: Any, kind: str) -> list:
     lo, hi, n = as_float(path, lo, gt=0), as_float(path, hi, gt=0), as_int(path, n, ge=1)
     if n > MAX_AXIS_VALUES:
         raise fail(path, f"must give at most {MAX_AXIS_VALUES} values", n)
-    values = [lo] if n == 1 else [_round12(lo * (hi / lo) ** (i / (n - 1))) for i in range(n)]
+    # in log space: lo * (hi / lo) ** t overflows when hi / lo exceeds float64's range
+    values = [lo] if n == 1 else [_round12(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / (n - 1)))
+                                  for i in range(n)]
     if n > 1:
         values[0], values[-1] = lo, hi
     # Integer axes round half up to the nearest integer; the duplicates this makes are dropped later.
@@ -285,7 +302,8 @@ def _range(path: str, args: Any, kind: str) -> list:
     if len(bounds) == 3 and bounds[2] == 0:
         raise fail(path, "must have a non-zero step", bounds)
     values = range(*bounds)
-    if not values or len(values) > MAX_AXIS_VALUES:
+    count = max(0, -(-(values.stop - values.start) // values.step))  # len() raises beyond sys.maxsize
+    if not count or count > MAX_AXIS_VALUES:
         raise fail(path, f"must give 1 to {MAX_AXIS_VALUES} values (Python range: b is excluded)", bounds)
     return list(values)
 
@@ -297,7 +315,8 @@ def _linspace(path: str, args: Any, kind: str) -> list:
     lo, hi, n = as_float(path, lo), as_float(path, hi), as_int(path, n, ge=1)
     if n > MAX_AXIS_VALUES:
         raise fail(path, f"must give at most {MAX_AXIS_VALUES} values", n)
-    values = [lo] if n == 1 else [_round12(lo + (hi - lo) * i / (n - 1)) for i in range(n)]
+    # lo (1 - t) + hi t: hi - lo may overflow float64, the weighted sum never does
+    values = [lo] if n == 1 else [_round12(lo * (1 - i / (n - 1)) + hi * (i / (n - 1))) for i in range(n)]
     if n > 1:
         values[0], values[-1] = lo, hi
     return values
@@ -334,11 +353,9 @@ def expand_axis(path: str, raw: Any, kind: str, coerce: Callable[[str, Any], Any
         items = [(f"{path}[{i}]", v) for i, v in enumerate(raw)]
     else:
         items = [(path, raw)]
-    out: list = []
+    out: dict = {}  # insertion-ordered; a list's `in` made 100,000 values quadratic
     for item_path, value in items:
-        value = coerce(item_path, value)
-        if value not in out:
-            out.append(value)
+        out.setdefault(coerce(item_path, value), None)
     return tuple(out)
 
 
@@ -358,7 +375,7 @@ class Loader(yaml.SafeLoader):
                 key = self.construct_object(key_node, deep=deep)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (YAML would keep only the last)", key_node.start_mark
+                        None, None, f"duplicate key {shown(key, 40)} (YAML would keep only the last)", key_node.start_mark
                     )
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
@@ -381,9 +398,9 @@ Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,200
 def yaml_error(err: yaml.YAMLError, text: str, source: str) -> SpecError:
     """A YAML syntax error as a SpecError naming the file, the line and the line's text."""
     mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err)
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())  # one line: PyYAML's text has several
     if mark is None:
-        return SpecError(f"{source}: invalid YAML: {problem}")
+        return SpecError(f"{source}: invalid YAML: {problem[:300]}")
     lines = text.splitlines()
     line = lines[mark.line].strip() if mark.line < len(lines) else ""
     context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
@@ -391,15 +408,17 @@ def yaml_error(err: yaml.YAMLError, text: str, source: str) -> SpecError:
         problem += f", {context} that starts at line {context_mark.line + 1}"
     return SpecError(
         f"{source}: invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
-        + (f" (line {mark.line + 1}: {line!r})" if line else "")
+        + (f" (line {mark.line + 1}: {shown(line)})" if line else "")
     )
 
 
 def read_yaml(source: str) -> Any:
-    """The parsed content of a search-space file; SpecError when it is missing, unreadable, invalid or empty."""
+    """The parsed content of a search-space file; SpecError when it is missing, unreadable, invalid, empty, larger
+    than :data:`raysweep.limits.MAX_SPEC_BYTES` or expanding (YAML aliases included) to more than
+    :data:`raysweep.limits.MAX_YAML_NODES` values."""
     try:
-        with open(source, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(source, "rb") as fh:
+            data = fh.read(limits.MAX_SPEC_BYTES + 1)  # never more: the file may be huge, or endless (/dev/zero)
     except FileNotFoundError:
         folder = os.path.dirname(source)
         names = os.listdir(folder or ".") if os.path.isdir(folder or ".") else []
@@ -407,21 +426,84 @@ def read_yaml(source: str) -> Any:
         raise SpecError(f"{source}: no such search-space file{hint}") from None
     except IsADirectoryError:
         raise SpecError(f"{source}: is a directory, expected a YAML search-space file") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except OSError as err:
         raise SpecError(f"{source}: cannot read the search-space file: {err}") from None
+    if len(data) > limits.MAX_SPEC_BYTES:
+        raise SpecError(f"{source}: larger than {limits.MAX_SPEC_BYTES:,} bytes, the limit for a search-space file "
+                        "(use range forms such as {pow2: [a, b]} instead of long lists)")
     try:
-        mapping = yaml.load(text, Loader=Loader)  # noqa: S506 (Loader is a SafeLoader)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{source}: cannot read the search-space file: not UTF-8 text ({err.reason} at byte "
+                        f"{err.start})") from None
+    return parse_yaml(text, source)
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    """YAML text -> plain values with :class:`Loader`, refusing documents that expand to more than
+    :data:`raysweep.limits.MAX_YAML_NODES` values (an alias bomb is a few hundred bytes) before building them."""
+    try:
+        loader = Loader(text)  # its reader rejects control characters here
     except yaml.YAMLError as err:
         raise yaml_error(err, text, source) from None
-    if mapping is None:
-        raise SpecError(f"{source}: empty file; a search space is a YAML mapping with name, experiment and space")
-    return mapping
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError(f"{source}: empty file; a search space is a YAML mapping with name, experiment and space")
+        n = expanded_size(node)
+        if n > limits.MAX_YAML_NODES:
+            raise SpecError(f"{source}: the YAML expands to {_count(n)} values (anchors and aliases included), more "
+                            f"than the limit of {limits.MAX_YAML_NODES:,}")
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise yaml_error(err, text, source) from None
+    except RecursionError:
+        raise SpecError(f"{source}: invalid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _count(n: int) -> str:
+    return f"{n:,}" if n < 10**12 else f"about 10^{len(str(n)) - 1}"
+
+
+def expanded_size(root: yaml.Node) -> int:
+    """How many values a YAML node graph holds once every alias is expanded: each node counts once per path that
+    reaches it. Linear in the number of distinct nodes (shared nodes are counted once, then multiplied)."""
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:  # iterative post-order: a deep document must not exhaust Python's recursion
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids = _children(node)
+        if children_done or not kids:
+            sizes[id(node)] = 1 + sum(sizes[id(k)] for k in kids)
+            continue
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 # ------------------------------------------------------------------------------------------------ canonical JSON
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def _canonical(value: Any) -> Any:
+    if type(value) in _PLAIN:  # the common case first: the ABC checks below are slow
+        if type(value) is float and not math.isfinite(value):
+            return repr(value)
+        return value
     if isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -440,3 +522,11 @@ def canonical_json(value: Any) -> str:
     """Sorted keys, no spaces, ASCII; ints as ints, floats as their shortest round-trip repr (what json writes),
     tuples as lists: one text per value in every process and Python version."""
     return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def canonical_pair_json(first: str, first_text: str, second: str, value: Any) -> str:
+    """``canonical_json({first: <the value whose canonical_json is first_text>, second: value})`` without
+    re-encoding the first value, for ``first < second``: what one config key per point of a large space needs."""
+    if not first < second:
+        raise ValueError(f"{first!r} must sort before {second!r}")
+    return "{" + json.dumps(first) + ":" + first_text + "," + json.dumps(second) + ":" + canonical_json(value) + "}"

@@ -17,6 +17,7 @@ import sys
 import time
 
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 
 from raysweep.results import ResultsWriter
 from raysweep.trial import Plan, bundle_of, trial_row
@@ -29,9 +30,31 @@ class _DriverOnly(Callback):
         return {}
 
 
+class StopOnSignal(Stopper):
+    """Stops the whole experiment once ``should_stop()`` is true (the launcher's SIGINT / SIGTERM handling)."""
+
+    def __init__(self, should_stop):
+        self._should_stop = should_stop
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        should_stop = getattr(self, "_should_stop", None)  # absent in a copy Tune unpickled: never stops
+        return bool(should_stop and should_stop())
+
+    def __getstate__(self):  # Tune pickles its stopper into the (temporary) experiment state; ours is driver-only
+        return {}
+
+
 class ResultsCallback(_DriverOnly):
+    """Lands terminal rows (see the module docstring). After :meth:`stop` (the sweep is being interrupted) it lands
+    only rows that trials reported as finished: a trial torn down by the stop is not an outcome (not ``pruned``,
+    not ``failed``); it gets no row and runs again on relaunch."""
+
     def __init__(self, writer: ResultsWriter, plan: Plan):
         self.writer, self.plan = writer, plan
+        self.stopping = False
         self.counts = {"completed": 0, "diverged": 0, "failed": 0, "pruned": 0}
         self.n_duplicates = 0
         self._open: dict[str, dict] = {}  # Tune trial id -> provisional row and curves of a running one-config trial
@@ -69,6 +92,9 @@ class ResultsCallback(_DriverOnly):
         members as ``failed`` with ``reason``. Idempotent: the writer refuses a second row for a key.
         """
         held = self._open.pop(trial_id, None)
+        if self.stopping:  # torn down by the stop: no outcome to land
+            self.writer.flush()
+            return self.landed.get(trial_id)
         if error:
             bundle = bundle_of(self.plan, config)
             error_text = f"trial lost: {reason or 'the worker died'}"
@@ -88,6 +114,10 @@ class ResultsCallback(_DriverOnly):
         else:
             self.writer.maybe_flush()
         return self.landed.get(trial_id)
+
+    def stop(self) -> None:
+        """The sweep is being interrupted: from now on, land only finished members' rows."""
+        self.stopping = True
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.settle(trial.trial_id, trial.config, flush=False)

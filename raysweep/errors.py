@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
+import reprlib
+
+_SHOWN = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+for _name, _limit in (("maxlevel", 3), ("maxtuple", 6), ("maxlist", 6), ("maxarray", 6), ("maxdict", 6),
+                      ("maxset", 6), ("maxfrozenset", 6), ("maxdeque", 6), ("maxstring", 60), ("maxlong", 40),
+                      ("maxother", 60)):
+    setattr(_SHOWN, _name, _limit)
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """The ``got ...`` part of a message: a repr cut to ``limit`` characters, built in bounded time and memory
+    (a value nested or shared a million times over, e.g. a YAML alias bomb, is never formatted whole)."""
+    if isinstance(value, tuple):
+        value = list(value)  # a validated axis holds a tuple; the user wrote a YAML list
+    text = _SHOWN.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class RaysweepError(Exception):
     """Base class of every error raysweep raises on purpose."""
@@ -18,6 +35,23 @@ class DataError(RaysweepError, ValueError):
 
 class InfeasibleError(RaysweepError, ValueError):
     """A configuration cannot run as asked (e.g. a batch larger than the training set)."""
+
+
+class CorruptFileError(RaysweepError, OSError):
+    """A results file (``trials/*.parquet``, ``curves/*.parquet``) cannot be read, or is not one raysweep wrote.
+    ``path`` is the file; the message says what to do with it."""
+
+    def __init__(self, message: str, path: str = ""):
+        super().__init__(message)
+        self.path = path
+
+
+class NotASweepError(RaysweepError, ValueError):
+    """A folder given as a sweep is a storage root holding sweeps (or nothing raysweep wrote)."""
+
+
+class OptionError(RaysweepError, ValueError):
+    """A command-line option is invalid (exit 2, like an invalid spec); the message names the option."""
 
 
 class NothingFitsError(RaysweepError, RuntimeError):

@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Collection
 
 from raysweep import __version__
-from raysweep.space import BUNDLE_KEYS, SweepSpec, config_key
+from raysweep.space import BUNDLE_KEYS, SweepSpec, config_keys
 from raysweep.trial import Bundle, Plan
 
 
@@ -41,7 +41,8 @@ def make_bundles(keyed: list[tuple[str, dict]], *, fused: bool, max_members: int
 def build_plan(spec: SweepSpec, done: Collection[str] = ()) -> tuple[Plan, int]:
     """The plan of the configurations without a row yet, and how many already have one."""
     experiment = spec.experiment.as_dict()
-    keyed = [(config_key(experiment, p), p) for p in spec.points()]
+    points = spec.points()
+    keyed = list(zip(config_keys(experiment, points), points))
     pending = [(k, p) for k, p in keyed if k not in done]
     bundles = make_bundles(pending, fused=spec.fusion.enabled, max_members=spec.fusion.max_members)
     if experiment.get("path"):  # workers may run in another folder; the key keeps the path as the spec gives it
@@ -89,6 +90,30 @@ def resources_per_trial(spec: SweepSpec, *, cuda: bool) -> dict[str, float]:
     if cuda and spec.resources.gpus_per_trial:
         res["gpu"] = spec.resources.gpus_per_trial
     return res
+
+
+_RAY_NAMES = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
+
+
+def unfit_resources(requests: list[dict[str, float]], nodes: list[dict[str, float]]) -> str | None:
+    """Why some trial's resources fit no node (``requests``: ``{"cpu": c, "gpu": g, "memory": bytes}`` per trial;
+    ``nodes``: each node's Ray resources, ``{"CPU": ..., "GPU": ..., "memory": ...}``), or None when each request
+    fits some node."""
+    for request in requests:
+        if any(all(node.get(_RAY_NAMES.get(k, k), 0.0) >= v for k, v in request.items() if v) for node in nodes):
+            continue
+        for key, value in request.items():
+            largest = max((node.get(_RAY_NAMES.get(key, key), 0.0) for node in nodes), default=0.0)
+            if value and value > largest:
+                what = {"cpu": "resources.cpus_per_trial", "gpu": "resources.gpus_per_trial"}.get(key, key)
+                return f"{what}: a trial asks for {_amount(key, value)} but the largest node has {_amount(key, largest)}"
+        asked = ", ".join(_amount(k, v) for k, v in request.items() if v)
+        return f"a trial asks for {asked}, which no single node holds at once"
+    return None
+
+
+def _amount(key: str, value: float) -> str:
+    return f"{value / 2**30:.2f} GiB of memory" if key == "memory" else f"{value:g} {_RAY_NAMES.get(key, key)}"
 
 
 def describe(spec: SweepSpec, plan: Plan, n_done: int, *, cuda: bool, storage=None) -> str:

@@ -93,21 +93,22 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import yaml
 
 from raysweep import _spec_fields as f
-from raysweep import _spec_search
+from raysweep import _spec_search, limits
 from raysweep._spec_search import ALGORITHMS, Scheduler, Search
 
 __all__ = [  # closed sets first, then the types and functions
     "ALGORITHMS", "AXES", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "FAMILIES", "LOSSES", "LR_RULES",
     "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS", "REGRESSION_FAMILIES",
-    "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key", "grad_noise_option",
-    "load_spec", "parse_spec",
+    "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key", "config_keys",
+    "grad_noise_option",
+    "check_name", "load_spec", "parse_spec",
 ]  # fmt: skip
 
 AXES = ("batch_size", "eta", "width", "gamma", "depth", "seed", "parametrization", "optimizer", "loss", "lr_rule")
@@ -130,18 +131,22 @@ DEFAULT_NOISE_BATCHES = 8  # raysweep.noise.DEFAULT_BATCHES (this module imports
 _REQUIRED = f.Marker("<required>")
 _FAMILY_DEFAULT = f.Marker("<family default>")  # Experiment.eval_samples: 2048 (synthetic) or None (classification)
 _pos_int = lambda p, v: f.as_int(p, v, ge=1)  # noqa: E731
+_size = lambda p, v: f.as_int(p, v, ge=1, le=limits.MAX_DIM)  # noqa: E731  a matrix dimension
+_seed = lambda p, v: f.as_int(p, v, ge=0, le=limits.MAX_SEED)  # noqa: E731
 AUTO = "auto"  # batch_size: auto -> the largest batch that fits the memory target (raysweep.autobatch)
-_batch = lambda p, v: AUTO if isinstance(v, str) and v.strip().lower() == AUTO else _pos_int(p, v)  # noqa: E731
-_nonneg = lambda p, v: f.as_float(p, v, ge=0)  # noqa: E731
-_SYNTHETIC = {"dim": (32, _pos_int), "n_train": (4096, _pos_int), "noise": (0.0, _nonneg)}
+_batch = lambda p, v: AUTO if isinstance(v, str) and v.strip().lower() == AUTO else _size(p, v)  # noqa: E731
+MAX_LABEL_NOISE = 1e6  # label noise std, against targets of order one
+_noise = lambda p, v: f.as_float(p, v, ge=0, le=MAX_LABEL_NOISE)  # noqa: E731
+_SYNTHETIC = {"dim": (32, _size), "n_train": (4096, _size), "noise": (0.0, _noise)}
+_degree = lambda p, v: f.as_int(p, v, ge=1, le=limits.MAX_DEGREE)  # noqa: E731
 # Family-specific experiment keys: name -> (default or _REQUIRED, check(path, value) -> value).
 _FAMILY_KEYS: dict[str, dict[str, tuple]] = {
-    "poly_online": {**_SYNTHETIC, "degree": (2, _pos_int)},
-    "poly_fixed": {**_SYNTHETIC, "n_train": (1024, _pos_int), "degree": (2, _pos_int)},
+    "poly_online": {**_SYNTHETIC, "degree": (2, _degree)},
+    "poly_fixed": {**_SYNTHETIC, "n_train": (1024, _size), "degree": (2, _degree)},
     "mlp_teacher": {
         **_SYNTHETIC,
-        "teacher_width": (64, _pos_int),
-        "teacher_depth": (2, _pos_int),
+        "teacher_width": (64, _size),
+        "teacher_depth": (2, lambda p, v: f.as_int(p, v, ge=1, le=limits.MAX_DEPTH)),
         "teacher_gamma": (1.0, lambda p, v: f.as_float(p, v, gt=0)),
         "teacher_parametrization": ("muP", lambda p, v: f.as_choice(p, v, PARAMETRIZATIONS[:2])),
         "teacher_normalize": (True, f.as_bool),
@@ -150,16 +155,16 @@ _FAMILY_KEYS: dict[str, dict[str, tuple]] = {
     "digits": {"test_fraction": (0.2, lambda p, v: f.as_float(p, v, gt=0, lt=1))},
     "mnist": {"path": (_REQUIRED, f.as_str)},
     "mnist1m": {"path": (_REQUIRED, f.as_str)},
-    "mnist1m_sampled": {"path": (_REQUIRED, f.as_str), "max_train_samples": (_REQUIRED, _pos_int)},
+    "mnist1m_sampled": {"path": (_REQUIRED, f.as_str), "max_train_samples": (_REQUIRED, _size)},
 }
 # Axis -> (kind, check of one value).
 _AXIS_RULES = {
     "batch_size": ("int", _batch),
     "eta": ("float", lambda p, v: f.as_float(p, v, gt=0)),
-    "width": ("int", _pos_int),
+    "width": ("int", _size),
     "gamma": ("float", lambda p, v: f.as_float(p, v, gt=0)),
-    "depth": ("int", lambda p, v: f.as_int(p, v, ge=2)),
-    "seed": ("int", lambda p, v: f.as_int(p, v, ge=0)),
+    "depth": ("int", lambda p, v: f.as_int(p, v, ge=2, le=limits.MAX_DEPTH)),
+    "seed": ("int", _seed),
     "parametrization": ("enum", lambda p, v: f.as_choice(p, v, PARAMETRIZATIONS)),
     "optimizer": ("enum", lambda p, v: f.as_choice(p, v, OPTIMIZERS)),
     "loss": ("enum", lambda p, v: f.as_choice(p, v, LOSSES)),
@@ -206,16 +211,16 @@ class Experiment(f.ShortRepr):
         f.set_field(self, "mse_convention", convention)
         f.set_field(self, "dtype", f.as_choice("experiment.dtype", self.dtype, DTYPES))
         f.set_field(self, "divergence_factor", f.as_float("experiment.divergence_factor", self.divergence_factor, gt=1))
-        f.set_field(self, "data_seed", f.as_int("experiment.data_seed", self.data_seed, ge=0))
+        f.set_field(self, "data_seed", _seed("experiment.data_seed", self.data_seed))
         f.set_field(self, "device", f.as_choice("experiment.device", self.device, DEVICES))
         f.set_field(self, "grad_noise_scale", grad_noise_option(self.grad_noise_scale))
         self._check_length()
         if self.eval_samples is _FAMILY_DEFAULT:
             f.set_field(self, "eval_samples", DEFAULT_EVAL_SAMPLES if self.kind == "regression" else None)
         elif self.kind == "regression":
-            f.set_field(self, "eval_samples", _pos_int("experiment.eval_samples", self.eval_samples))
+            f.set_field(self, "eval_samples", _size("experiment.eval_samples", self.eval_samples))
         else:
-            f.set_field(self, "eval_samples", f.optional(_pos_int, "experiment.eval_samples", self.eval_samples))
+            f.set_field(self, "eval_samples", f.optional(_size, "experiment.eval_samples", self.eval_samples))
 
     def _check_length(self) -> None:
         steps = None if self.steps is None else _pos_int("experiment.steps", self.steps)
@@ -277,11 +282,15 @@ def grad_noise_option(value: Any, path: str = "experiment.grad_noise_scale") -> 
         batches = DEFAULT_NOISE_BATCHES
     else:
         try:
-            batches = f.as_int(f"{path}.batches", batches, ge=2)
+            batches = f.as_int(f"{path}.batches", batches, ge=2, le=limits.MAX_DIM)
         except f.FieldError:
-            must = "must be an integer >= 2 (the number of chunks of the noise batch; the estimator needs two)"
+            must = (f"must be an integer from 2 to {limits.text(limits.MAX_DIM)} (the number of chunks of the noise "
+                    "batch; the estimator needs two)")
             raise f.fail(f"{path}.batches", must, batches) from None
-    batch_size = f.optional(_pos_int, f"{path}.batch_size", value.get("batch_size"))
+    batch_size = f.optional(_size, f"{path}.batch_size", value.get("batch_size"))
+    if batch_size is not None and batches * batch_size > limits.MAX_DIM:
+        raise f.fail(path, f"must hold at most {limits.text(limits.MAX_DIM)} samples (batches x batch_size)",
+                     dict(batches=batches, batch_size=batch_size), limits.why(limits.MAX_DIM))
     return f.FrozenDict(batches=batches, batch_size=batch_size)
 
 
@@ -368,6 +377,19 @@ class Resources(f.ShortRepr):
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_NAME_LENGTH = 100  # a folder name, and the prefix of Optuna study names and temporary file names
+
+
+def check_name(name: Any, path: str = "name") -> str:
+    """A sweep name: ``[A-Za-z0-9_.-]+``, at most :data:`MAX_NAME_LENGTH` characters, not starting with '.', not a
+    sweep's table folder (``trials``, ``curves``). SpecError naming ``path`` otherwise."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith(".") or len(name) > MAX_NAME_LENGTH:
+        must = (f"must match [A-Za-z0-9_.-]+, hold at most {MAX_NAME_LENGTH} characters and not start with '.' (it "
+                "names the folder <storage>/<name>/)")
+        raise f.fail(path, must, name)
+    if name in ("trials", "curves"):  # <storage>/trials/ would make the storage root read as a sweep folder
+        raise f.fail(path, "must not be trials or curves (the names of a sweep's own table folders)", name)
+    return name
 
 
 @dataclass(frozen=True, repr=False)
@@ -385,9 +407,7 @@ class SweepSpec(f.ShortRepr):
     source: str = field(default="<string>", compare=False)
 
     def __post_init__(self):
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name) or self.name.startswith("."):
-            must = "must match [A-Za-z0-9_.-]+ and not start with '.' (it names the folder <storage>/<name>/)"
-            raise f.fail("name", must, self.name)
+        check_name(self.name)
         if not isinstance(self.description, str):
             raise f.fail("description", "must be a string", self.description)
         for name, cls in (("experiment", Experiment), ("space", Space), ("search", Search), ("fusion", Fusion),
@@ -402,6 +422,8 @@ class SweepSpec(f.ShortRepr):
             raise f.fail("space.lr_rule", "mup_adam is the per-layer muP Adam rule: space.optimizer must include "
                          "Adam", space.lr_rule, f" with optimizer {f.show(space.optimizer)}")
         _spec_search.check(self.search, space, self.experiment, AXES)
+        _check_size(self)
+        _check_arithmetic(self)
 
     def points(self) -> list[dict]:
         """The trial configurations, each a dict with every key of :data:`AXES` (see the module docstring)."""
@@ -444,6 +466,81 @@ class SweepSpec(f.ShortRepr):
     def to_yaml(self) -> str:
         """:meth:`to_dict` as YAML (block mappings, flow lists); ``load_spec`` reads it back to an equal spec."""
         return yaml.dump(self.to_dict(), Dumper=f.Dumper, sort_keys=False, allow_unicode=True, width=120)
+
+
+def _check_size(spec: SweepSpec) -> None:
+    """At most :data:`raysweep.limits.MAX_POINTS` configurations, counted before any is built."""
+    lengths = {axis: len(getattr(spec.space, axis)) for axis in AXES}
+    product = " x ".join(f"{axis} {n}" for axis, n in lengths.items() if n > 1) or "1"
+    search = spec.search
+    if search.algorithm == "random":
+        if search.n_samples > limits.MAX_POINTS:
+            raise f.fail("search.n_samples", f"must be at most {limits.MAX_POINTS:,} (the limit of configurations "
+                         "per sweep)", search.n_samples)
+        return
+    n = spec._n_grid()
+    if n > limits.MAX_POINTS:
+        raise f.FieldError("space", f"{n:,} configurations ({product}), more than the limit of "
+                           f"{limits.MAX_POINTS:,} per sweep; split the sweep or use search: {{algorithm: random, "
+                           "n_samples: ...}")
+    if search.algorithm == "optuna":
+        cells = math.prod(n for axis, n in lengths.items() if axis not in search.optuna_axes)
+        if cells * search.n_trials > limits.MAX_POINTS:
+            raise f.fail("search.n_trials", f"times the {cells:,} cells must be at most {limits.MAX_POINTS:,} trials",
+                         search.n_trials)
+
+
+def _check_arithmetic(spec: SweepSpec) -> None:
+    """Values that each fit their field but not together: samples seen, learning rates, and the gamma range of the
+    dtype (:func:`raysweep.limits.gamma_range`)."""
+    exp, space = spec.experiment, spec.space
+    batches = [b for b in space.batch_size if b != AUTO] or [1]
+    if exp.steps is not None and exp.steps * max(batches) > limits.INT64_MAX:
+        raise f.fail("experiment.steps", f"times the largest batch_size ({max(batches)}) must fit int64 (the "
+                     "samples_seen column)", exp.steps)
+    if exp.epochs is not None:
+        n_train = exp.params.get("n_train", limits.MAX_DIM)
+        if exp.epochs * n_train > limits.INT64_MAX:
+            raise f.fail("experiment.epochs", f"times the training set ({n_train:,} samples at most) must fit int64 "
+                         "(the samples_seen column)", exp.epochs)
+    for parametrization in space.parametrization:
+        narrow, wide = min(space.width), max(space.width)
+        lowest, highest = limits.gamma_range(exp.dtype, parametrization, narrow)[0], \
+            limits.gamma_range(exp.dtype, parametrization, wide)[1]
+        if min(space.gamma) < lowest:
+            fix = "use experiment.dtype: float64 or larger gammas" if exp.dtype == "float32" else "use larger gammas"
+            raise f.FieldError("space.gamma", f"{min(space.gamma):g} is below {lowest:.2g}, the smallest gamma at which "
+                               f"{parametrization} at width {narrow} in {exp.dtype} keeps its target (below it the "
+                               f"centred target a f0 + y rounds y away; README 'Limits'); {fix}")
+        if max(space.gamma) > highest:
+            raise f.FieldError("space.gamma", f"{max(space.gamma):g} is above {highest:.2g}, the largest gamma at which "
+                               f"{parametrization} at width {wide} in {exp.dtype} can fit its target (the readout "
+                               "would need values whose square overflows; README 'Limits')")
+    _check_learning_rates(spec)
+
+
+def _check_learning_rates(spec: SweepSpec) -> None:
+    """Every layer's learning rate at the corners of the space (it is monotone in eta, gamma and width) is a normal
+    number of the dtype: finite, and not flushed to zero."""
+    from raysweep.scaling import learning_rates  # pure, stdlib only
+
+    exp, space = spec.experiment, spec.space
+    dim = exp.params.get("dim")
+    corners = itertools.product(
+        sorted({min(space.eta), max(space.eta)}), sorted({min(space.gamma), max(space.gamma)}),
+        sorted({min(space.width), max(space.width)}), space.depth, space.parametrization, space.optimizer,
+        space.lr_rule,
+    )
+    for eta, gamma, width, depth, parametrization, optimizer, lr_rule in corners:
+        if lr_rule == "mup_adam" and optimizer != "Adam":
+            continue
+        rates = learning_rates(eta=eta, gamma=gamma, width=width, depth=depth, parametrization=parametrization,
+                               optimizer=optimizer, lr_rule=lr_rule, dim=dim).per_layer
+        for layer, lr in enumerate(rates):
+            if lr == lr and (lr <= 0 or not limits.normal(lr, exp.dtype)):  # NaN: torch_sp's input layer w/o dim
+                raise f.fail("space.eta", f"gives layer {layer + 1} a learning rate of {lr:.3g} (eta {eta:g}, gamma "
+                             f"{gamma:g}, width {width}, depth {depth}, {parametrization} {optimizer} {lr_rule}), "
+                             f"not a normal {exp.dtype} number; narrow the eta or gamma range", list(space.eta))
 
 
 def _fields_dict(obj: Any) -> dict:
@@ -519,3 +616,12 @@ def config_key(experiment_dict: Mapping, point: Mapping) -> str:
     """
     text = f.canonical_json({"experiment": experiment_dict, "point": point})
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
+
+
+def config_keys(experiment_dict: Mapping, points: Iterable[Mapping]) -> list[str]:
+    """``[config_key(experiment_dict, p) for p in points]``, encoding the experiment once."""
+    experiment_text = f.canonical_json(experiment_dict)
+    return [
+        hashlib.sha256(f.canonical_pair_json("experiment", experiment_text, "point", p).encode("ascii")).hexdigest()[:16]
+        for p in points
+    ]

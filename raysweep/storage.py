@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,10 @@ import pyarrow.fs as pafs
 from raysweep.errors import RaysweepError
 
 TUNE_DIR = "_tune"  # Ray Tune's experiment folders, one per launch, under the sweep folder
+# What raysweep writes directly under <storage>/<name>/ (files and folders); none may be a link (check_no_links)
+SWEEP_ENTRIES = ("trials", "curves", "spec.yaml", ".lock", "optuna.journal", "autobatch_cache.json", TUNE_DIR,
+                 "analysis", "quarantine")
+REACH_TIMEOUT_S = 10.0  # how long the first call to an object store may take (RAYSWEEP_STORAGE_TIMEOUT_S)
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -175,18 +180,62 @@ def _shown(uri: str) -> str:
     return uri.split("?", 1)[0]
 
 
+# ------------------------------------------------------------------------------------------------ checks
+def check_no_links(sweep: Location) -> None:
+    """Refuse a sweep folder that is, or holds, a symbolic link where raysweep writes (:data:`SWEEP_ENTRIES`):
+    writing through it would change a file outside the sweep (a ``.lock`` linked to another file would be
+    truncated). The storage root above the sweep may be a link; object stores have none."""
+    if not sweep.is_posix:
+        return
+    for path in [Path(sweep.path)] + [Path(sweep.path) / name for name in SWEEP_ENTRIES]:
+        if path.is_symlink():
+            raise StorageError(f"{path}: a symbolic link (to {os.readlink(path)}); raysweep writes there and never "
+                               "follows a link out of the sweep folder: remove the link, or use another --name")
+
+
+def check_reachable(location: Location, timeout_s: float | None = None) -> None:
+    """The storage answers its first call within ``timeout_s`` (default :data:`REACH_TIMEOUT_S`, or the
+    ``RAYSWEEP_STORAGE_TIMEOUT_S`` environment variable): an object store with no network (or a wrong endpoint)
+    otherwise blocks for minutes in its client's retries. POSIX storage is not checked. A failure is a
+    :class:`StorageError` naming the URI."""
+    if location.is_posix:
+        return
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("RAYSWEEP_STORAGE_TIMEOUT_S") or REACH_TIMEOUT_S)
+    outcome: list = []
+
+    def call():
+        try:
+            outcome.append(location.fs.get_file_info(location.path))
+        except Exception as exc:  # noqa: BLE001 - any failure of the store's client is reported below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=call, name="raysweep-storage-check", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:  # the client is still waiting: the thread is left behind (a daemon) and the launch stops
+        raise StorageError(f"--storage {location.uri}: no answer within {timeout_s:g} s (no network, a wrong "
+                           "endpoint or region?); set RAYSWEEP_STORAGE_TIMEOUT_S to wait longer")
+    if isinstance(outcome[0], Exception):
+        exc = outcome[0]
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise StorageError(f"--storage {location.uri}: {type(exc).__name__}: {first[:300]}")
+
+
 # ------------------------------------------------------------------------------------------------ writing
 def write_atomic(target: Location, write) -> None:
     """Make ``target`` appear whole or not at all; ``write(stream)`` writes its bytes.
 
-    POSIX: a dot-prefixed temporary file in the same folder, flushed and fsynced, then renamed over ``target``
-    (readers and globs skip dot files). Object store: one PUT of the final name (atomic there; no rename exists).
+    POSIX: a dot-prefixed temporary file in the same folder (created anew, never through a link), flushed and
+    fsynced, then renamed over ``target`` (readers and globs skip dot files; a rename replaces a link at
+    ``target`` instead of writing through it). Object store: one PUT of the final name (atomic there).
     """
     if target.is_posix:
         final = Path(target.path)
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            with open(tmp, "wb") as fh:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with open(fd, "wb") as fh:
                 write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())

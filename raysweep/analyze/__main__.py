@@ -18,6 +18,7 @@ import sys
 from raysweep.analyze.checks import STUDIES, run_check
 from raysweep.analyze.load import NoResultsError
 from raysweep.analyze.report import analyze
+from raysweep.errors import RaysweepError
 
 
 def main(argv=None) -> int:
@@ -46,6 +47,9 @@ def main(argv=None) -> int:
     except NoResultsError as exc:
         print(f"raysweep.analyze: {exc}", file=sys.stderr)
         return 2
+    except RaysweepError as exc:  # a corrupt or foreign results file: the message names it and what to do
+        print(f"raysweep.analyze: {exc}", file=sys.stderr)
+        return 1
     for name, a in analyses.items():
         print(f"{name}: {len(a.trials)} trials, {len(a.tables)} tables, {len(a.figures)} figures -> {a.out_dir}")
         for note in a.notes:
@@ -65,6 +69,9 @@ def _check(args) -> int:
     except NoResultsError as exc:
         print(f"raysweep.analyze: {exc}", file=sys.stderr)
         return 2
+    except RaysweepError as exc:
+        print(f"raysweep.analyze: {exc}", file=sys.stderr)
+        return 1
     print(result.table())
     return 0 if result.passed else 1
 

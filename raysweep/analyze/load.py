@@ -51,16 +51,22 @@ class NoResultsError(RaysweepError, FileNotFoundError):
     """There are no trial rows to analyse where the user pointed (the message says where and what was expected)."""
 
 
+def is_sweep_folder(folder: Path) -> bool:
+    """A sweep folder holds the table folder ``trials/`` (of Parquet files). A storage root holding a sweep that
+    is itself named ``trials`` holds ``trials/trials/``: that root is not a sweep folder."""
+    return (folder / "trials").is_dir() and not (folder / "trials" / "trials").is_dir()
+
+
 def find_sweeps(results_dir, sweep: str | None = None) -> list[Path]:
     """The sweep folders under ``results_dir`` (sorted by name), or ``[results_dir]`` when it is itself a sweep
-    folder (it holds ``trials/``). ``sweep`` keeps only the folder of that name. Missing folder -> ``[]``."""
+    folder (:func:`is_sweep_folder`). ``sweep`` keeps only the folder of that name. Missing folder -> ``[]``."""
     root = Path(results_dir)
     if not root.is_dir():
         return []
-    if (root / "trials").is_dir():
+    if is_sweep_folder(root):
         found = [root]
     else:
-        found = sorted(p for p in root.iterdir() if p.is_dir() and (p / "trials").is_dir())
+        found = sorted(p for p in root.iterdir() if p.is_dir() and is_sweep_folder(p))
     if sweep is not None:
         found = [p for p in found if p.name == sweep]
     return found

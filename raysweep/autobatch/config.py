@@ -26,11 +26,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from raysweep import limits
 from raysweep.autobatch.search import GRIDS, Grid
-from raysweep.errors import SpecError
+from raysweep.errors import SpecError, shown
 
 MODES = ("train", "val")
 INFEASIBLE = ("refuse", "fail")
+MAX_PROBE_STEPS = 1_000  # real steps per probe point: a few are enough to reach the peak
 
 
 @dataclass(frozen=True)
@@ -66,23 +68,27 @@ class AutobatchConfig:
             if value is None and name.endswith("_val"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise SpecError(f"autobatch.{name}: must be a number in (0, 1], got {value!r}")
+                raise SpecError(f"autobatch.{name}: must be a number in (0, 1], got {shown(value)}")
             object.__setattr__(self, name, float(value))
-        for name, least in (("min_batch_size", 1), ("max_batch_size", 1), ("steps_per_trial", 2),
-                            ("min_batch_size_val", 1), ("max_batch_size_val", 1), ("steps_per_trial_val", 1)):
+        for name, least, most in (("min_batch_size", 1, limits.MAX_DIM), ("max_batch_size", 1, limits.MAX_DIM),
+                                  ("steps_per_trial", 2, MAX_PROBE_STEPS), ("min_batch_size_val", 1, limits.MAX_DIM),
+                                  ("max_batch_size_val", 1, limits.MAX_DIM), ("steps_per_trial_val", 1, MAX_PROBE_STEPS)):
             value = getattr(self, name)
             if value is None and name.endswith("_val"):
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
                 why = " (two steps so that optimizer state exists)" if name == "steps_per_trial" else ""
-                raise SpecError(f"autobatch.{name}: must be an integer >= {least}{why}, got {value!r}")
+                raise SpecError(f"autobatch.{name}: must be an integer from {least} to {limits.text(most)}{why}, "
+                                f"got {shown(value)}")
         if self.infeasible not in INFEASIBLE:
-            raise SpecError(f"autobatch.infeasible: must be one of {', '.join(INFEASIBLE)}, got {self.infeasible!r}")
+            raise SpecError(f"autobatch.infeasible: must be one of {', '.join(INFEASIBLE)}, got {shown(self.infeasible)}")
         if self.batch_grid not in GRIDS:
-            raise SpecError(f"autobatch.batch_grid: must be one of {', '.join(GRIDS)}, got {self.batch_grid!r}")
-        modes = (self.modes,) if isinstance(self.modes, str) else tuple(self.modes)
-        if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
-            raise SpecError(f"autobatch.modes: must be distinct values of {', '.join(MODES)}, got {list(modes)!r}")
+            raise SpecError(f"autobatch.batch_grid: must be one of {', '.join(GRIDS)}, got {shown(self.batch_grid)}")
+        modes = (self.modes,) if isinstance(self.modes, str) else self.modes
+        if not isinstance(modes, (list, tuple)) or not modes or any(m not in MODES for m in modes) \
+                or len(set(modes)) != len(modes):
+            raise SpecError(f"autobatch.modes: must be distinct values of {', '.join(MODES)}, got {shown(modes)}")
+        modes = tuple(modes)
         object.__setattr__(self, "modes", modes)
         for mode in MODES:
             s = self.for_mode(mode)
@@ -118,11 +124,11 @@ class AutobatchConfig:
         if mapping is None:
             return cls()
         if not isinstance(mapping, Mapping):
-            raise SpecError(f"autobatch: must be a mapping, got {mapping!r} ({source})")
+            raise SpecError(f"autobatch: must be a mapping, got {shown(mapping)} ({source})")
         known = [fl.name for fl in fields(cls)]
         for key in mapping:
             if key not in known:
-                raise SpecError(f"autobatch.{key}: unknown key; known keys are {', '.join(known)} ({source})")
+                raise SpecError(f"autobatch.{shown(key, 40)}: unknown key; known keys are {', '.join(known)} ({source})")
         try:
             return cls(**dict(mapping))
         except SpecError as exc:

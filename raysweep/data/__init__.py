@@ -33,6 +33,7 @@ import torch
 from raysweep.data._base import Task, derive_seed, eval_indices, stratified_choice
 from raysweep.data.digits import DEFAULT_TEST_FRACTION, build_digits
 from raysweep.data.mnist import Arrays, build_mnist, build_mnist1m, clear_cache, load_mnist, load_mnist1m
+from raysweep.data.mnist import check_source as check_mnist_source
 from raysweep.data.synthetic import MLP_DEFAULTS, POLY_DEFAULTS, build_mlp_teacher, build_poly
 from raysweep.errors import DataError
 
@@ -103,6 +104,15 @@ def build_task(experiment: Mapping[str, Any], *, device: torch.device | str = "c
     return _BUILDERS[family](experiment, device=device, dtype=dtype)
 
 
+def check_source(experiment: Mapping[str, Any]) -> None:
+    """Check the local files an experiment reads (MNIST families: exists, readable, the right arrays and shapes,
+    ``max_train_samples`` within the training set) without decoding them; DataError naming the file. Families with
+    no file pass. The launcher calls it before Ray starts, so a bad path never lands a row."""
+    family = experiment.get("family")
+    if family in ("mnist", "mnist1m", "mnist1m_sampled"):
+        check_mnist_source(family, experiment["path"], experiment.get("max_train_samples"))
+
+
 def __getattr__(name: str):
     # The converter imports PIL and is run as `python -m raysweep.data.mnist1m`; importing it here eagerly would
     # make runpy warn that the module was imported before it ran.
@@ -115,6 +125,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "COMMON_KEYS", "DEFAULT_EVAL_SAMPLES", "FAMILIES", "FAMILY_DEFAULTS", "FAMILY_KEYS", "FAMILY_REQUIRED",
-    "Arrays", "DataError", "Task", "build_task", "clear_cache", "convert_mnist1m", "derive_seed", "eval_indices",
+    "Arrays", "DataError", "Task", "build_task", "check_source", "clear_cache", "convert_mnist1m", "derive_seed",
+    "eval_indices",
     "load_mnist", "load_mnist1m", "stratified_choice",
 ]

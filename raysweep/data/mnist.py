@@ -178,6 +178,102 @@ def load_mnist1m(path: str | Path, family: str = "mnist1m") -> Arrays:
     return _cached([path], lambda: _read_npz(family, path, MNIST1M_LAYOUT))
 
 
+# ------------------------------------------------------------------------------------- checked on the driver
+def check_source(family: str, path: str | Path, max_train_samples: int | None = None) -> int:
+    """Check the files of an MNIST family without decoding the images (what the launcher does before any trial
+    starts): the file or folder exists and is readable, holds the four arrays with matching ``[n, 28, 28]`` /
+    ``[n, 784]`` images and ``[n]`` labels in 0..9, and ``max_train_samples`` fits its training set. Returns the
+    training-set size; DataError saying what is wrong otherwise. Image files are read as far as their headers
+    (and sized); labels are read whole (they are small)."""
+    layout = MNIST_LAYOUT if family == "mnist" else MNIST1M_LAYOUT
+    path = Path(path).expanduser()
+    if family == "mnist" and path.is_dir():
+        found = {key: _idx_file(path, name) for key, (name, _) in IDX_FILES.items()}
+        if all(found.values()):
+            shapes = {key: _idx_shape(found[key], ndim) for key, (_, ndim) in IDX_FILES.items()}
+            labels = {key: read_idx(found[key], 1) for key in ("y_train", "y_test")}
+            return _check_shapes(family, path, shapes, labels, layout, max_train_samples)
+        if not (path / "mnist.npz").is_file():
+            load_mnist(path)  # raises the DataError naming the missing file
+        path = path / "mnist.npz"
+    elif family != "mnist" and path.is_dir() and (path / "mnist1m.npz").is_file():
+        path = path / "mnist1m.npz"
+    if not path.is_file():
+        raise DataError(f"{family}: no file {path}; {layout}")
+    if path.suffix != ".npz":
+        raise DataError(f"{family}: {path} is a file but not an .npz; {layout}")
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {name.removesuffix(".npy"): name for name in z.namelist()}
+            missing = [k for k in NPZ_KEYS if k not in members]
+            if missing:
+                raise DataError(f"{family}: {path} lacks {', '.join(missing)} (holds "
+                                f"{', '.join(members) or 'nothing'}); {layout}")
+            shapes = {}
+            for key in ("x_train", "x_test"):
+                with z.open(members[key]) as fh:
+                    shapes[key] = _npy_header(fh)
+        with np.load(path, allow_pickle=False) as npz:
+            labels = {key: npz[key] for key in ("y_train", "y_test")}
+            for key, header in shapes.items():
+                if header is None:  # a .npy format version without a public header reader: read the array
+                    shapes[key] = (npz[key].shape, npz[key].dtype)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{family}: cannot read {path} as .npz: {exc}; {layout}") from exc
+    shapes.update({key: (labels[key].shape, labels[key].dtype) for key in labels})
+    return _check_shapes(family, path, shapes, labels, layout, max_train_samples)
+
+
+def _npy_header(fh) -> tuple[tuple[int, ...], np.dtype] | None:
+    """``(shape, dtype)`` from the header of a .npy stream, or None for a format version numpy reads only whole."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    reader = readers.get(np.lib.format.read_magic(fh))
+    if reader is None:
+        return None
+    shape, _, dtype = reader(fh)
+    return tuple(shape), dtype
+
+
+def _idx_shape(path: Path, ndim: int) -> tuple[tuple[int, ...], np.dtype]:
+    """The dims an IDX file's header gives (uint8 data), with its length checked when it is not compressed."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            head = f.read(4 + 4 * ndim)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"mnist: cannot read {path}: {exc}; {MNIST_LAYOUT}") from exc
+    magic = bytes([0, 0, 8, ndim])
+    if head[:4] != magic or len(head) < 4 + 4 * ndim:
+        raise DataError(f"mnist: {path} is not an IDX file of {ndim}-d unsigned bytes; {MNIST_LAYOUT}")
+    dims = struct.unpack(f">{ndim}I", head[4:])
+    if path.suffix != ".gz" and path.stat().st_size != len(head) + int(np.prod(dims)):
+        raise DataError(f"mnist: {path} is truncated or has trailing bytes: its header says {dims}")
+    return dims, np.dtype(np.uint8)
+
+
+def _check_shapes(family: str, source: Path, shapes: dict, labels: dict, layout: str,
+                  max_train_samples: int | None) -> int:
+    """The rules of :func:`_checked`, on shapes and dtypes (images) and arrays (labels)."""
+    for part in ("train", "test"):
+        (xs, xt), y = shapes[f"x_{part}"], labels[f"y_{part}"]
+        if len(xs) not in (2, 3) or int(np.prod(xs[1:])) != N_PIXELS or xs[0] == 0:
+            raise DataError(f"{family}: {source}: x_{part} must be [n, 28, 28] or [n, 784] with n >= 1, got "
+                            f"{list(xs)}; {layout}")
+        if np.dtype(xt).kind not in "iu":
+            raise DataError(f"{family}: {source}: x_{part} must hold uint8 pixels 0..255, got {xt}; {layout}")
+        if y.ndim != 1 or y.shape[0] != xs[0] or y.dtype.kind not in "iu":
+            raise DataError(f"{family}: {source}: y_{part} must be {xs[0]} integer labels (one per image), got "
+                            f"{y.dtype} {list(y.shape)}; {layout}")
+        if y.min() < 0 or y.max() > 9:
+            raise DataError(f"{family}: {source}: y_{part} labels must be in 0..9, got {y.min()}..{y.max()}")
+    n_train = int(shapes["x_train"][0][0])
+    if max_train_samples is not None and max_train_samples > n_train:
+        raise DataError(f"{family}: max_train_samples must be <= {n_train} (the training set of {source}), got "
+                        f"{max_train_samples}")
+    return n_train
+
+
 def _task(label: str, arrays: Arrays, train: np.ndarray | None, opts: Options, seed: int, device, dtype) -> Task:
     n_eval = opts.optional_int("eval_samples", DEFAULT_EVAL_SAMPLES)
     ev = eval_indices(arrays.y_test, n_eval, seed)

@@ -1,6 +1,10 @@
 """Test side channel: when RAYSWEEP_TEST_EXEC_LOG names a folder, every process that trains a bundle appends one
 line per member (sweep-independent: the point as JSON) to a file there. Loaded through PYTHONPATH by the Ray
-workers the test session starts; the code under test knows nothing of it."""
+workers the test session starts; the code under test knows nothing of it.
+
+Fault injection: a file ``fault-<dim>-<batch_size>`` in that folder makes the next bundle of that experiment dim
+and batch size raise an OSError (a transient fault outside the configuration, like a lost disk) and is removed,
+so the fault happens once."""
 
 import json
 import os
@@ -20,6 +24,13 @@ if _log_dir and _ray_worker:
                 for p in points:
                     fh.write(json.dumps({"t": time.time(), "dim": experiment.get("dim"), "steps": experiment.get("steps"),
                                          **{k: p[k] for k in sorted(p)}}) + "\n")
+            fault = os.path.join(_log_dir, f"fault-{experiment.get('dim')}-{points[0]['batch_size']}")
+            try:
+                os.remove(fault)
+            except OSError:
+                pass
+            else:
+                raise OSError("injected fault: the disk went away")
             return _original(task, experiment, points, **kwargs)
 
         _train.train_bundle = _logged
