@@ -233,3 +233,62 @@ def test_the_fuzz_corpus_reaches_both_outcomes(warm_launcher, tmp_path):
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             outcomes.add(warm_launcher.main([str(path), "--dry-run", "--storage", str(tmp_path / "r")]))
     assert outcomes == {0, 2}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("parametrization", ["SP", "muP"])
+def test_the_gamma_range_is_where_the_centred_target_keeps_y(dtype, parametrization):
+    """The trainer's target is t = a f0 + y (raysweep.train); y comes back as t - a f0 to about the documented
+    resolution at the lowest gamma of the range, and is lost four decades below it."""
+    import torch
+
+    from raysweep import model
+
+    torch_dtype = getattr(torch, dtype)
+    width = 64
+    x = torch.randn(512, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(torch_dtype)
+    y = torch.randn(512, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(torch_dtype)
+    weights = model.init_weights(model.layer_widths(16, width, 3, 1), [3], dtype=torch_dtype)
+    raw = model.forward_cached(weights, x, keep=False)[0]
+    lowest = limits.gamma_range(dtype, parametrization, width)[0]
+
+    def error(gamma: float) -> float:
+        a = model.readout_multiplier(width, torch.tensor([gamma], dtype=torch_dtype), parametrization)
+        f0 = raw * a
+        recovered = (f0 + y) - f0
+        return float((recovered - y).abs().max())
+
+    assert error(lowest) <= 5 * limits.TARGET_RESOLUTION  # the worst of 512 samples: a few times the typical
+    assert error(lowest * 1e-4) > 0.3  # y (of order one) is drowned
+    with pytest.raises(SpecError, match="space.gamma"):
+        parse_spec(spec({"dtype": dtype}, gamma=lowest * 1e-4, width=width, parametrization=parametrization))
+    parse_spec(spec({"dtype": dtype}, gamma=lowest * 1.01, width=width, parametrization=parametrization))
+
+
+def test_out_of_range_specs_exit_2_through_the_launcher_without_ray(tmp_path):
+    paths = {}
+    for i, (label, (mapping, _, _)) in enumerate(OUT_OF_RANGE.items()):
+        paths[label] = tmp_path / f"case{i}.yaml"
+        paths[label].write_text(yaml.safe_dump(mapping))
+    script = (
+        "import contextlib, io, json, sys, raysweep.launch as L\n"
+        "out = {}\n"
+        "for label, path in json.loads(sys.argv[1]).items():\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        rc = L.main([path, '--storage', sys.argv[2]])\n"
+        "    out[label] = [rc, err.getvalue()]\n"
+        "print(json.dumps({'results': out, 'ray': 'ray' in sys.modules}))\n"
+    )
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps({k: str(v) for k, v in paths.items()}),
+                           str(tmp_path / "results")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ray"] is False
+    for label, (_, field, _) in OUT_OF_RANGE.items():
+        rc, message = report["results"][label]
+        assert rc == 2 and message.count("\n") == 1 and re.search(field, message.removeprefix("error: ")), \
+            (label, message)
+    assert not (tmp_path / "results").exists()
