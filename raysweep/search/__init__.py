@@ -86,7 +86,7 @@ def build_search(spec, plan, recorder):
     from raysweep.search.schedulers import build_scheduler
     from raysweep.space import config_key
 
-    scheduler = build_scheduler(spec)
+    scheduler = build_scheduler(spec, plan)
     n_planned = sum(len(b.points) for b in plan.bundles.values())
     if not spec.search.guided:
         from raysweep.plan import run_order
