@@ -120,6 +120,14 @@ def run(spec, args) -> int:
             "Ray job: ray job submit --address http://HEAD:8265 --working-dir . -- python -m raysweep.launch "
             "SPACE.yaml --storage s3://BUCKET/PREFIX; on a cluster node, attach with --address HEAD:6379"
         )
+    if not args.dry_run:  # a finished sweep relaunched: say so from its rows and journal, before Ray starts
+        from raysweep.search.remaining import nothing_to_run
+
+        check_saved_spec(sweep, spec)
+        finished = nothing_to_run(spec, sweep)
+        if finished:
+            print(finished)
+            return 0
     if not args.dry_run and sweep.is_posix and not shared and (args.address or "ray" in sys.modules):
         # A local path serves one node: refuse a larger cluster before anything is written (and before torch loads).
         import ray
