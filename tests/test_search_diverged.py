@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from raysweep.errors import SpecError
 from raysweep.plan import build_plan
-from raysweep.search import planned_spec, studies
+from raysweep.search import describe_search, planned_spec, studies
 from raysweep.search.optuna_search import OptunaStudies
 from raysweep.space import config_key, parse_spec
 from raysweep.trial import bundle_of, run_bundle
@@ -38,6 +38,8 @@ def test_default_is_worst_and_the_field_is_checked():
     with pytest.raises(SpecError, match=r"^search\.diverged_as: must be null for grid search"):
         spec_of({"diverged_as": "worst"})
     assert spec_of({}).search.diverged_as is None
+    assert "diverged trials told as COMPLETE with the study's worst value (diverged_as: worst)" in \
+        describe_search(spec, "sweep d: ...")
 
 
 def test_config_keys_do_not_depend_on_diverged_as():
