@@ -10,7 +10,10 @@ Algorithms (``search.algorithm``):
 - ``optuna``: the axes in ``optuna_axes`` (default ``[eta]``) are searched by Optuna; every combination of the
   other axes is a *cell* with its own study of ``n_trials`` finished trials, sampled by ``sampler`` (tpe, gp,
   cmaes, qmc, random) seeded from ``seed``. A float axis is searched log-uniformly between its smallest and
-  largest listed value; an integer or text axis is a choice among its listed values.
+  largest listed value; an integer or text axis is a choice among its listed values. ``diverged_as`` says what a
+  diverged trial tells its study: ``worst`` (default) COMPLETE with a value no better than the worst finite value
+  of the study so far nor than the trial's initial loss, so that the sampler learns where divergence lies;
+  ``fail``: FAIL, which Optuna's samplers ignore (TPE keeps proposing the divergent region).
 - ``eta_stability_depth``: per column (every axis but eta), etas run one at a time from the largest down; once
   ``stability_depth`` consecutive etas completed (did not diverge, fail or get pruned) the smaller ones are
   skipped.
@@ -36,6 +39,7 @@ SAMPLERS = ("tpe", "gp", "cmaes", "qmc", "random")
 SCHEDULERS = ("asha", "hyperband", "median")
 METRICS = ("train_loss", "eval_loss", "eval_accuracy")
 MODES = ("min", "max")
+DIVERGED_AS = ("worst", "fail")
 
 _pos_int = lambda p, v: f.as_int(p, v, ge=1)  # noqa: E731
 # Which algorithm owns each algorithm-specific field (the field must be null under the others).
@@ -44,6 +48,7 @@ _OWNER = {
     "n_trials": ("optuna",),
     "sampler": ("optuna",),
     "optuna_axes": ("optuna",),
+    "diverged_as": ("optuna",),
     "stability_depth": ("eta_stability_depth",),
     "decades_below_stable": ("eta_decades_below_stable",),
 }
@@ -123,6 +128,7 @@ class Search(f.ShortRepr):
     n_trials: int | None = None  # optuna: finished trials per study (per cell)
     sampler: str | None = None  # optuna: tpe (default) | gp | cmaes | qmc | random
     optuna_axes: tuple[str, ...] | None = None  # optuna: axes Optuna searches, default (eta,)
+    diverged_as: str | None = None  # optuna: worst (default) | fail, what a diverged trial tells its study
     metric: str = "train_loss"
     mode: str | None = None  # min | max; default from the metric
     stability_depth: int | None = None  # eta_stability_depth
@@ -152,6 +158,8 @@ class Search(f.ShortRepr):
             f.set_field(self, "sampler", f.as_choice("search.sampler", self.sampler or "tpe", SAMPLERS))
             axes = ("eta",) if self.optuna_axes is None else self.optuna_axes
             f.set_field(self, "optuna_axes", _axis_names(axes))
+            f.set_field(self, "diverged_as", f.as_choice("search.diverged_as", self.diverged_as or "worst",
+                                                         DIVERGED_AS))
 
     @property
     def direction(self) -> str:

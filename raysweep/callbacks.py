@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable, Sequence
 
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
@@ -132,37 +133,71 @@ class ResultsCallback(_DriverOnly):
         self.writer.flush()
 
 
+def progress(n_landed: int, running: Iterable[tuple[int, int, int | None]]) -> float:
+    """Configurations done, fractionally: every landed row counts 1, and each running trial, given as (its last
+    report's ``step``, its ``n_running`` members, a member's planned steps), counts ``n_running * step / steps``
+    (0 when the planned steps are unknown: an epoch budget, whose steps depend on the data set)."""
+    done = float(n_landed)
+    for step, n_running, steps in running:
+        if steps and step > 0:
+            done += n_running * min(step / steps, 1.0)
+    return done
+
+
+def eta_seconds(samples: Sequence[tuple[float, float]], n_total: float, *, min_span_s: float = 5.0) -> float | None:
+    """Seconds left, from ``samples`` of (seconds since the start, :func:`progress`), oldest first: what is left over
+    the rate since the first sample with progress (so Ray's start-up and the first trials' start do not count as
+    slowness). None ("?") until two samples with progress lie ``min_span_s`` apart and the rate is positive."""
+    if not samples:
+        return None
+    started = next(((t, p) for t, p in samples if p > 0), None)
+    t_now, p_now = samples[-1]
+    if started is None or t_now - started[0] < min_span_s or p_now <= started[1]:
+        return None
+    rate = (p_now - started[1]) / (t_now - started[0])
+    return max(0.0, n_total - p_now) / rate
+
+
 class ProgressCallback(_DriverOnly):
     """``done/total (running R, diverged D, failed F) rate/s ETA``: rewritten in place on a terminal, every 10 s
-    as a new line otherwise."""
+    as a new line otherwise. ``rate`` counts landed rows per second; the ETA counts the running trials' steps too
+    (:func:`progress`, :func:`eta_seconds`), so that fused bundles, whose rows land together at their end, do not
+    make it start at many times the truth."""
 
     def __init__(self, results: ResultsCallback, n_total: int, where: str, *, stream=sys.stderr):
         self.results, self.n_total, self.where, self.stream = results, n_total, where, stream
         self.started = time.monotonic()
         self.last = 0.0
         self.tty = stream.isatty()
+        self.samples: list[tuple[float, float]] = []  # (seconds since the start, progress) at each line
 
-    def line(self, n_running: int) -> str:
+    def line(self, n_running: int, eta: float | None = None) -> str:
         c = self.results.counts
         done = sum(c.values())
         elapsed = time.monotonic() - self.started
         rate = done / elapsed if elapsed > 0 else 0.0
-        eta = f"{(self.n_total - done) / rate:.0f}s" if rate > 0 else "?"
+        shown = "?" if eta is None else f"{eta:.0f}s"
         return (f"[raysweep {self.where}] {done}/{self.n_total} done (running {n_running} members, "
-                f"diverged {c['diverged']}, failed {c['failed']}, pruned {c['pruned']}) {rate:.2f}/s ETA {eta}")
+                f"diverged {c['diverged']}, failed {c['failed']}, pruned {c['pruned']}) {rate:.2f}/s ETA {shown}")
 
     def on_step_end(self, iteration, trials, **info):
         now = time.monotonic()
         if now - self.last < (0.5 if self.tty else 10.0):
             return
         self.last = now
-        running = sum(
-            (t.last_result or {}).get("n_running", len(bundle_of(self.results.plan, t.config).points))
-            for t in trials if t.status == "RUNNING"
-        )
-        self.stream.write(("\r" if self.tty else "") + self.line(running) + ("" if self.tty else "\n"))
+        steps = self.results.plan.experiment.get("steps")
+        members = []
+        for t in trials:
+            if t.status == "RUNNING":
+                last = t.last_result or {}
+                n = last.get("n_running", len(bundle_of(self.results.plan, t.config).points))
+                members.append((int(last.get("step") or 0), n, steps))
+        self.samples.append((now - self.started, progress(sum(self.results.counts.values()), members)))
+        eta = eta_seconds(self.samples, self.n_total)
+        running = sum(n for _, n, _ in members)
+        self.stream.write(("\r" if self.tty else "") + self.line(running, eta) + ("" if self.tty else "\n"))
         self.stream.flush()
 
     def on_experiment_end(self, trials, **info):
-        self.stream.write(("\r" if self.tty else "") + self.line(0) + "\n")
+        self.stream.write(("\r" if self.tty else "") + self.line(0, 0.0) + "\n")
         self.stream.flush()

@@ -288,6 +288,14 @@ def run(spec, args) -> int:
     storage.check_reachable(root)  # an object store with no network answers nothing for minutes
     storage.check_no_links(sweep)
     check_data(spec)
+    if not (args.dry_run or retry or args.quarantine):  # a finished sweep relaunched: say so from its rows and
+        from raysweep.search.remaining import nothing_to_run  # journal, before Ray starts
+
+        check_saved_spec(sweep, spec)
+        finished = nothing_to_run(spec, sweep)
+        if finished:
+            print(finished)
+            return 0
     if not args.dry_run and sweep.is_posix and not shared and (args.address or "ray" in sys.modules):
         # A local path serves one node: refuse a larger cluster before anything is written (and before torch loads).
         import ray

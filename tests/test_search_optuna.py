@@ -29,7 +29,7 @@ STATE_OF_STATUS = {"completed": "COMPLETE", "pruned": "PRUNED", "diverged": "FAI
 def asha_sweep(ray_cluster, tmp_path_factory):
     """30 Optuna trials over eta in [2^-8, 2^6] (the top etas diverge) with ASHA, on the tiny poly teacher."""
     tmp = tmp_path_factory.mktemp("optuna-asha")
-    search = {"algorithm": "optuna", "n_trials": N_TRIALS, "seed": 3, "sampler": "tpe",
+    search = {"algorithm": "optuna", "n_trials": N_TRIALS, "seed": 3, "sampler": "tpe", "diverged_as": "fail",
               "scheduler": {"type": "asha", "grace_period": 20, "reduction_factor": 3}}
     path = write_spec(tmp / "asha.yaml", "asha", search, eta=[2.0**-8, 2.0**6])
     started = time.perf_counter()
@@ -100,7 +100,7 @@ def test_optuna_dashboard_serves_the_journal(asha_sweep):
 
 
 def test_one_study_per_grid_cell_records_eta_star(ray_cluster, tmp_path):
-    search = {"algorithm": "optuna", "n_trials": 2, "seed": 0, "optuna_axes": ["eta"]}
+    search = {"algorithm": "optuna", "n_trials": 2, "seed": 0, "optuna_axes": ["eta"], "diverged_as": "fail"}
     path = write_spec(tmp_path / "cells.yaml", "cells", search, experiment={"steps": 60},
                       batch_size=[8, 32], width=[8, 16], eta=[2.0**-5, 2.0**0])
     proc = run_cli("raysweep.launch", str(path), "--storage", str(tmp_path), "--address", ray_cluster, "--quiet")

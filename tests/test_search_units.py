@@ -125,8 +125,8 @@ def test_decades_boundary_is_inclusive_despite_binary_rounding():
 # -------------------------------------------------------------------------------------- rows -> Optuna states
 
 
-def _cell(n_trials=3):
-    spec = spec_of({**OPTUNA, "n_trials": n_trials})
+def _cell(n_trials=3, diverged_as="fail"):
+    spec = spec_of({**OPTUNA, "n_trials": n_trials, "diverged_as": diverged_as})
     storage = optuna.storages.InMemoryStorage()
     return studies.open_cell(spec, storage, studies.cell_grid(spec, ("batch_size", "eta", "width"))[0])
 

@@ -5,7 +5,9 @@
   (:mod:`raysweep.search.optuna_search`, :mod:`raysweep.search.studies`).
 - ``eta_stability_depth`` / ``eta_decades_below_stable``: the study's eta-scan shortcuts
   (:mod:`raysweep.search.stability`).
-- ``search.scheduler``: ASHA, asynchronous Hyperband, median stopping (:mod:`raysweep.search.schedulers`).
+- ``search.scheduler``: ASHA, asynchronous Hyperband, median stopping, one per cell: a trial is only ever compared
+  with trials of its own cell (:mod:`raysweep.search.schedulers`).
+- A finished sweep relaunched is a no-op, decided before Ray starts (:mod:`raysweep.search.remaining`).
 
 Guided searches and schedulers need one Ray trial per configuration, so they run unfused whatever ``fusion``
 says (:func:`planned_spec`). The launcher calls :func:`build_search` for the Tuner's arguments.
@@ -39,7 +41,10 @@ def describe_search(spec, plan_text: str) -> str:
                      + (f"studies (one per cell of {' x '.join(varying)})" if varying else "study")
                      + f" x {s.n_trials} finished trials; configurations are chosen at run time")
         dists = studies.distributions(spec.space, s.optuna_axes)
-        lines.append(f"optuna: sampler {s.sampler} (seed {s.seed}), {s.metric} ({s.direction}); searches "
+        told = ("COMPLETE with the study's worst value" if s.diverged_as == "worst" else "FAIL (the sampler ignores "
+                "them)")
+        lines.append(f"optuna: sampler {s.sampler} (seed {s.seed}), {s.metric} ({s.direction}); diverged trials "
+                     f"told as {told} (diverged_as: {s.diverged_as}); searches "
                      + "; ".join(f"{a} ~ {_show(d)}" for a, d in dists.items())
                      + f"; journal {spec.name}/{studies.JOURNAL}")
         try:
@@ -86,7 +91,7 @@ def build_search(spec, plan, recorder):
     from raysweep.search.schedulers import build_scheduler
     from raysweep.space import config_key
 
-    scheduler = build_scheduler(spec)
+    scheduler = build_scheduler(spec, plan)
     n_planned = sum(len(b.points) for b in plan.bundles.values())
     if not spec.search.guided:
         from raysweep.plan import run_order

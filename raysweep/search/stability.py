@@ -12,66 +12,19 @@ are scanned from the largest to the smallest. A configuration is *stable* when i
 
 Skipped configurations get no row. A configuration that already has a row (a relaunch, an earlier grid) is not
 run again: its status counts as if it had just run, so a relaunch finishes the scan exactly where the rule says.
-:func:`scan_column` is the rule, a pure function; :class:`EtaScan` is the Tune searcher that applies it.
+:func:`~raysweep.search.scan.scan_column` is the rule, a pure function (:mod:`raysweep.search.scan`, no Ray);
+:class:`EtaScan` is the Tune searcher that applies it.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
-from typing import NamedTuple
-
 from ray.tune.search import Searcher
 
 from raysweep.search._base import DriverSearcher
+from raysweep.search.scan import (RUNNING, DecadesBelowStable, Decision, StabilityDepth, columns, rule_of,
+                                  scan_column)
 
-RUNNING = "running"
-_REL = 1e-9  # eta * 10**-k is compared with this relative slack (10**-k is not exact in binary)
-
-
-@dataclass(frozen=True)
-class StabilityDepth:
-    depth: int
-
-
-@dataclass(frozen=True)
-class DecadesBelowStable:
-    decades: float
-
-
-class Decision(NamedTuple):
-    run: list[int]  # indices to start now
-    skipped: list[int]  # indices the rule will never run (no row, not running)
-    waiting: bool  # a running index decides what comes next
-
-
-def scan_column(etas: list[float], status: list[str | None], rule) -> Decision:
-    """What to do with one column. ``etas`` sorted from largest to smallest; ``status[i]`` is None (no row yet),
-    ``"running"``, or the row's status. The column is done when ``run`` is empty and ``waiting`` is False."""
-    n_stable = 0
-    for i, s in enumerate(status):
-        if s == RUNNING:
-            return Decision([], [], True)
-        if s is None:
-            return Decision([i], [], False)
-        n_stable = n_stable + 1 if s == "completed" else 0
-        rest = range(i + 1, len(etas))
-        if isinstance(rule, StabilityDepth) and n_stable >= rule.depth:
-            return Decision([], [j for j in rest if status[j] is None], False)
-        if isinstance(rule, DecadesBelowStable) and s == "completed":
-            floor = etas[i] * 10.0 ** -rule.decades * (1 - _REL)
-            keep = [j for j in rest if etas[j] >= floor]
-            return Decision([j for j in keep if status[j] is None],
-                            [j for j in rest if etas[j] < floor and status[j] is None],
-                            any(status[j] == RUNNING for j in keep))
-    return Decision([], [], False)
-
-
-def rule_of(search):
-    if search.algorithm == "eta_stability_depth":
-        return StabilityDepth(search.stability_depth)
-    return DecadesBelowStable(search.decades_below_stable)
-
+__all__ = ["DecadesBelowStable", "EtaScan", "StabilityDepth", "scan_column"]
 
 class EtaScan(DriverSearcher):
     """Releases the plan's one-configuration bundles column by column in scan order, as :func:`scan_column` says.
@@ -85,10 +38,7 @@ class EtaScan(DriverSearcher):
         self.rule = rule_of(spec.search)
         self.status: dict[str, str] = dict(known)
         self.bundle_of_key = {b.keys[0]: bid for bid, b in plan.bundles.items()}
-        columns: dict[tuple, list[tuple[float, str]]] = defaultdict(list)
-        for key, point in keyed:
-            columns[tuple((k, v) for k, v in point.items() if k != "eta")].append((point["eta"], key))
-        self.columns = [sorted(c, key=lambda ek: -ek[0]) for c in columns.values()]
+        self.columns = columns(keyed)
         self.live: dict[str, str] = {}  # Tune trial id -> config key
         self._next = 0  # round robin over columns, so that they advance side by side
 

@@ -16,15 +16,20 @@ row status Optuna state                                          user attrs
 ========== ==================================================== =========================================
 completed  COMPLETE, value = the row's final ``search.metric``   config_key, status
 pruned     PRUNED (its intermediate values are already there)    config_key, status
-diverged   FAIL                                                  config_key, status, diverged_step
+diverged   ``diverged_as: worst`` (default): COMPLETE, value =   config_key, status, diverged_step,
+           :func:`diverged_value`; ``fail``: FAIL                diverged_as (worst only)
 failed     FAIL                                                  config_key, status, error
 (no row)   FAIL, not counted towards n_trials                    abandoned: why
 ========== ==================================================== =========================================
 
+Why ``worst``: Optuna's samplers learn nothing from a FAIL trial (TPE fits its "bad" density to COMPLETE and PRUNED
+trials only), so with ``fail`` a study whose range reaches past the stability edge keeps proposing divergent etas.
+Told as the worst value so far, a diverged trial joins the bad trials and the sampler moves away from it.
+
 Intermediate values are the metric at every report step (the curve), minus the report where the trial diverged.
 A study counts as finished trials those COMPLETE, PRUNED or FAIL without ``abandoned``. The study keeps the best
-point so far in its user attrs: ``best`` = {axis: value, ..., "value", "config_key"} and ``eta_star`` when eta
-is searched.
+*completed* point so far in its user attrs (a diverged trial told as worst never is one): ``best`` = {axis:
+value, ..., "value", "config_key"} and ``eta_star`` when eta is searched.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import itertools
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -68,9 +74,11 @@ def make_sampler(name: str, seed: int):
     return samplers[name](seed=seed)
 
 
-def sampler_seed(seed: int, study_name: str, n_existing: int) -> int:
-    """A relaunch must not replay the first run's draws: the seed mixes the study and its trial count."""
-    text = f"{seed}|{study_name}|{n_existing}".encode()
+def sampler_seed(seed: int, cell: str, n_existing: int) -> int:
+    """The sampler's seed: ``search.seed``, the cell (:func:`cell_text`) and the study's trial count. Not the sweep
+    or study name: a cell draws the same configurations alone or in a larger sweep, under any ``--name``; the count,
+    because a relaunch must not replay the first run's draws."""
+    text = f"{seed}|{cell}|{n_existing}".encode()
     return int(hashlib.sha256(text).hexdigest()[:8], 16)
 
 
@@ -98,6 +106,7 @@ class Cell:
     distributions: dict
     study: optuna.Study
     n_trials: int
+    diverged_as: str = "worst"
     n_finished: int = 0
     n_live: int = 0
     waiting: list = field(default_factory=list)
@@ -129,19 +138,25 @@ def study_name(spec, cell: dict) -> str:
     return spec.name if not varying else spec.name + ":" + ",".join(f"{a}={v}" for a, v in varying)
 
 
+def cell_text(cell: dict) -> str:
+    """The cell's values as canonical text (every grid axis, the constant ones included)."""
+    return json.dumps(cell, sort_keys=True, default=str)
+
+
 def open_cell(spec, storage, cell: dict) -> Cell:
     name = study_name(spec, cell)
     direction = "maximize" if spec.search.direction == "max" else "minimize"
     probe = optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True)
     n_existing = len(probe.get_trials(deepcopy=False))
-    sampler = make_sampler(spec.search.sampler, sampler_seed(spec.search.seed, name, n_existing))
+    sampler = make_sampler(spec.search.sampler, sampler_seed(spec.search.seed, cell_text(cell), n_existing))
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     if not n_existing:
         study.set_user_attr("sweep", spec.name)
         study.set_user_attr("cell", cell)
         study.set_user_attr("optuna_axes", list(spec.search.optuna_axes))
         study.set_user_attr("metric", spec.search.metric)
-    return Cell(name, cell, distributions(spec.space, spec.search.optuna_axes), study, spec.search.n_trials)
+    return Cell(name, cell, distributions(spec.space, spec.search.optuna_axes), study, spec.search.n_trials,
+                spec.search.diverged_as or "worst")
 
 
 def counted(trial) -> bool:
@@ -154,6 +169,16 @@ def curve_values(curve_rows: list[dict], metric: str, status: str) -> dict[int, 
     if status == "diverged" and rows:
         rows = rows[:-1]
     return {int(r["step"]): float(r[metric]) for r in rows if r.get(metric) is not None and math.isfinite(r[metric])}
+
+
+def diverged_value(values, initial: float | None, maximize: bool) -> float | None:
+    """What a diverged trial tells its study under ``diverged_as: worst``: the worst of the study's finite COMPLETE
+    values so far and of ``initial`` (the trial's initial loss for a loss metric, 0 for accuracy): a diverged
+    trial is never better than any finished one, nor than not training at all. None when none is finite."""
+    finite = [float(v) for v in [*values, initial] if v is not None and math.isfinite(v)]
+    if not finite:
+        return None
+    return min(finite) if maximize else max(finite)
 
 
 def tell_row(cell: Cell, trial: optuna.trial.Trial, row: dict | None, metric: str, *, why_abandoned: str = "") -> None:
@@ -173,12 +198,28 @@ def tell_row(cell: Cell, trial: optuna.trial.Trial, row: dict | None, metric: st
     if status == "completed" and value is not None and math.isfinite(value):
         cell.study.tell(trial, value, state=TrialState.COMPLETE)
         _record_best(cell)
-    else:  # a completed trial without a finite metric cannot be COMPLETE: Optuna would refuse the value
-        cell.study.tell(trial, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL)
+        return
+    if status == "diverged" and cell.diverged_as == "worst":
+        maximize = cell.study.direction == optuna.study.StudyDirection.MAXIMIZE
+        done = [t.value for t in cell.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        worst = diverged_value(done, 0.0 if metric == "eval_accuracy" else row.get("initial_loss"), maximize)
+        if worst is not None:
+            trial.set_user_attr("diverged_as", "worst")
+            cell.study.tell(trial, worst, state=TrialState.COMPLETE)
+            return
+    # a completed trial without a finite metric cannot be COMPLETE: Optuna would refuse the value
+    cell.study.tell(trial, state=TrialState.PRUNED if status == "pruned" else TrialState.FAIL)
 
 
 def _record_best(cell: Cell) -> None:
-    best = cell.study.best_trial
+    """The best trial whose row completed (``study.best_trial`` may be a diverged one told as worst when no other
+    trial finished)."""
+    done = [t for t in cell.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("status", "completed") == "completed"]
+    if not done:
+        return
+    sign = -1.0 if cell.study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    best = min(done, key=lambda t: (sign * t.value, t.number))
     cell.study.set_user_attr("best", {**best.params, "value": best.value,
                                       "config_key": best.user_attrs.get("config_key")})
     if "eta" in best.params:
