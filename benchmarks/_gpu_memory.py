@@ -341,7 +341,8 @@ def cap_child(job_path: Path) -> int:
         n_ooms = torch.cuda.memory_stats().get("num_ooms")
     else:
         peak, n_ooms = read_status()["VmHWM"] - rss0, None
-    keep = ("status", "error", "eta", "batch_size", "steps", "final_train_loss", "memory_cap", "memory_bytes", "device")
+    keep = ("status", "error", "eta", "batch_size", "steps", "final_train_loss", "gpu_share", "memory_cap", "memory_bytes",
+            "device")
     out = {"name": job["name"], "rows": [{k: r.get(k) for k in keep} for r in rows], "t_start": started,
            "t_end": ended, "peak_bytes": int(peak), "num_ooms": n_ooms, "rlimit_data": limit,
            "cap_bytes": job["cap_bytes"]}

@@ -362,7 +362,8 @@ def check_grid(s: Settings, deadline: Deadline) -> CheckResult:
         + (f"; {cut}" if cut else ""),
     ]
     passed = bool(agree_all) and all(agree_all) and cut is None
-    result.headline = ("" if passed else "FAIL: ") + (f"{spec.n_points()} configurations: trainer {trainer_s:.1f} s, plain loop {plain_s:.1f} s "
+    result.headline = ("" if passed else "FAIL: ") + (
+                       f"{spec.n_points()} configurations: trainer {trainer_s:.1f} s, plain loop {plain_s:.1f} s "
                        f"({plain_s / trainer_s:.1f}x); eta* agree within one grid step at {sum(agree_all)}/"
                        f"{len(agree_all)} batch sizes" + (" (plain loop cut short)" if cut else ""))
     result.data = {"trainer_s": trainer_s, "plain_s": plain_s, "n_bundles": n_bundles, "grid_step_octaves": log2_step,
