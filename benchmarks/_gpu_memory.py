@@ -207,30 +207,11 @@ def check_cap(s: Settings, keep: dict) -> CheckResult:
         over = (big_need - model.context_bytes) / cap_bytes
     placement = {"gpu_share": resources["gpu"]} if cuda else {"memory_bytes": float(need["need_bytes"])}
 
-    folder = Path(tempfile.mkdtemp(prefix="gpu_check_cap_"))
-    names = ("sized", "oversized")
-    procs = {}
-    for name, keys, points in (("sized", bundle.keys, bundle.points), ("oversized", big_keys, big_points)):
-        job = {"name": name, "kind": model.device.kind, "sweep": plan.sweep, "experiment": dict(plan.experiment),
-               "bundle_id": bundle_id(keys), "keys": list(keys), "points": [dict(p) for p in points],
-               "placement": placement, "cap_bytes": cap_bytes, "folder": str(folder), "peers": names}
-        path = folder / f"{name}.job.json"
-        path.write_text(json.dumps(job))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        procs[name] = subprocess.Popen([sys.executable, str(Path(__file__).with_name("gpu_check.py")), "--child",
-                                        "cap", str(path)], env=env)
-    for name, proc in procs.items():
-        try:
-            proc.wait(timeout=600)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    outs = {}
-    for name in names:
-        path = folder / f"{name}.out.json"
-        if not path.exists():
-            raise RuntimeError(f"the {name} trial process wrote nothing (exit {procs[name].returncode})")
-        outs[name] = json.loads(path.read_text())
+    jobs = {name: {"name": name, "kind": model.device.kind, "sweep": plan.sweep, "experiment": dict(plan.experiment),
+                   "bundle_id": bundle_id(keys), "keys": list(keys), "points": [dict(p) for p in points],
+                   "placement": placement, "cap_bytes": cap_bytes}
+            for name, keys, points in (("sized", bundle.keys, bundle.points), ("oversized", big_keys, big_points))}
+    outs = run_trials(jobs)
 
     # the sized trial alone in this process: a neighbour that ran out of memory must not have moved its numbers
     alone = _solo_losses(plan.experiment, bundle.points, model.device.kind)
@@ -281,6 +262,31 @@ def check_cap(s: Settings, keep: dict) -> CheckResult:
                    "overlap": overlap, "oversized_oom": b_oom, "sized_completed": a_ok, "mechanism": mechanism,
                    "over_share": over, "peak_over_need": peak_over_need, "passed": passed}
     return result
+
+
+def run_trials(jobs: dict[str, dict]) -> dict[str, dict]:
+    """Start one trial process per job (``gpu_check.py --child cap``) at once; their outputs by name."""
+    with tempfile.TemporaryDirectory(prefix="gpu_check_cap_") as tmp:
+        folder, procs = Path(tmp), {}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        for name, job in jobs.items():
+            path = folder / f"{name}.job.json"
+            path.write_text(json.dumps({**job, "folder": tmp, "peers": list(jobs)}))
+            procs[name] = subprocess.Popen([sys.executable, str(Path(__file__).with_name("gpu_check.py")), "--child",
+                                            "cap", str(path)], env=env)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        outs = {}
+        for name in jobs:
+            path = folder / f"{name}.out.json"
+            if not path.exists():
+                raise RuntimeError(f"the {name} trial process wrote nothing (exit {procs[name].returncode})")
+            outs[name] = json.loads(path.read_text())
+        return outs
 
 
 def fmt_diff(diff) -> str:
@@ -341,8 +347,8 @@ def cap_child(job_path: Path) -> int:
         n_ooms = torch.cuda.memory_stats().get("num_ooms")
     else:
         peak, n_ooms = read_status()["VmHWM"] - rss0, None
-    keep = ("status", "error", "eta", "batch_size", "steps", "final_train_loss", "gpu_share", "memory_cap", "memory_bytes",
-            "device")
+    keep = ("status", "error", "eta", "batch_size", "steps", "final_train_loss", "gpu_share", "memory_cap",
+            "memory_bytes", "device")
     out = {"name": job["name"], "rows": [{k: r.get(k) for k in keep} for r in rows], "t_start": started,
            "t_end": ended, "peak_bytes": int(peak), "num_ooms": n_ooms, "rlimit_data": limit,
            "cap_bytes": job["cap_bytes"]}

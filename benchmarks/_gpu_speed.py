@@ -389,22 +389,23 @@ def check_compile(s: Settings, deadline: Deadline) -> CheckResult:
     import tempfile
 
     result = CheckResult("compile", TITLES["compile"])
-    folder = Path(tempfile.mkdtemp(prefix="gpu_check_compile_"))
-    job = {"kind": s.kind, "shapes": [list(x) for x in s.compile_shapes], "modes": list(s.compile_modes),
-           "window_s": s.window_s, "quick": s.quick, "out": str(folder / "out.json")}
-    (folder / "job.json").write_text(json.dumps(job))
     timeout = min(COMPILE_TIMEOUT_S[s.kind], max(5.0, deadline.left() - 5))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    script = Path(__file__).with_name("gpu_check.py")
-    cmd = [sys.executable, str(script), "--child", "compile", str(folder / "job.json")]
-    proc = subprocess.Popen(cmd, env=env)
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        rc = f"killed after {timeout:.0f} s"
-    rows = json.loads(Path(job["out"]).read_text()) if Path(job["out"]).exists() else []
+    with tempfile.TemporaryDirectory(prefix="gpu_check_compile_") as tmp:
+        folder = Path(tmp)
+        job = {"kind": s.kind, "shapes": [list(x) for x in s.compile_shapes], "modes": list(s.compile_modes),
+               "window_s": s.window_s, "out": str(folder / "out.json")}
+        (folder / "job.json").write_text(json.dumps(job))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        script = Path(__file__).with_name("gpu_check.py")
+        proc = subprocess.Popen([sys.executable, str(script), "--child", "compile", str(folder / "job.json")],
+                                env=env)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = f"killed after {timeout:.0f} s"
+        rows = json.loads(Path(job["out"]).read_text()) if Path(job["out"]).exists() else []
     result.columns = ["width", "optimizer", "members K", "mode", "compile + warm-up (s)", "compiled",
                       "uncompiled", "compiled / uncompiled", "note"]
     for r in rows:
