@@ -5,8 +5,9 @@ The rule of :mod:`raysweep.model` (bias-free MLP, weights N(0, 1), ``relu(h W / 
 weights and the same online teacher blocks as raysweep's trainer, written plainly: autograd, ``torch.optim.SGD`` or
 ``torch.optim.Adam`` with one parameter group per layer at raysweep's learning rates, ``f0`` computed once per
 block, ``loss.item()`` every step and a stop at the first non-finite loss (as a researcher would), an eval loss
-every ``report_every`` steps. MSE with the half_sum convention. It must reach raysweep's losses to float32
-rounding: both benchmarks check it.
+every ``report_every`` steps. MSE with the half_sum convention, on the task's device (the weights are drawn on the
+host, as raysweep draws them, then moved there). It must reach raysweep's losses to float32 rounding: both
+benchmarks check it.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def plain_training(task, point: Mapping[str, Any], steps: int, report_every: int
     batch_size, width, depth, gamma = point["batch_size"], point["width"], point["depth"], point["gamma"]
     widths = [task.dim] + [width] * (depth - 1) + [task.n_out]
     gen = torch.Generator().manual_seed(init_seed(point["seed"]))
-    weights = [torch.randn(a, b, generator=gen, dtype=torch.float64).float().requires_grad_(True)
-               for a, b in zip(widths[:-1], widths[1:])]
+    # drawn on the host (as raysweep.model.init_weights), then moved to the task's device
+    weights = [torch.randn(a, b, generator=gen, dtype=torch.float64).to(task.device, torch.float32)
+               .requires_grad_(True) for a, b in zip(widths[:-1], widths[1:])]
     readout = 1.0 / (gamma * (width if point["parametrization"] == "muP" else math.sqrt(width)))
 
     def f(ws, x):

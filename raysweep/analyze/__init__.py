@@ -2,7 +2,9 @@
 transfer, gamma slopes, temperature collapse, plots and a self-contained HTML report.
 
 Reads ``<RESULTS_DIR>/<sweep>/trials/*.parquet`` and ``curves/*.parquet`` (columns: :mod:`raysweep.schema`) with
-pyarrow; computes with numpy/pandas; draws with matplotlib's Agg canvas. Imports neither Ray nor torch.
+pyarrow; computes with numpy/pandas; draws with matplotlib's Agg canvas. Imports neither Ray nor torch, and
+matplotlib only when a plot or the report is first used: the tables (``optimal_eta``, ``eta_max``, ...) work
+without it.
 
 Typical use::
 
@@ -28,10 +30,24 @@ from raysweep.analyze.gamma import gamma_slopes, gamma_table
 from raysweep.analyze.load import NoResultsError, find_sweeps, group_columns, load, prepare_trials
 from raysweep.analyze.noise import noise_scale_table
 from raysweep.analyze.optimum import all_diverged, config_table, eta_max, fit_eta_power_law, optimal_eta
-from raysweep.analyze.plots import HeatmapGrid, heatmap_grid
-from raysweep.analyze.report import Analysis, analyze, analyze_frames, build_report, render_html, write_outputs
 from raysweep.analyze.temperature import temperature_collapse, temperature_table
 from raysweep.analyze.transfer import transfer_slope, transfer_table
+
+# Names that need matplotlib, imported on first use (PEP 562).
+_LAZY = {
+    "HeatmapGrid": "plots", "heatmap_grid": "plots", "Analysis": "report", "analyze": "report",
+    "analyze_frames": "report", "build_report": "report", "render_html": "report", "write_outputs": "report",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"raysweep.analyze.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'raysweep.analyze' has no attribute {name!r}")
 
 __all__ = [
     "Analysis",
