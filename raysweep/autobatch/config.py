@@ -128,7 +128,8 @@ class AutobatchConfig:
         known = [fl.name for fl in fields(cls)]
         for key in mapping:
             if key not in known:
-                raise SpecError(f"autobatch.{shown(key, 40)}: unknown key; known keys are {', '.join(known)} ({source})")
+                name = key if isinstance(key, str) and len(key) <= 40 else shown(key, 40)
+                raise SpecError(f"autobatch.{name}: unknown key; known keys are {', '.join(known)} ({source})")
         try:
             return cls(**dict(mapping))
         except SpecError as exc:
