@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
 from raysweep.analyze.load import group_columns, varying_columns
-from raysweep.analyze.optimum import _groups
+from raysweep.analyze.optimum import iter_groups
 
 CMAP = "viridis"
 
@@ -37,7 +37,7 @@ def panels_of(trials: pd.DataFrame, exclude, max_panels: int):
     by = group_columns(trials, exclude=exclude)
     varying = varying_columns(trials, by)
     out = []
-    for keys, sub in _groups(trials, by):
+    for keys, sub in iter_groups(trials, by):
         labels = dict(zip(by, keys))
         out.append((", ".join(f"{k}={fmt(labels[k])}" for k in varying), labels, sub))
     return out[:max_panels], len(out)
