@@ -23,6 +23,7 @@ from raysweep.analyze.optimum import iter_groups
 DIVERGED_STYLE = dict(facecolor="0.78", edgecolor="0.45", hatch="xxx", linewidth=0.0)
 DEAD_STYLE = dict(facecolor="0.92", edgecolor="0.55", hatch="///", linewidth=0.0)
 FAILED_STYLE = dict(facecolor="none", edgecolor="0.6", hatch="..", linewidth=0.0)
+COLORBAR_MARGIN = 1.0  # inches right of the panels: the colour bar, its ticks and its label
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,8 @@ def plot_heatmap(trials, eta_star, edge, *, x="batch_size", temperature=False, m
     panels, total = panels_of(t, (x, "eta"), max_panels)
     xlabel = f"log2 temperature (eta / {x})" if temperature else f"log2 {x}"
     metric = metric_of(t)
-    fig, axes = figure(len(panels), title=shown_title(f"final {metric_label(metric)}", len(panels), total))
+    fig, axes = figure(len(panels), title=shown_title(f"final {metric_label(metric)}", len(panels), total),
+                       right=COLORBAR_MARGIN)
     grids = [heatmap_grid(sub, x=x, y="eta") for _, _, sub in panels]
     norm, mesh = _shared_norm(grids), None
     for n, (ax, grid, (title, labels, sub)) in enumerate(zip(axes, grids, panels)):
@@ -173,7 +175,8 @@ def plot_gamma_phase(trials, gamma_table, *, max_panels=9):
     if t["gamma"].nunique() < 2:
         return None
     panels, total = panels_of(t, ("gamma", "eta"), max_panels)
-    fig, axes = figure(len(panels), title=shown_title("gamma-eta phase plot", len(panels), total))
+    fig, axes = figure(len(panels), title=shown_title("gamma-eta phase plot", len(panels), total),
+                       right=COLORBAR_MARGIN)
     grids = [heatmap_grid(sub, x="gamma", y="eta") for _, _, sub in panels]
     norm, mesh = _shared_norm(grids), None
     for n, (ax, grid, (title, labels, sub)) in enumerate(zip(axes, grids, panels)):
