@@ -13,7 +13,7 @@ tolerance | pass``, and exits 1 on any miss. The studies and their search spaces
   (PyTorch's default SP): eta* falls one octave per width doubling, slope -1 +- 0.3; reported as skipped when
   raysweep has no such parametrization or the sweep has no torch_sp rows.
 - ``gamma_eta``: the slope of log2 eta_diverge_min (the stability edge: the smallest eta at which any seed
-  diverged; :func:`~raysweep.analyze.gamma.gamma_slopes`) against log2 gamma is 2 +- 0.3 for gamma <= 1/8 and
+  diverged or died; :func:`~raysweep.analyze.gamma.gamma_slopes`) against log2 gamma is 2 +- 0.3 for gamma <= 1/8 and
   2/L +- 0.3 for gamma >= 4, per depth L (Atanasov et al., ICLR 2025). eta_max (the largest eta with no diverged
   seed) is shown as info: past the edge deep ReLU nets may die instead of diverging, which makes it non-monotone.
 - ``temperature``: eta*(B) grows with B at small B (power-law slope >= 0.25 below the saturation batch B_sat of

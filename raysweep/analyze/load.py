@@ -21,11 +21,12 @@ Derived columns (added by :func:`prepare_trials`):
 - ``failed``: status ``failed`` (out of memory, an infeasible batch, a data error, a lost worker). A failed trial is
   *missing data*: never diverged, never dead, never usable; it masks nothing and is never a stability edge.
 - ``dead``: ``dead_step`` is set (the trainer found the net dead at its last report: a hidden layer with no active
-  unit, or collapsed to chance; :mod:`raysweep.train`) and the trial did not fail.
+  unit, or collapsed to chance; :mod:`raysweep.train`) and the trial neither failed nor diverged (a net that blew
+  up usually dies too: it counts as diverged, so that ``dead`` names what the divergence rule missed).
 - ``unstable``: diverged or dead. Past the stability edge nets blow up *or die*; both count at the edge
   (``eta_diverge_min``, masked configs, ``all_diverged``).
-- ``usable``: completed (or status-less), a finite metric, and not unstable; ``pruned`` trials are neither usable
-  nor unstable.
+- ``usable``: completed (or status-less), a finite metric, and not unstable; ``pruned`` trials are never usable
+  (and unstable only when dead).
 - ``temperature``: ``eta / batch_size`` when the stored value is null.
 """
 
@@ -160,7 +161,7 @@ def prepare_trials(trials: pd.DataFrame, metric: str | None = None) -> pd.DataFr
     completed = (status == "completed").to_numpy()
     failed = (status == "failed").to_numpy()
     diverged = (status == "diverged").to_numpy() | (completed & ~np.isfinite(loss))
-    dead = t["dead_step"].notna().to_numpy() & ~failed
+    dead = t["dead_step"].notna().to_numpy() & ~failed & ~diverged
     unstable = diverged | dead
     usable = completed & np.isfinite(value) & ~unstable
     t["metric"] = metric
