@@ -7,7 +7,6 @@ case trains for real (an infeasible batch size on digits fails inside the traine
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import raysweep.analyze as ra
 from raysweep.analyze.synthetic import FAILED, Dead, make_rows, parabola, write_sweep
