@@ -32,6 +32,7 @@ TRIALS_SCHEMA = pa.schema(
         ("lr_hidden", pa.float64()),
         ("status", pa.string()),
         ("diverged_step", pa.int64()),
+        ("dead_step", pa.int64()),  # first report step of the dead streak that lasted to the end; null unless dead
         ("steps", pa.int64()),
         ("samples_seen", pa.int64()),
         ("initial_loss", pa.float64()),
@@ -65,6 +66,7 @@ CURVES_SCHEMA = pa.schema(
         ("eval_loss", pa.float64()),
         ("eval_accuracy", pa.float64()),
         ("wall_time_s", pa.float64()),
+        ("active_fraction", pa.float64()),  # smallest fraction over hidden layers of units active on the eval set
         ("grad_noise_scale", pa.float64()),  # experiment.grad_noise_scale; the three are null when it is off
         ("grad_sq", pa.float64()),
         ("grad_trace_cov", pa.float64()),

@@ -23,6 +23,23 @@ Speed (a step of a small MLP is a few dozen tiny ops, so their number is what co
 Everything a member computes is per member (bmm, or mul and sum for a scalar readout; pieces sized by the width,
 never by the bundle), so its numbers are bit-identical alone and in any bundle.
 
+Dead networks. Past the stability edge many ReLU nets do not blow up but die, and under cross-entropy a dead
+centred net sits at ln(classes), its initial loss, so the divergence threshold never fires. At each report a member
+is *dead* when either
+
+1. *no active unit*: some hidden layer has no unit whose output is positive on any eval sample (the output then
+   no longer depends on the input through that layer, and no gradient reaches the layers below it or the readout);
+2. *collapsed to chance* (classification only): its eval accuracy is at most :func:`chance_accuracy` (the largest
+   class frequency of the eval set plus ``CHANCE_SIGMAS`` binomial standard errors), its eval loss is at least
+   ``COLLAPSE_LOSS_MIN`` times the initial loss, and at this or an earlier report its train or eval loss left the
+   band ``[1 - LOSS_BAND, 1 + LOSS_BAND]`` times the initial loss (it learned, or blew up, and came back). A slow
+   small-eta net that has not learned yet never left that band, so it is not dead.
+
+``Report.dead`` maps each member dead at a report to the first report step of its current dead streak (a member that
+recovers leaves it); ``Report.active_fraction`` is, per member, the smallest fraction over hidden layers of units
+active on some eval sample. Detection only flags: a dead member keeps training, and every training number is the
+same with it or without it (its ops run inside the report's no-grad eval forward and write only their own tensors).
+
 Gradient noise scale (``experiment.grad_noise_scale``, off by default): at every report, at the current weights,
 each member's ``tr(Sigma)``, ``|G|^2`` and ``B_simple`` from a noise batch of ``m`` chunks of ``b`` samples
 (:mod:`raysweep.noise`). The noise batches come from a generator of their own per seed (:func:`noise_seed`), and
@@ -58,6 +75,10 @@ CHUNK_MEMBERS = 8
 CHUNK_ELEMENTS = 2**18
 # a training step runs the members in groups whose weights (and Adam state) take at most this many bytes
 STEP_GROUP_BYTES = 2**22
+# dead networks (module docstring): the band a member's loss must have left, the collapsed loss, the chance margin
+LOSS_BAND = 0.05
+COLLAPSE_LOSS_MIN = 0.99
+CHANCE_SIGMAS = 3.0
 
 
 def init_seed(seed: int) -> int:
@@ -101,6 +122,11 @@ class Report:
     grad_sq: list[float] | None = None
     trace_sigma: list[float] | None = None
     noise_scale: list[float] | None = None
+    # dead networks (module docstring): member index -> first report step of its current dead streak, for the
+    # members dead at this report; per member, the smallest fraction over hidden layers of units active on some
+    # eval sample (None for depth 1: no hidden layer)
+    dead: dict[int, int] = field(default_factory=dict)
+    active_fraction: list[float | None] | None = None
 
 
 def loss_per_member(f: torch.Tensor, y: torch.Tensor, loss: str, mse_convention: str) -> torch.Tensor:
@@ -228,8 +254,12 @@ class _Feed:
             self.src = (x, t[keep], labels)
 
 
-def _forward_chunked(weights, x: torch.Tensor) -> torch.Tensor:
+def _forward_chunked(weights, x: torch.Tensor, *, active: torch.Tensor | None = None) -> torch.Tensor:
     """The raw output ``[K, n, out]`` of :func:`raysweep.model.forward_cached` without gradients, for many samples.
+
+    ``active`` (bool ``[K, L - 1, N]``, optional): unit j of hidden layer l of member k is set True when its output
+    is positive on some sample of ``x`` (OR-ed in, read from the activations the forward computes anyway; the
+    output is the same with or without it).
 
     Computed in pieces of at most ``CHUNK_MEMBERS`` members and ``CHUNK_ELEMENTS / width`` samples: the
     activations stay in cache and below glibc's mmap threshold (a whole 4096-sample block at once pays page faults
@@ -239,14 +269,54 @@ def _forward_chunked(weights, x: torch.Tensor) -> torch.Tensor:
     k, n = weights[0].shape[0], x.shape[-2]
     rows = max(1, CHUNK_ELEMENTS // (CHUNK_MEMBERS * max(w.shape[2] for w in weights)))
     if k <= CHUNK_MEMBERS and n <= rows:
-        return model.forward_cached(weights, x, keep=False)[0]
+        return _forward_piece(weights, x, active)
     out = torch.empty(k, n, weights[-1].shape[2], dtype=weights[0].dtype, device=weights[0].device)
     for a in range(0, k, CHUNK_MEMBERS):
         ws = [w[a:a + CHUNK_MEMBERS] for w in weights]
         xs = x if x.dim() == 2 else x[a:a + CHUNK_MEMBERS]
+        act = None if active is None else active[a:a + CHUNK_MEMBERS]  # a view: written in place
         for lo in range(0, n, rows):
-            out[a:a + CHUNK_MEMBERS, lo:lo + rows] = model.forward_cached(ws, xs[..., lo:lo + rows, :], keep=False)[0]
+            out[a:a + CHUNK_MEMBERS, lo:lo + rows] = _forward_piece(ws, xs[..., lo:lo + rows, :], act)
     return out
+
+
+def _forward_piece(weights, x: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    """One piece of :func:`_forward_chunked`: the raw output, and the units found active OR-ed into ``active``."""
+    raw, acts = model.forward_cached(weights, x, keep=active is not None)
+    for layer, h in enumerate(acts[1:]):  # acts[0] is the input; the rest are the hidden layers' outputs
+        active[:, layer] |= h.amax(-2) > 0  # amax: a reduction without a [K, n, N] bool copy
+    return raw
+
+
+def chance_accuracy(labels: torch.Tensor, n_classes: int, sigmas: float = CHANCE_SIGMAS) -> float:
+    """The highest eval accuracy still read as chance: ``p + sigmas * sqrt(p (1 - p) / n)``, with ``p`` the largest
+    class frequency among the ``n`` labels (the accuracy of the best constant guess)."""
+    n = int(labels.numel())
+    p = float(torch.bincount(labels.flatten().cpu(), minlength=n_classes).max()) / max(n, 1)
+    return p + sigmas * math.sqrt(p * (1 - p) / max(n, 1))
+
+
+def dead_members(active_fraction, eval_loss, eval_accuracy, initial_loss, left_band, chance: float | None):
+    """Which members are dead at a report (rules 1 and 2 of the module docstring), as a bool array.
+
+    ``active_fraction`` (per member, NaN for no hidden layer), ``eval_loss``, ``eval_accuracy`` (None for
+    regression), ``initial_loss`` and ``left_band`` (the member's loss left the band at this or an earlier report)
+    are arrays over the members; ``chance`` is :func:`chance_accuracy` (None for regression)."""
+    active_fraction = np.asarray(active_fraction, dtype=np.float64)
+    dead = active_fraction == 0.0
+    if eval_accuracy is not None and chance is not None:
+        with np.errstate(invalid="ignore"):
+            collapsed = (np.asarray(eval_accuracy, np.float64) <= chance) & (
+                np.asarray(eval_loss, np.float64) >= COLLAPSE_LOSS_MIN * np.asarray(initial_loss, np.float64))
+        dead |= collapsed & np.asarray(left_band, dtype=bool)
+    return dead
+
+
+def outside_band(loss, initial_loss) -> np.ndarray:
+    """Whether each finite ``loss`` lies outside ``[1 - LOSS_BAND, 1 + LOSS_BAND]`` times ``initial_loss``."""
+    loss, initial = np.asarray(loss, np.float64), np.asarray(initial_loss, np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(loss) & (np.abs(loss - initial) > LOSS_BAND * initial)
 
 
 def _draw(task, gen: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,6 +399,9 @@ def train_bundle(
                           dtype, device)
         # chunks of noise.size samples: the loss coefficients of that batch size
         noise_loss_coef, noise_df_coef = _loss_coefficients(loss_name, mse_convention, noise.size, task.n_out)
+    chance = chance_accuracy(task.y_eval, task.n_out) if task.kind == "classification" else None
+    left_band = np.zeros(len(points), dtype=bool)  # per bundle member: its loss left the band (dead rule 2)
+    dead_since: dict[int, int] = {}  # bundle member -> first report step of its current dead streak
     alive = list(range(len(points)))  # bundle indices of the members still training
     window: list[torch.Tensor] = []  # per step: each member's minibatch loss [K]
     pos = feed.size  # the first step draws the first block / permutation
@@ -356,10 +429,11 @@ def train_bundle(
 
         if step % report_every and step != total_steps:
             continue
-        # report: judge divergence, drop diverged members from the stacked tensors
+        # report: judge divergence and death, drop diverged members from the stacked tensors
         losses = torch.stack(window, 1)  # [K, steps in the window]
+        units = torch.zeros(len(alive), depth - 1, width, dtype=torch.bool, device=device)
         with torch.no_grad():
-            f_eval = _forward_chunked(weights, x_eval).mul_(out_mult).sub_(f0_eval)
+            f_eval = _forward_chunked(weights, x_eval, active=units).mul_(out_mult).sub_(f0_eval)
             eval_loss = loss_per_member(f_eval, y_eval, loss_name, mse_convention)
             acc = (
                 (f_eval.argmax(-1) == task.y_eval.to(device)).to(dtype).mean(1)
@@ -380,6 +454,15 @@ def train_bundle(
                 diverged[member] = int(bad_np[j])
             elif not (np.isfinite(eval_np[j]) and train_loss[j] <= limit[j] and eval_np[j] <= limit[j]):
                 diverged[member] = step
+        # dead: judged on this report's eval pass; it only flags (a dead member keeps training)
+        active = units.sum(2).amin(1).cpu().numpy() / width if depth > 1 else np.full(len(alive), np.nan)
+        left_band[alive] |= outside_band(train_loss, initial_np) | outside_band(eval_np, initial_np)
+        dead_now = dead_members(active, eval_np, acc_np, initial_np, left_band[alive], chance)
+        for j, member in enumerate(alive):
+            if dead_now[j]:
+                dead_since.setdefault(member, step)
+            else:
+                dead_since.pop(member, None)
         epoch = None if task.online else step // (task.n_train // batch_size)
         gns = None
         if noise is not None:
@@ -394,6 +477,8 @@ def train_bundle(
             eval_accuracy=[None] * len(alive) if acc_np is None else [float(v) for v in acc_np],
             initial_loss=[float(v) for v in initial_np],
             diverged=diverged,
+            dead={m: dead_since[m] for m in alive if m in dead_since},
+            active_fraction=[None if np.isnan(v) else float(v) for v in active],
             finished=step == total_steps or len(diverged) == len(alive),
             wall_time_s=time.perf_counter() - started,
             **(gns or {}),

@@ -9,6 +9,10 @@ A trial of one configuration (what guided searches and schedulers run) also repo
 (finite values only), and while it runs a ``provisional`` trials row (status ``pruned``) with this report's curve
 row, so that the driver can land the row of a trial that a scheduler stops.
 
+A member that the trainer finds dead (:mod:`raysweep.train`: no active unit in a hidden layer, or collapsed to
+chance) keeps its status and training; its row's ``dead_step`` says since when (null unless dead at its last
+report).
+
 A member whose loss becomes non-finite or explodes is ``diverged`` (with its step) and stops at once; its last
 report carries no metric at all, so a scheduler or searcher never sees NaN, Inf or an exploded loss. An exception
 makes every unfinished member ``failed`` with the error text (again without metrics), and the sweep goes on.
@@ -86,6 +90,7 @@ def trial_row(
             final_eval_loss=report.eval_loss[member],
             final_eval_accuracy=report.eval_accuracy[member],
             initial_loss=report.initial_loss[member],
+            dead_step=report.dead.get(index),  # null unless dead at its last report (raysweep.train)
         )
     else:
         row.update(steps=0, samples_seen=0)
@@ -101,6 +106,7 @@ def curve_row(report, member: int) -> dict:
         "train_loss": report.train_loss[member],
         "eval_loss": report.eval_loss[member],
         "eval_accuracy": report.eval_accuracy[member],
+        "active_fraction": report.active_fraction[member] if report.active_fraction is not None else None,
         "grad_noise_scale": report.noise_scale[member] if noise else None,
         "grad_sq": report.grad_sq[member] if noise else None,
         "grad_trace_cov": report.trace_sigma[member] if noise else None,

@@ -117,7 +117,9 @@ def test_prepare_trials_rules():
         "eta": 0.1, "batch_size": 4,
     })
     t = ra.prepare_trials(raw)
-    assert t["diverged"].to_list() == [False, True, True, False, True, True]
+    # a failed trial (out of memory, infeasible batch, data error, lost worker) is missing data, never diverged
+    assert t["diverged"].to_list() == [False, True, False, False, True, True]
+    assert t["failed"].to_list() == [False, False, True, False, False, False]
     assert t["usable"].to_list() == [True, False, False, False, False, False]
     assert t["final_loss"].iloc[0] == 0.4 and t["final_loss"].iloc[1:].isna().all()
     assert t["final_loss_source"].to_list()[:2] == ["eval", "train"]

@@ -15,7 +15,8 @@ Typical use::
     ra.fit_critical_batch(ra.steps_to_target(curves, trials, targets=[0.1]))
     ra.build_report("results", "report.html")
 
-Command line: ``python -m raysweep.analyze RESULTS_DIR [--sweep NAME] [--report F.html] [--out DIR]``.
+Command line: ``python -m raysweep.analyze RESULTS_DIR [--sweep NAME] [--report F.html] [--out DIR]
+[--metric eval_loss|train_loss|eval_accuracy]``.
 """
 
 from raysweep.analyze.critical import (
@@ -27,9 +28,24 @@ from raysweep.analyze.critical import (
 )
 from raysweep.analyze.curves import smooth_curves, smoothing_window
 from raysweep.analyze.gamma import gamma_slopes, gamma_table
-from raysweep.analyze.load import NoResultsError, find_sweeps, group_columns, load, prepare_trials
+from raysweep.analyze.load import (
+    DEFAULT_METRIC,
+    METRICS,
+    NoResultsError,
+    find_sweeps,
+    group_columns,
+    load,
+    prepare_trials,
+)
 from raysweep.analyze.noise import noise_scale_table
-from raysweep.analyze.optimum import all_diverged, config_table, eta_max, fit_eta_power_law, optimal_eta
+from raysweep.analyze.optimum import (
+    all_diverged,
+    all_failed,
+    config_table,
+    eta_max,
+    fit_eta_power_law,
+    optimal_eta,
+)
 from raysweep.analyze.temperature import temperature_collapse, temperature_table
 from raysweep.analyze.transfer import transfer_slope, transfer_table
 
@@ -50,10 +66,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'raysweep.analyze' has no attribute {name!r}")
 
 __all__ = [
+    "DEFAULT_METRIC",
+    "METRICS",
     "Analysis",
     "HeatmapGrid",
     "NoResultsError",
     "all_diverged",
+    "all_failed",
     "analyze",
     "analyze_frames",
     "build_report",

@@ -1,9 +1,13 @@
-"""``python -m raysweep.analyze RESULTS_DIR [--sweep NAME] [--report F.html] [--out DIR] [--check STUDY]``.
+"""``python -m raysweep.analyze RESULTS_DIR [--sweep NAME] [--report F.html] [--out DIR] [--metric M] [--check STUDY]``.
 
 Writes every table (Parquet and CSV) and figure (PNG) to ``--out`` (default ``RESULTS_DIR/<sweep>/analysis``; with
 several sweeps, ``--out DIR`` gets one folder per sweep) and an HTML report (``--report``, default ``report.html``
 beside the tables). RESULTS_DIR may be a folder of sweeps or one sweep folder. Exit 0 on success, 2 when there are no
-trial rows to analyse (the message says where it looked).
+trial rows to analyse (the message says where it looked) or the metric does not apply (eval_accuracy on a
+regression sweep).
+
+``--metric`` (eval_loss, the default; train_loss; eval_accuracy, maximised) is what eta* is chosen on; every table
+carries it in a ``metric`` column and the report states it.
 
 ``--check STUDY`` (transfer, gamma_eta, temperature, critical_batch) runs that science check instead
 (:mod:`raysweep.analyze.checks`) on the sweep ``science_<STUDY>`` (or ``--sweep``, or the only sweep there): it prints
@@ -16,7 +20,7 @@ import argparse
 import sys
 
 from raysweep.analyze.checks import STUDIES, run_check
-from raysweep.analyze.load import NoResultsError
+from raysweep.analyze.load import DEFAULT_METRIC, METRICS, NoResultsError
 from raysweep.analyze.report import analyze
 from raysweep.errors import RaysweepError
 
@@ -31,6 +35,9 @@ def main(argv=None) -> int:
                         help="target loss for steps-to-target (repeatable; default: chosen per group from the curves)")
     parser.add_argument("--window-samples", type=float, default=None,
                         help="curve smoothing window in samples (default: the largest batch_size * report interval)")
+    parser.add_argument("--metric", choices=METRICS, default=DEFAULT_METRIC,
+                        help=f"what eta* is chosen on: {', '.join(METRICS)} (maximised); default {DEFAULT_METRIC} "
+                             "(the train loss on a row without an eval loss)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--lazy-max", type=float, default=1 / 8, help="gamma <= this is lazy (default 1/8)")
     parser.add_argument("--rich-min", type=float, default=4.0, help="gamma >= this is rich (default 4)")
@@ -43,15 +50,17 @@ def main(argv=None) -> int:
     try:
         analyses = analyze(args.results_dir, sweep=args.sweep, out=args.out, report=args.report,
                            targets=args.targets, window_samples=args.window_samples, seed=args.seed,
-                           lazy_max=args.lazy_max, rich_min=args.rich_min, max_panels=args.max_panels)
-    except NoResultsError as exc:
+                           lazy_max=args.lazy_max, rich_min=args.rich_min, max_panels=args.max_panels,
+                           metric=args.metric)
+    except (NoResultsError, ValueError) as exc:
         print(f"raysweep.analyze: {exc}", file=sys.stderr)
         return 2
     except RaysweepError as exc:  # a corrupt or foreign results file: the message names it and what to do
         print(f"raysweep.analyze: {exc}", file=sys.stderr)
         return 1
     for name, a in analyses.items():
-        print(f"{name}: {len(a.trials)} trials, {len(a.tables)} tables, {len(a.figures)} figures -> {a.out_dir}")
+        print(f"{name}: {len(a.trials)} trials, metric {args.metric}, {len(a.tables)} tables, "
+              f"{len(a.figures)} figures -> {a.out_dir}")
         for note in a.notes:
             print(f"  note: {note}")
     if args.report:

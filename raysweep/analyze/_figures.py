@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
 from raysweep.analyze.load import group_columns, varying_columns
-from raysweep.analyze.optimum import _groups
+from raysweep.analyze.optimum import iter_groups
 
 CMAP = "viridis"
 
@@ -37,7 +37,7 @@ def panels_of(trials: pd.DataFrame, exclude, max_panels: int):
     by = group_columns(trials, exclude=exclude)
     varying = varying_columns(trials, by)
     out = []
-    for keys, sub in _groups(trials, by):
+    for keys, sub in iter_groups(trials, by):
         labels = dict(zip(by, keys))
         out.append((", ".join(f"{k}={fmt(labels[k])}" for k in varying), labels, sub))
     return out[:max_panels], len(out)
@@ -61,15 +61,16 @@ def match(table: pd.DataFrame, labels: dict) -> pd.DataFrame:
     return table[keep]
 
 
-def figure(n: int, ncols: int = 3, size=(3.8, 3.0), title: str = ""):
-    """A figure of ``n`` panels, ``ncols`` a row, each ``size`` inches: ``(fig, [axes])``."""
+def figure(n: int, ncols: int = 3, size=(3.8, 3.0), title: str = "", right: float = 0.4):
+    """A figure of ``n`` panels, ``ncols`` a row, each ``size`` inches, with a right margin of ``right`` inches
+    (room for a colour bar and its label): ``(fig, [axes])``."""
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
     # Fixed margins instead of a layout engine: constrained layout measures every tick label and costs more
     # than drawing the figure.
-    width, height = size[0] * ncols, size[1] * nrows + 0.4
+    width, height = size[0] * ncols + right - 0.4, size[1] * nrows + 0.4
     fig = Figure(figsize=(width, height))
-    fig.subplots_adjust(left=0.7 / width, right=1 - 0.4 / width, bottom=0.5 / height, top=1 - 0.55 / height,
+    fig.subplots_adjust(left=0.7 / width, right=1 - right / width, bottom=0.5 / height, top=1 - 0.55 / height,
                         wspace=0.45, hspace=0.5 * 3.0 / size[1])
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
     if title:

@@ -13,7 +13,7 @@ tolerance | pass``, and exits 1 on any miss. The studies and their search spaces
   (PyTorch's default SP): eta* falls one octave per width doubling, slope -1 +- 0.3; reported as skipped when
   raysweep has no such parametrization or the sweep has no torch_sp rows.
 - ``gamma_eta``: the slope of log2 eta_diverge_min (the stability edge: the smallest eta at which any seed
-  diverged; :func:`~raysweep.analyze.gamma.gamma_slopes`) against log2 gamma is 2 +- 0.3 for gamma <= 1/8 and
+  diverged or died; :func:`~raysweep.analyze.gamma.gamma_slopes`) against log2 gamma is 2 +- 0.3 for gamma <= 1/8 and
   2/L +- 0.3 for gamma >= 4, per depth L (Atanasov et al., ICLR 2025). eta_max (the largest eta with no diverged
   seed) is shown as info: past the edge deep ReLU nets may die instead of diverging, which makes it non-monotone.
 - ``temperature``: eta*(B) grows with B at small B (power-law slope >= 0.25 below the saturation batch B_sat of
@@ -28,6 +28,13 @@ tolerance | pass``, and exits 1 on any miss. The studies and their search spaces
 
 A check passes when no row fails; ``info`` and ``skipped`` rows never fail it. Each check expects one configuration
 group per parametrization (transfer) or per depth (gamma_eta), as the shipped search spaces give.
+
+Fit quality. Every row measured on a fit (the transfer slopes, the gamma slopes, the eta* power law, B_crit and
+S_min) prints the fit's quality beside its value (``n`` points and ``rmse``), and a fit that
+:mod:`raysweep.analyze.quality` flags (too few points, residuals above the threshold) makes its row FAIL, with the
+reason in the pass column: a check never confirms a law from a fit it does not trust (``skipped`` would let a sweep
+with nothing trustworthy pass on its other rows). The stability edge (``eta_diverge_min``) counts dead nets with the
+diverged ones, and failed trials are missing data (an all-failed parametrization fails its row with the error).
 """
 
 from __future__ import annotations
@@ -112,6 +119,23 @@ def _row(quantity, value, expected, tolerance, ok, *, measured=None) -> Row:
                float(value) if finite else math.nan)
 
 
+def _quality(fit, rmse_column: str = "rmse_octaves", n_column: str = "n_points", unit: str = "oct") -> str:
+    """The fit quality shown beside a fitted value: ``(n=5, rmse 0.12 oct)``."""
+    rmse = float(fit[rmse_column]) if rmse_column in fit and fit[rmse_column] is not None else math.nan
+    return f"(n={int(fit[n_column])}, rmse {_fmt(rmse, 3)} {unit})".replace(" )", ")")
+
+
+def _fit_row(quantity, value, expected, tolerance, ok, fit, *, measured=None, **quality) -> Row:
+    """A row measured on a fit (a row of a table with ``fit_ok`` and ``fit_note``): its quality is printed after the
+    value, and a flagged fit fails the row whatever the value, with the fit's reason as the note."""
+    text = f"{measured if measured is not None else _fmt(value)} {_quality(fit, **quality)}"
+    if not bool(fit["fit_ok"]):
+        return Row(quantity, text, expected, tolerance, FAIL,
+                   float(value) if value is not None and np.isfinite(value) else math.nan,
+                   note=f"flagged fit: {fit['fit_note']}")
+    return _row(quantity, value, expected, tolerance, ok, measured=text)
+
+
 def _info(quantity, value, expected="-", note="info", *, measured=None) -> Row:
     return Row(quantity, measured if measured is not None else _fmt(value), expected, note, INFO,
                float(value) if value is not None and np.isfinite(value) else math.nan)
@@ -125,7 +149,7 @@ def _loss_slope_at(ct: pd.DataFrame, eta: float) -> tuple[float, str]:
     at = ct[np.isclose(ct["eta"].to_numpy(float), eta, rtol=1e-9)]
     bad = at[at["masked"]]["width"].astype(int).tolist()
     if bad:
-        return math.nan, f"diverged at N={bad}"
+        return math.nan, f"diverged or dead at N={bad}"
     slope, _, _ = fit_line(np.log2(at["width"].to_numpy(float)), np.log2(at["loss_mean"].to_numpy(float)))
     return slope, ""
 
@@ -160,20 +184,24 @@ def check_transfer(trials: pd.DataFrame, *, drift_tol: float = 0.5, sp_slope_max
                          n_interior == len(widths), measured=f"{n_interior}/{len(widths)}"))
         slope = float(fit["slope"].iloc[0]) if len(fit) else math.nan
         octaves = math.log2(n_max / n_min)
-        if par == "muP":
-            rows.append(_row(f"muP: eta* drift N={n_min}->{n_max} (octaves, fitted)", slope * octaves, "0",
-                             f"+-{drift_tol}", abs(slope * octaves) <= drift_tol))
+        quality = dict(n_column="n_widths")
+        if not len(fit):
+            rows.append(Row(f"{par}: eta* slope", "no fit", "-", "-", FAIL, note="fewer than 2 interior widths"))
+        elif par == "muP":
+            rows.append(_fit_row(f"muP: eta* drift N={n_min}->{n_max} (octaves, fitted)", slope * octaves, "0",
+                                 f"+-{drift_tol}", abs(slope * octaves) <= drift_tol, fit.iloc[0], **quality))
         elif par == "SP":
-            rows.append(_row("SP: eta* slope (octaves per width doubling)", slope, "small positive",
-                             f"(0, {sp_slope_max}]", 0 < slope <= sp_slope_max))
+            rows.append(_fit_row("SP: eta* slope (octaves per width doubling)", slope, "small positive",
+                                 f"(0, {sp_slope_max}]", 0 < slope <= sp_slope_max, fit.iloc[0], **quality))
         else:
-            rows.append(_row("torch_sp: eta* slope (octaves per width doubling)", slope, f"{torch_sp_slope:g}",
-                             f"+-{torch_sp_tol}", abs(slope - torch_sp_slope) <= torch_sp_tol))
+            rows.append(_fit_row("torch_sp: eta* slope (octaves per width doubling)", slope, f"{torch_sp_slope:g}",
+                                 f"+-{torch_sp_tol}", abs(slope - torch_sp_slope) <= torch_sp_tol, fit.iloc[0],
+                                 **quality))
             edge = eta_max(mine, x="width")
             edge_slope = fit_line(np.log2(edge["width"].to_numpy(float)),
                                   np.log2(edge["eta_diverge_min"].to_numpy(float)))[0]
-            rows.append(_info("torch_sp: slope of the stability edge (eta_diverge_min)", edge_slope,
-                              f"{torch_sp_slope:g}"))
+            rows.append(_info("torch_sp: slope of the stability edge (eta_diverge_min: diverged or dead)",
+                              edge_slope, f"{torch_sp_slope:g}"))
         best = sub[sub["width"] == n_min]["eta_grid_best"].iloc[0]
         if par == "torch_sp" or not np.isfinite(best):
             continue
@@ -232,8 +260,8 @@ def check_gamma_eta(trials: pd.DataFrame, *, lazy_max: float = 1 / 8, rich_min: 
                 rows.append(Row(name, "fewer than 2 gammas", f"{expected:.3g}", f"+-{tol}", FAIL))
             else:
                 value = float(edge["slope"].iloc[0])
-                rows.append(_row(name + f" ({int(edge['n_points'].iloc[0])} gammas)", value, f"{expected:.3g}",
-                                 f"+-{tol}", abs(value - expected) <= tol))
+                rows.append(_fit_row(name + f" ({int(edge['n_points'].iloc[0])} gammas)", value, f"{expected:.3g}",
+                                     f"+-{tol}", abs(value - expected) <= tol, edge.iloc[0]))
             largest = pick[pick["quantity"] == "eta_max"]
             if len(largest):
                 rows.append(_info(f"L={L} {regime}: slope of log2 eta_max (largest stable eta)",
@@ -253,12 +281,13 @@ def check_temperature(trials: pd.DataFrame, *, min_slope: float = 0.25, max_scor
     if law.empty or not np.isfinite(law["slope"].iloc[0]):
         return [Row("eta* power law in B", "no fit", "-", "-", FAIL)]
     batches = np.sort(trials["batch_size"].dropna().unique())
-    b_sat = float(law["batch_size_saturation"].iloc[0])
-    alpha = float(law["slope"].iloc[0])
-    rows.append(_row("eta* ~ B^alpha for B <= B_sat: alpha", alpha, "> 0 (grows; 1 = linear scaling)",
-                     f">= {min_slope}", alpha >= min_slope))
-    rows.append(_row("saturation batch B_sat", b_sat, f"inside ({batches[0]:g}, {batches[-1]:g})", "-",
-                     batches[0] < b_sat < batches[-1], measured=f"{b_sat:g}"))
+    fit = law.iloc[0]
+    b_sat = float(fit["batch_size_saturation"])
+    alpha = float(fit["slope"])
+    rows.append(_fit_row("eta* ~ B^alpha for B <= B_sat: alpha", alpha, "> 0 (grows; 1 = linear scaling)",
+                         f">= {min_slope}", alpha >= min_slope, fit))
+    rows.append(_fit_row("saturation batch B_sat", b_sat, f"inside ({batches[0]:g}, {batches[-1]:g})", "-",
+                         batches[0] < b_sat < batches[-1], fit, measured=f"{b_sat:g}"))
     small = opt[opt["batch_size"] <= b_sat]
     t_star = (small["eta_star"] / small["batch_size"]).to_numpy(float)
     t_hi = float(np.nanmin(t_star)) if np.isfinite(t_star).any() else math.nan
@@ -314,11 +343,13 @@ def check_critical_batch(trials: pd.DataFrame, curves: pd.DataFrame, *, target: 
     s_min, b_crit = float(f["steps_min"]), float(f["batch_crit"])
     steps = np.sort(curves["step"].dropna().unique())
     interval = float(np.median(np.diff(steps))) if len(steps) > 1 else math.nan
-    rows.append(_row("B_crit", b_crit, f"inside [{batches[0]:g}, {batches[-1]:g}]", "-",
-                     batches[0] <= b_crit <= batches[-1], measured=f"{b_crit:.1f} (90%: {f['batch_crit_low']:.1f}"
-                     f"..{f['batch_crit_high']:.1f})"))
-    rows.append(_row("S_min (steps)", s_min, f">= {min_reports:g} report intervals ({min_reports * interval:g})",
-                     "-", s_min >= min_reports * interval, measured=f"{s_min:.1f}"))
+    quality = dict(rmse_column="rmse_rel", unit="rel")
+    ci = (f"90%: {f['batch_crit_low']:.1f}..{f['batch_crit_high']:.1f}" if np.isfinite(f["batch_crit_low"])
+          else str(f["interval_note"]))
+    rows.append(_fit_row("B_crit", b_crit, f"inside [{batches[0]:g}, {batches[-1]:g}]", "-",
+                         batches[0] <= b_crit <= batches[-1], f, measured=f"{b_crit:.1f} ({ci})", **quality))
+    rows.append(_fit_row("S_min (steps)", s_min, f">= {min_reports:g} report intervals ({min_reports * interval:g})",
+                         "-", s_min >= min_reports * interval, f, measured=f"{s_min:.1f}", **quality))
     for _, r in reached.sort_values("batch_size").iterrows():
         pred = s_min * (1 + b_crit / r["batch_size"])
         rel = r["steps"] / pred - 1

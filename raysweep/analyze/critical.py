@@ -1,17 +1,22 @@
 """Steps to a target loss, S(B), and the critical batch size B_crit (McCandlish et al. 2018).
 
 S(B, eta): the first step at which the seed-mean loss curve of config (B, eta) is at or below the target, linearly
-interpolated between the two reports that bracket the crossing (the first report when it already is). The curve is
-the eval loss when the curves table has any eval loss, else the train loss; reports with a null value are skipped
-(eval is often reported less often than train). Configs with a diverged seed are masked (never used); pruned trials
-are left out of the mean.
+interpolated between the two reports that bracket the crossing (the first report when it already is). The curve
+follows the analysis metric (:mod:`raysweep.analyze.load`): ``eval_loss`` when the curves table has any eval loss
+(else the train loss), ``train_loss``, or the error ``1 - eval_accuracy``; reports with a null value are skipped
+(eval is often reported less often than train). Configs with a diverged or dead seed are masked (never used);
+pruned and failed trials are left out of the mean.
 
 S(B) = min over eta of S(B, eta): the steps at the best learning rate for that batch size (``eta_best``).
 
 Fit: S = S_min (1 + B_crit / B), i.e. S = p + q / B with S_min = p and B_crit = q / p, by linear least squares in
 1/B weighted by 1/S^2 (relative residuals: the noise on a step count is multiplicative, and unweighted least squares
 would let the slow small-batch points dominate). The interval on B_crit is a seeded pairs bootstrap over the B
-points. ``samples_min`` = S_min * B_crit is the fewest samples any batch size needs (E_min).
+points, only with at least :data:`~raysweep.analyze.quality.MIN_POINTS_INTERVAL` batch sizes (NaN and an
+``interval_note`` below). ``samples_min`` = S_min * B_crit is the fewest samples any batch size needs (E_min).
+
+Quality (:mod:`raysweep.analyze.quality`): 2 parameters, so ``fit_ok`` needs 3 batch sizes, S_min > 0 and an
+``rmse_rel`` of at most ``MAX_RMSE_REL``; otherwise ``fit_ok`` is False and ``fit_note`` says why.
 """
 
 from __future__ import annotations
@@ -19,23 +24,35 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from raysweep.analyze.load import ensure_prepared, group_columns
-from raysweep.analyze.optimum import _groups
+from raysweep.analyze.load import ensure_prepared, group_columns, metric_of
+from raysweep.analyze.optimum import iter_groups
+from raysweep.analyze.quality import MAX_RMSE_REL, MIN_POINTS_INTERVAL, fit_verdict, interval_note
 
 
-def curve_metric(curves: pd.DataFrame) -> str:
-    """``"eval_loss"`` when the curves have any eval loss, else ``"train_loss"``."""
+def curve_metric(curves: pd.DataFrame, metric: str = "eval_loss") -> str:
+    """The curves column for the analysis ``metric``: for ``eval_loss``, ``"eval_loss"`` when the curves have any
+    eval loss, else ``"train_loss"``; ``train_loss`` and ``eval_accuracy`` as they are."""
+    if metric != "eval_loss":
+        return metric
     if "eval_loss" in curves.columns and pd.to_numeric(curves["eval_loss"], errors="coerce").notna().any():
         return "eval_loss"
     return "train_loss"
 
 
+def _curve_values(c: pd.DataFrame, column: str) -> pd.Series:
+    """The minimised curve value: the column, or the error ``1 - eval_accuracy``."""
+    values = pd.to_numeric(c[column], errors="coerce").astype(float)
+    return 1.0 - values if column == "eval_accuracy" else values
+
+
 def seed_mean_curves(curves: pd.DataFrame, trials: pd.DataFrame, x: str = "batch_size",
                      metric: str = "auto") -> pd.DataFrame:
-    """One row per (config, step) with ``curve_loss`` = the mean over the config's usable seeds of ``metric``, for configs
-    (group columns, ``x``, ``eta``) without a diverged seed. Sorted by config then step; also has ``n_seeds``."""
+    """One row per (config, step) with ``curve_loss`` = the mean over the config's usable seeds of ``metric`` (a
+    curves column; ``auto``: the one of the trials' analysis metric, :func:`curve_metric`; the error
+    ``1 - eval_accuracy`` for ``eval_accuracy``), for configs (group columns, ``x``, ``eta``) without a diverged
+    or dead seed. Sorted by config then step; also has ``n_seeds``."""
     trials = ensure_prepared(trials)
-    metric = curve_metric(curves) if metric == "auto" else metric
+    metric = curve_metric(curves, metric_of(trials)) if metric == "auto" else metric
     by = group_columns(trials, exclude=(x, "eta"))
     keys = by + [x, "eta"]
     empty = pd.DataFrame(columns=keys + ["step", "curve_loss", "n_seeds"])
@@ -45,10 +62,11 @@ def seed_mean_curves(curves: pd.DataFrame, trials: pd.DataFrame, x: str = "batch
     # Number the configs on the (small) trials table, then average the (large) curves table on two integer keys.
     config = t.groupby(keys, dropna=False, sort=True).ngroup().to_numpy()
     bad = np.zeros(config.max() + 1, dtype=bool)
-    np.logical_or.at(bad, config, t["diverged"].to_numpy(bool))
+    np.logical_or.at(bad, config, t["unstable"].to_numpy(bool))
     keep = t["usable"].to_numpy(bool) & ~bad[config]
     ids = pd.DataFrame({"config_key": t["config_key"].to_numpy()[keep], "_config": config[keep]})
-    c = curves[["config_key", "step", metric]].dropna(subset=[metric, "step"])
+    c = curves[["config_key", "step", metric]].assign(**{metric: lambda f: _curve_values(f, metric)})
+    c = c.dropna(subset=[metric, "step"])
     merged = c.merge(ids, on="config_key", how="inner")
     merged = merged[np.isfinite(merged[metric].to_numpy(float))]
     if merged.empty:
@@ -99,12 +117,12 @@ def steps_to_target(curves: pd.DataFrame, trials: pd.DataFrame, targets=None, x:
     ``samples`` (steps * x when x is the batch size), ``reached``, ``n_eta`` (etas with a usable curve),
     ``metric``. ``mean_curves``: a precomputed :func:`seed_mean_curves` table of the same metric (saves time)."""
     trials = ensure_prepared(trials)
-    metric = curve_metric(curves) if metric == "auto" else metric
+    metric = curve_metric(curves, metric_of(trials)) if metric == "auto" else metric
     mean = seed_mean_curves(curves, trials, x=x, metric=metric) if mean_curves is None else mean_curves
     by = group_columns(trials, exclude=(x, "eta"))
     columns = by + [x, "target", "steps", "eta_best", "samples", "reached", "n_eta", "metric"]
     rows = []
-    for gkeys, gsub in _groups(mean, by):
+    for gkeys, gsub in iter_groups(mean, by):
         group_targets = default_targets(gsub, x=x) if targets is None else [float(v) for v in targets]
         if not group_targets:
             continue
@@ -143,26 +161,32 @@ def _wls_batch(u: np.ndarray, s: np.ndarray):
 def fit_critical_batch(table: pd.DataFrame, x: str = "batch_size", *, n_boot: int = 1000, ci: float = 0.9,
                        seed: int = 0) -> pd.DataFrame:
     """Fit S = S_min (1 + B_crit / B) per group and target on a :func:`steps_to_target` table (rules in the module
-    docstring). Needs 2 distinct B with a reached target (3 for an interval); B_crit is NaN when S_min <= 0.
+    docstring). Needs 2 distinct B with a reached target (:data:`~raysweep.analyze.quality.MIN_POINTS_INTERVAL` for
+    an interval); B_crit is NaN when S_min <= 0.
 
     Columns: group columns, ``target``, ``n_points``, ``steps_min``, ``batch_crit``, ``batch_crit_low``,
-    ``batch_crit_high``, ``samples_min``, ``rmse_rel`` (root-mean-square relative residual)."""
+    ``batch_crit_high``, ``interval_note``, ``samples_min``, ``rmse_rel`` (root-mean-square relative residual),
+    ``fit_ok``, ``fit_note``."""
     by = group_columns(table, exclude=(x, "eta"))
     columns = by + ["target", "n_points", "steps_min", "batch_crit", "batch_crit_low", "batch_crit_high",
-                    "samples_min", "rmse_rel"]
+                    "interval_note", "samples_min", "rmse_rel", "fit_ok", "fit_note"]
     rng = np.random.default_rng(seed)
     rows = []
     t = table[table["reached"].astype(bool)] if len(table) else table
-    for keys, sub in _groups(t, by + ["target"]):
+    for keys, sub in iter_groups(t, by + ["target"]):
         sub = sub[sub[x].to_numpy(float) > 0]
         b, s = sub[x].to_numpy(float), sub["steps"].to_numpy(float)
         row = dict(zip(by + ["target"], keys)) | {"n_points": len(b)}
+        rmse, finite = np.nan, False
         if len(np.unique(b)) >= 2:
             u = 1.0 / b
             p, q = _wls_batch(u, s)
             crit = q / p if p > 0 else np.nan
             lo = hi = np.nan
-            if len(np.unique(b)) >= 3 and n_boot > 0:
+            note = interval_note(len(np.unique(b)), MIN_POINTS_INTERVAL, "batch sizes")
+            if not note and n_boot <= 0:
+                note = "no interval: n_boot = 0"
+            if not note:
                 draw = rng.integers(0, len(b), size=(n_boot, len(b)))
                 ub, sb = u[draw], s[draw]
                 distinct = (ub.max(axis=1) > ub.min(axis=1))
@@ -171,7 +195,11 @@ def fit_critical_batch(table: pd.DataFrame, x: str = "batch_size", *, n_boot: in
                 if cb.size:
                     lo, hi = np.quantile(cb, [(1 - ci) / 2, (1 + ci) / 2])
             resid = (s - p - q * u) / s
+            rmse, finite = float(np.sqrt(np.mean(resid**2))), bool(np.isfinite(crit))
             row |= {"steps_min": p, "batch_crit": crit, "batch_crit_low": lo, "batch_crit_high": hi,
-                    "samples_min": p * crit, "rmse_rel": float(np.sqrt(np.mean(resid**2)))}
-        rows.append(row)
+                    "interval_note": note, "samples_min": p * crit, "rmse_rel": rmse}
+        ok, why = fit_verdict(len(np.unique(b)), 2, rmse, MAX_RMSE_REL, unit="(relative)", finite=finite)
+        if len(np.unique(b)) >= 2 and not finite:
+            why = why.replace("no finite fit", "S_min <= 0: no B_crit")
+        rows.append(row | {"fit_ok": ok, "fit_note": why})
     return pd.DataFrame(rows, columns=columns)

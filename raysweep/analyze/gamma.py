@@ -7,7 +7,11 @@ exponents are the ``reference_slope`` column (NaN when the depth is unknown, for
 
 :func:`gamma_slopes` fits log2 of eta*, eta_max and eta_diverge_min against log2 gamma separately on the lazy points
 (gamma <= ``lazy_max``, default 1/8) and the rich points (gamma >= ``rich_min``, default 4); the crossover in
-between is left out. eta* points at the grid edge of the eta sweep are left out.
+between is left out. eta* points at the grid edge of the eta sweep are left out. eta_max and eta_diverge_min count
+dead nets with the diverged ones (:func:`~raysweep.analyze.optimum.eta_max`).
+
+Quality (:mod:`raysweep.analyze.quality`): each slope is a line (2 parameters), so ``fit_ok`` needs 3 gammas and a
+residual ``rmse_octaves`` of at most ``MAX_RMSE_OCTAVES``; otherwise ``fit_ok`` is False and ``fit_note`` says why.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from raysweep.analyze.load import group_columns
-from raysweep.analyze.optimum import EDGE_GRID_HIGH, EDGE_GRID_LOW, _groups, eta_max, fit_line, optimal_eta
+from raysweep.analyze.optimum import EDGE_GRID_HIGH, EDGE_GRID_LOW, eta_max, fit_line, iter_groups, optimal_eta
+from raysweep.analyze.quality import MAX_RMSE_OCTAVES, fit_verdict, line_rmse
 
 
 def reference_slope(optimizer, depth, regime: str) -> float:
@@ -33,21 +38,23 @@ def gamma_table(trials: pd.DataFrame, **kwargs) -> pd.DataFrame:
     opt = optimal_eta(trials, x="gamma", **kwargs)
     edge = eta_max(trials, x="gamma")
     keys = group_columns(opt, exclude=("gamma", "eta")) + ["gamma"]
-    return opt.merge(edge[keys + ["eta_max", "eta_diverge_min", "non_monotone"]], on=keys, how="left")
+    return opt.merge(edge[keys + ["eta_max", "eta_diverge_min", "eta_blowup_min", "eta_dead_min", "non_monotone"]],
+                     on=keys, how="left")
 
 
 def gamma_slopes(table: pd.DataFrame, *, lazy_max: float = 1 / 8, rich_min: float = 4.0) -> pd.DataFrame:
     """Log-log slopes in gamma per group, regime and quantity. ``table``: a :func:`gamma_table`, or trials.
 
     Columns: group columns, ``regime`` ("lazy"/"rich"), ``quantity`` ("eta_star", "eta_max", "eta_diverge_min"),
-    ``n_points``, ``slope``, ``slope_se``, ``intercept`` (log2 at gamma = 1), ``reference_slope``. A (regime,
-    quantity) with fewer than 2 gammas is left out."""
+    ``n_points``, ``slope``, ``slope_se``, ``intercept`` (log2 at gamma = 1), ``reference_slope``, ``rmse_octaves``,
+    ``fit_ok``, ``fit_note`` (module docstring). A (regime, quantity) with fewer than 2 gammas is left out."""
     if "log2_eta_star" not in table.columns:
         table = gamma_table(table)
     by = group_columns(table, exclude=("gamma", "eta"))
-    columns = by + ["regime", "quantity", "n_points", "slope", "slope_se", "intercept", "reference_slope"]
+    columns = by + ["regime", "quantity", "n_points", "slope", "slope_se", "intercept", "reference_slope",
+                    "rmse_octaves", "fit_ok", "fit_note"]
     rows = []
-    for keys, sub in _groups(table, by):
+    for keys, sub in iter_groups(table, by):
         labels = dict(zip(by, keys))
         gamma = sub["gamma"].to_numpy(float)
         grid_edge = sub["edge"].isin([EDGE_GRID_LOW, EDGE_GRID_HIGH]).to_numpy()
@@ -62,10 +69,14 @@ def gamma_slopes(table: pd.DataFrame, *, lazy_max: float = 1 / 8, rich_min: floa
                 keep = in_regime & np.isfinite(values)
                 if len(np.unique(gamma[keep])) < 2:
                     continue
-                slope, intercept, se = fit_line(np.log2(gamma[keep]), values[keep])
+                lx, ly = np.log2(gamma[keep]), values[keep]
+                slope, intercept, se = fit_line(lx, ly)
+                rmse = line_rmse(lx, ly, slope, intercept)
+                ok, note = fit_verdict(int(keep.sum()), 2, rmse, MAX_RMSE_OCTAVES)
                 rows.append(labels | {
                     "regime": regime, "quantity": name, "n_points": int(keep.sum()), "slope": slope,
                     "slope_se": se, "intercept": intercept,
                     "reference_slope": reference_slope(labels.get("optimizer"), labels.get("depth"), regime),
+                    "rmse_octaves": rmse, "fit_ok": ok, "fit_note": note,
                 })
     return pd.DataFrame(rows, columns=columns)

@@ -1,8 +1,10 @@
 """Heatmaps of the final loss: (log2 B, log2 eta), (log2 eta/B, log2 eta) and the gamma-eta phase plot.
 
-Cells hold the seed-mean final loss (log10 colour, one scale per figure). A cell where any seed diverged is drawn
-hatched grey and its value is masked (NaN) in :class:`HeatmapGrid`: a diverged config never gets a finite colour.
-Cells where nothing ran stay blank. The eta* ridge, eta_max and eta_diverge_min are drawn on top.
+Cells hold the seed-mean final metric (log10 colour, one scale per figure; the colour bar names the metric). A cell
+where any seed diverged is drawn hatched grey, one where a seed died (and none diverged) hatched light, and both are
+masked (NaN) in :class:`HeatmapGrid`: an unstable config never gets a finite colour. Cells where every trial failed
+are dotted (missing data, no edge); cells where nothing ran stay blank. The eta* ridge, eta_max and eta_diverge_min
+(the edge: diverged or dead) are drawn on top.
 """
 
 from __future__ import annotations
@@ -15,43 +17,66 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import Normalize
 
 from raysweep.analyze._figures import CMAP, figure, finish, fmt, match, panels_of, shown_title
-from raysweep.analyze.load import ensure_prepared
+from raysweep.analyze.load import ensure_prepared, group_columns, metric_label, metric_of
+from raysweep.analyze.optimum import iter_groups
 
 DIVERGED_STYLE = dict(facecolor="0.78", edgecolor="0.45", hatch="xxx", linewidth=0.0)
+DEAD_STYLE = dict(facecolor="0.92", edgecolor="0.55", hatch="///", linewidth=0.0)
+FAILED_STYLE = dict(facecolor="none", edgecolor="0.6", hatch="..", linewidth=0.0)
+COLORBAR_MARGIN = 1.0  # inches right of the panels: the colour bar, its ticks and its label
 
 
 @dataclass(frozen=True)
 class HeatmapGrid:
-    """Seed-mean final loss on an (x, y) grid of one group: ``xs``, ``ys`` (sorted values), ``loss`` (a masked
-    array of shape (len(ys), len(xs)): masked, with NaN underneath, where any seed diverged, no seed is finite, or
-    no trial ran), ``diverged`` (bool, same shape) and ``missing`` (no trial ran)."""
+    """Seed-mean final metric on an (x, y) grid of one group: ``xs``, ``ys`` (sorted values), ``loss`` (a masked
+    array of shape (len(ys), len(xs)): masked, with NaN underneath, where any seed diverged or died, no seed is
+    finite, or no trial ran), ``diverged`` (bool, same shape: a seed diverged), ``missing`` (no trial ran),
+    ``dead`` (a seed died and none diverged) and ``failed`` (every trial of the cell failed)."""
 
     xs: np.ndarray
     ys: np.ndarray
     loss: np.ma.MaskedArray
     diverged: np.ndarray
     missing: np.ndarray
+    dead: np.ndarray | None = None
+    failed: np.ndarray | None = None
 
 
-def heatmap_grid(trials: pd.DataFrame, x: str = "batch_size", y: str = "eta") -> HeatmapGrid:
+def heatmap_grid(trials: pd.DataFrame, x: str = "batch_size", y: str = "eta", *,
+                 metric: str | None = None) -> HeatmapGrid:
     """The :class:`HeatmapGrid` of ``trials`` (one group's trials: they are averaged over everything but x and y)."""
-    trials = ensure_prepared(trials)
+    trials = ensure_prepared(trials, metric)
     t = trials.dropna(subset=[x, y])
     xs, xi = np.unique(t[x].to_numpy(float), return_inverse=True)
     ys, yi = np.unique(t[y].to_numpy(float), return_inverse=True)
     shape = (len(ys), len(xs))
     total, count = np.zeros(shape), np.zeros(shape)
     diverged, ran = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    dead, not_failed = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
     loss = t["final_loss"].to_numpy(float)
     finite = np.isfinite(loss)
     np.add.at(total, (yi[finite], xi[finite]), loss[finite])
     np.add.at(count, (yi[finite], xi[finite]), 1.0)
     np.logical_or.at(diverged, (yi, xi), t["diverged"].to_numpy(bool))
+    np.logical_or.at(dead, (yi, xi), t["dead"].to_numpy(bool))
+    np.logical_or.at(not_failed, (yi, xi), ~t["failed"].to_numpy(bool))
     ran[yi, xi] = True
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count
-    mask = diverged | (count == 0)
-    return HeatmapGrid(xs, ys, np.ma.masked_array(np.where(mask, np.nan, mean), mask=mask), diverged, ~ran)
+    mask = diverged | dead | (count == 0)
+    return HeatmapGrid(xs, ys, np.ma.masked_array(np.where(mask, np.nan, mean), mask=mask), diverged, ~ran,
+                       dead & ~diverged, ran & ~not_failed)
+
+
+def grid_fill(trials: pd.DataFrame, x: str = "batch_size", y: str = "eta") -> float:
+    """The fraction of the (x, y) grid that ran, averaged over groups: 1 for a full grid sweep, small for a guided
+    search whose etas differ from trial to trial (its heatmap would be mostly blank). NaN without trials."""
+    t = trials.dropna(subset=[x, y])
+    if t.empty:
+        return float("nan")
+    fills = [sub.groupby([x, y]).ngroups / (sub[x].nunique() * sub[y].nunique())
+             for _, sub in iter_groups(t, group_columns(t, exclude=(x, y)))]
+    return float(np.mean(fills))
 
 
 def _edges(centres: np.ndarray) -> np.ndarray:
@@ -73,21 +98,28 @@ def _shared_norm(grids):
     return Normalize(lo, hi if hi > lo else lo + 1e-9)
 
 
-def _colorbar(fig, axes, mesh):
+def colorbar_label(metric: str) -> str:
+    """The colour bar's label: log10 of the seed-mean final value of ``metric``."""
+    return f"log10 final {metric_label(metric)} (seed mean)"
+
+
+def _colorbar(fig, axes, mesh, metric: str):
     if mesh is not None:
-        fig.colorbar(mesh, ax=axes, label="log10 final loss", shrink=0.8, fraction=0.03, pad=0.02)
+        bar = fig.colorbar(mesh, ax=axes, shrink=0.8, fraction=0.03, pad=0.02)
+        bar.set_label(colorbar_label(metric), fontsize=8)
 
 
 def _draw_grid(ax, grid: HeatmapGrid, X, Y, norm):
-    """Colour the finite cells (log10 loss), hatch the diverged ones; cells where nothing ran stay blank. Returns
-    the colour mesh (None when no cell is finite)."""
+    """Colour the finite cells (log10 metric), hatch the diverged and the dead ones, dot the failed ones; cells
+    where nothing ran stay blank. Returns the colour mesh (None when no cell is finite)."""
     values = np.ma.log10(grid.loss)
     mesh = ax.pcolormesh(X, Y, values, cmap=CMAP, norm=norm, shading="flat") if values.count() else None
-    cells = np.argwhere(grid.diverged)
-    if len(cells):
-        verts = [[(X[i, j], Y[i, j]), (X[i, j + 1], Y[i, j + 1]), (X[i + 1, j + 1], Y[i + 1, j + 1]),
-                  (X[i + 1, j], Y[i + 1, j])] for i, j in cells]
-        ax.add_collection(PolyCollection(verts, **DIVERGED_STYLE))
+    for cells, style in ((grid.diverged, DIVERGED_STYLE), (grid.dead, DEAD_STYLE), (grid.failed, FAILED_STYLE)):
+        cells = np.argwhere(cells) if cells is not None else ()
+        if len(cells):
+            verts = [[(X[i, j], Y[i, j]), (X[i, j + 1], Y[i, j + 1]), (X[i + 1, j + 1], Y[i + 1, j + 1]),
+                      (X[i + 1, j], Y[i + 1, j])] for i, j in cells]
+            ax.add_collection(PolyCollection(verts, **style))
     ax.set_xlim(np.nanmin(X), np.nanmax(X))
     ax.set_ylim(np.nanmin(Y), np.nanmax(Y))
     return mesh
@@ -104,7 +136,8 @@ def _lines(ax, eta_star: pd.DataFrame, edge: pd.DataFrame, x: str, shear: bool, 
         ax.plot(*pts(eta_star, "eta_star"), "o-", color="white", mec="black", ms=4, lw=1.2, label="eta*")
     if len(edge):
         ax.plot(*pts(edge, "eta_max"), "v--", color="orange", ms=4, lw=1, label="eta_max")
-        ax.plot(*pts(edge, "eta_diverge_min"), "x:", color="red", ms=5, lw=1, label="eta_diverge_min")
+        ax.plot(*pts(edge, "eta_diverge_min"), "x:", color="red", ms=5, lw=1,
+                label="eta_diverge_min (diverged or dead)")
     if legend:
         ax.legend(fontsize=6, loc="lower right", framealpha=0.6)
 
@@ -117,7 +150,9 @@ def plot_heatmap(trials, eta_star, edge, *, x="batch_size", temperature=False, m
         return None
     panels, total = panels_of(t, (x, "eta"), max_panels)
     xlabel = f"log2 temperature (eta / {x})" if temperature else f"log2 {x}"
-    fig, axes = figure(len(panels), title=shown_title("final loss", len(panels), total))
+    metric = metric_of(t)
+    fig, axes = figure(len(panels), title=shown_title(f"final {metric_label(metric)}", len(panels), total),
+                       right=COLORBAR_MARGIN)
     grids = [heatmap_grid(sub, x=x, y="eta") for _, _, sub in panels]
     norm, mesh = _shared_norm(grids), None
     for n, (ax, grid, (title, labels, sub)) in enumerate(zip(axes, grids, panels)):
@@ -128,7 +163,7 @@ def plot_heatmap(trials, eta_star, edge, *, x="batch_size", temperature=False, m
         _lines(ax, match(eta_star, labels), match(edge, labels), x, temperature, legend=n == 0)
         ax.set(xlabel=xlabel, ylabel="log2 eta")
         finish(ax, title, legend=False)
-    _colorbar(fig, axes, mesh)
+    _colorbar(fig, axes, mesh, metric)
     return fig
 
 
@@ -140,7 +175,8 @@ def plot_gamma_phase(trials, gamma_table, *, max_panels=9):
     if t["gamma"].nunique() < 2:
         return None
     panels, total = panels_of(t, ("gamma", "eta"), max_panels)
-    fig, axes = figure(len(panels), title=shown_title("gamma-eta phase plot", len(panels), total))
+    fig, axes = figure(len(panels), title=shown_title("gamma-eta phase plot", len(panels), total),
+                       right=COLORBAR_MARGIN)
     grids = [heatmap_grid(sub, x="gamma", y="eta") for _, _, sub in panels]
     norm, mesh = _shared_norm(grids), None
     for n, (ax, grid, (title, labels, sub)) in enumerate(zip(axes, grids, panels)):
@@ -166,5 +202,5 @@ def plot_gamma_phase(trials, gamma_table, *, max_panels=9):
             ax.legend(fontsize=6, loc="lower right", framealpha=0.6)
         ax.set(xlabel="log2 gamma", ylabel="log2 eta")
         finish(ax, title, legend=False)
-    _colorbar(fig, axes, mesh)
+    _colorbar(fig, axes, mesh, metric_of(t))
     return fig

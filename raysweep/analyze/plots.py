@@ -1,10 +1,11 @@
-"""Line plots of a sweep: eta*(B) with its power law, loss vs temperature, loss curves, S(B), transfer, width.
+"""Line plots of a sweep: loss vs eta per trial, eta*(B) with its power law, loss vs temperature, loss curves, S(B),
+transfer, width.
 
 Every plot function takes tables and returns a :class:`matplotlib.figure.Figure`, or ``None`` when the data lacks
 the axes the plot needs (one batch size for a loss-vs-temperature plot, one width for a transfer plot...). One panel
 per group (configuration columns other than the plot's axes), at most ``max_panels`` of them; panel titles name only
-the columns that vary. Diverged configs are left out of lines (gaps), never drawn as a finite loss. The heatmaps live
-in :mod:`raysweep.analyze.heatmaps` and are re-exported here, so that ``plots`` names every figure.
+the columns that vary. Diverged and dead configs are left out of lines (gaps), never drawn as a finite loss. The
+heatmaps live in :mod:`raysweep.analyze.heatmaps` and are re-exported here, so that ``plots`` names every figure.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from raysweep.analyze._figures import (
 )
 from raysweep.analyze.curves import smooth_curves
 from raysweep.analyze.heatmaps import HeatmapGrid, heatmap_grid, plot_gamma_phase, plot_heatmap
-from raysweep.analyze.load import group_columns, varying_columns
-from raysweep.analyze.optimum import _groups
+from raysweep.analyze.load import group_columns, metric_label, metric_of, varying_columns
+from raysweep.analyze.optimum import iter_groups
 
 __all__ = [
     "HeatmapGrid",
@@ -35,6 +36,7 @@ __all__ = [
     "plot_eta_star",
     "plot_gamma_phase",
     "plot_heatmap",
+    "plot_loss_vs_eta",
     "plot_loss_vs_temperature",
     "plot_steps_to_target",
     "plot_transfer",
@@ -52,15 +54,16 @@ def plot_eta_star(eta_star, power_law, *, x="batch_size", max_panels=9):
     by = group_columns(t, exclude=(x, "eta"))
     shown = varying_columns(t, by)
     sat = f"{x}_saturation"
-    for n, (keys, sub) in enumerate(_groups(t, by)):
+    for n, (keys, sub) in enumerate(iter_groups(t, by)):
         if n >= max_panels:
             break
         labels = dict(zip(by, keys))
         lx = np.log2(sub[x].to_numpy(float))
         star = sub["log2_eta_star"].to_numpy(float)
-        # A percentile interval need not contain the point estimate; matplotlib refuses negative error bars.
-        low = np.maximum(star - np.log2(sub["eta_star_low"].to_numpy(float)), 0)
-        high = np.maximum(np.log2(sub["eta_star_high"].to_numpy(float)) - star, 0)
+        # A percentile interval need not contain the point estimate; matplotlib refuses negative error bars. No
+        # interval (too few seeds): no bar.
+        low = np.nan_to_num(np.maximum(star - np.log2(sub["eta_star_low"].to_numpy(float)), 0))
+        high = np.nan_to_num(np.maximum(np.log2(sub["eta_star_high"].to_numpy(float)) - star, 0))
         line = ax.errorbar(lx, star, yerr=[low, high], fmt="o", ms=3, capsize=2,
                            label=", ".join(f"{k}={fmt(labels[k])}" for k in shown) or "eta*")
         fit = match(power_law, labels).dropna(subset=["slope"]) if "slope" in power_law else power_law.iloc[:0]
@@ -74,10 +77,61 @@ def plot_eta_star(eta_star, power_law, *, x="batch_size", max_panels=9):
     return fig
 
 
+def plot_loss_vs_eta(trials, eta_star=None, *, x="batch_size", max_panels=9):
+    """Final metric of every trial against log2 eta, one panel per group and one colour per ``x`` (a guided
+    search's cells): completed trials as dots with their seed-mean line, pruned trials (stopped by a scheduler,
+    at their last report) as hollow triangles, dead trials as grey squares, diverged ones as red crosses along the
+    top, and each eta* as a star. Failed trials are left out (no data)."""
+    t = trials.dropna(subset=[x, "eta"])
+    t = t[~t["failed"]]
+    if t.empty:
+        return None
+    metric = metric_of(trials)
+    panels, total = panels_of(t, (x, "eta"), max_panels)
+    fig, axes = figure(len(panels), title=shown_title(f"final {metric_label(metric)} vs eta, every trial",
+                                                     len(panels), total))
+    finite = t["metric_value"].to_numpy(float)
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    top = float(finite.max()) * 1.5 if finite.size else 1.0
+    for n, (ax, (title, labels, sub)) in enumerate(zip(axes, panels)):
+        xs = np.sort(sub[x].unique())
+        for color, xv in zip(palette(len(xs)), xs):
+            cell = sub[sub[x] == xv]
+            le = np.log2(cell["eta"].to_numpy(float))
+            value = cell["metric_value"].to_numpy(float)
+            kinds = {
+                "completed": cell["usable"].to_numpy(bool),
+                "pruned": (cell["status"] == "pruned").to_numpy() & ~cell["unstable"].to_numpy(bool),
+                "dead": cell["dead"].to_numpy(bool) & ~cell["diverged"].to_numpy(bool),
+            }
+            mean = cell[kinds["completed"]].groupby("eta")["final_loss"].mean()
+            ax.plot(np.log2(mean.index.to_numpy(float)), mean.to_numpy(float), "-", lw=0.8, color=color,
+                    label=f"{x}={fmt(xv)}")
+            ax.plot(le[kinds["completed"]], value[kinds["completed"]], "o", ms=3, color=color)
+            ax.plot(le[kinds["pruned"]], value[kinds["pruned"]], "^", ms=4, mfc="none", color=color)
+            ax.plot(le[kinds["dead"]], value[kinds["dead"]], "s", ms=3, color="0.5")
+            div = cell["diverged"].to_numpy(bool)
+            ax.plot(le[div], np.full(div.sum(), top), "x", ms=4, color="red")
+            star = match(eta_star, labels | {x: xv}) if eta_star is not None and len(eta_star) else None
+            if star is not None and len(star) and np.isfinite(star["loss_star"].iloc[0]):
+                ax.plot([star["log2_eta_star"].iloc[0]], [star["loss_star"].iloc[0]], "*", ms=9, color=color,
+                        mec="black")
+        if n == 0:  # what the markers mean, once
+            for marker, style, label in (("o", dict(color="0.3"), "completed"),
+                                         ("^", dict(color="0.3", mfc="none"), "pruned"),
+                                         ("s", dict(color="0.5"), "dead"), ("x", dict(color="red"), "diverged"),
+                                         ("*", dict(color="0.3", mec="black", ms=9), "eta*")):
+                ax.plot([], [], marker, ls="none", label=label, **({"ms": 4} | style))
+        ax.set(xlabel="log2 eta", ylabel=f"final {metric_label(metric)}", yscale="log")
+        finish(ax, title, legend=n == 0)
+    return fig
+
+
 def plot_loss_vs_temperature(temp_table, collapse, *, max_panels=9):
-    """Seed-mean final loss against log2 T, one line per batch size (masked configs are gaps)."""
+    """Seed-mean final loss against log2 T, one line per batch size (masked configs are gaps). Needs two batch
+    sizes (with one, it is the loss against eta: see :func:`plot_loss_vs_eta`)."""
     t = temp_table.dropna(subset=["log2_temperature"])
-    if t["temperature"].nunique() < 2:
+    if t["temperature"].nunique() < 2 or t["batch_size"].nunique() < 2:
         return None
     panels, total = panels_of(t, ("batch_size", "eta"), max_panels)
     fig, axes = figure(len(panels), title=shown_title("final loss vs temperature", len(panels), total))

@@ -1,8 +1,13 @@
 """Run every analysis the data supports, write the tables and figures, and render one self-contained HTML report.
 
-An analysis runs only when the data has its axes: eta*(B), the stability edge, the temperature collapse and S(B)
-need ``batch_size`` and ``eta`` (the power law and B_crit need 2 batch sizes, S(B) needs curves); transfer needs 2
-widths; the gamma slopes need 2 gammas. What was skipped, and why, is listed in the report.
+An analysis runs only when the data has its axes: eta*(B), the stability edge and S(B) need ``batch_size`` and
+``eta`` (the power law, B_crit, the temperature collapse and the plots over B need 2 batch sizes, S(B) needs curves);
+transfer needs 2 widths; the gamma slopes need 2 gammas. The heatmaps need a grid: when less than
+:data:`MIN_GRID_FILL` of the (B, eta) grid ran (a guided search), they are skipped and the loss-vs-eta plot of every
+trial (pruned ones included) stands in. What was skipped, and why, is listed in the report.
+
+The metric eta* is chosen on (``metric``: eval_loss, the default, train_loss or eval_accuracy, maximised) is stated
+in the report's summary and in a ``metric`` column of every table.
 
 The HTML report is one file: figures inline as base64 PNG data URIs (metadata stripped), tables as HTML, CSS
 inline, and no external URL (any ``http://`` / ``https://`` in the data is written with an HTML entity for the colon,
@@ -22,9 +27,25 @@ import pandas as pd
 from raysweep.analyze import plots
 from raysweep.analyze.critical import fit_critical_batch, seed_mean_curves, steps_to_target
 from raysweep.analyze.gamma import gamma_slopes, gamma_table
-from raysweep.analyze.load import CONFIG_COLUMNS, NoResultsError, ensure_prepared, find_sweeps, load_sweep
+from raysweep.analyze.heatmaps import grid_fill
+from raysweep.analyze.load import (
+    CONFIG_COLUMNS,
+    NoResultsError,
+    ensure_prepared,
+    find_sweeps,
+    load_sweep,
+    metric_of,
+)
 from raysweep.analyze.noise import has_noise_scale, noise_scale_table
-from raysweep.analyze.optimum import all_diverged, config_table, eta_max, fit_eta_power_law, optimal_eta
+from raysweep.analyze.optimum import (
+    all_diverged,
+    all_failed,
+    config_table,
+    eta_max,
+    fit_eta_power_law,
+    optimal_eta,
+)
+from raysweep.analyze.quality import MAX_RMSE_OCTAVES, MAX_RMSE_REL, MIN_POINTS_INTERVAL, MIN_SEEDS_INTERVAL
 from raysweep.analyze.temperature import temperature_collapse, temperature_table
 from raysweep.analyze.transfer import transfer_slope, transfer_table
 
@@ -32,8 +53,9 @@ from raysweep.analyze.transfer import transfer_slope, transfer_table
 TABLES = {
     "eta_star": "Optimal learning rate eta*(B)",
     "eta_power_law": "Power law of eta* in B, and its saturation",
-    "eta_max": "Stability edge: eta_max(B) and eta_diverge_min(B)",
-    "all_diverged": "All diverged: groups where every trial diverged",
+    "eta_max": "Stability edge: eta_max(B) and eta_diverge_min(B) (diverged or dead)",
+    "all_diverged": "All diverged: groups where every trial that ran diverged or died",
+    "all_failed": "All failed: groups where every trial failed (missing data, not an edge)",
     "temperature_collapse": "Temperature collapse (lower = better collapse)",
     "steps_to_target": "Steps to target S(B)",
     "critical_batch": "Critical batch size: S = S_min (1 + B_crit / B)",
@@ -43,8 +65,9 @@ TABLES = {
     "gamma_slopes": "Gamma slopes (lazy / rich regimes)",
 }
 FIGURES = {
-    "heatmap": "Final loss over (log2 B, log2 eta); hatched = diverged",
-    "heatmap_temperature": "Final loss over (log2 eta/B, log2 eta); hatched = diverged",
+    "heatmap": "Final metric over (log2 B, log2 eta); cross-hatched = diverged, light hatch = dead, dotted = failed",
+    "heatmap_temperature": "Final metric over (log2 eta/B, log2 eta); cross-hatched = diverged, light hatch = dead",
+    "loss_vs_eta": "Final metric of every trial vs eta per batch size (pruned, dead and diverged trials marked)",
     "eta_star": "eta*(B) and the fitted broken power law",
     "loss_vs_temperature": "Final loss vs temperature, one line per batch size",
     "curves": "Loss curves by batch size, eta and temperature",
@@ -55,14 +78,16 @@ FIGURES = {
 }
 # Report sections: (title, figure keys, table keys), in order.
 SECTIONS = (
-    ("Optimal learning rate and stability edge", ("heatmap", "heatmap_temperature", "eta_star"),
-     ("eta_star", "eta_power_law", "eta_max", "all_diverged")),
+    ("Optimal learning rate and stability edge", ("heatmap", "heatmap_temperature", "loss_vs_eta", "eta_star"),
+     ("eta_star", "eta_power_law", "eta_max", "all_diverged", "all_failed")),
     ("Temperature T = eta / B", ("loss_vs_temperature",), ("temperature_collapse",)),
     ("Steps to target and critical batch size", ("curves", "steps_to_target"), ("steps_to_target", "critical_batch")),
     ("Transfer across width", ("transfer", "width"), ("transfer", "transfer_slope")),
     ("Richness gamma", ("gamma_phase",), ("gamma", "gamma_slopes")),
 )
 INT_COLUMNS = ("batch_size", "width", "depth", "seed")
+# below this fraction of the (B, eta) grid run (a guided search), the heatmaps are skipped (raysweep.analyze.heatmaps)
+MIN_GRID_FILL = 0.5
 
 
 @dataclass
@@ -86,27 +111,37 @@ def _n(trials: pd.DataFrame, column: str) -> int:
 def analyze_frames(trials: pd.DataFrame, curves: pd.DataFrame, *, name: str = "sweep", targets=None,
                    window_samples: float | None = None, n_boot: int = 200, seed: int = 0, lazy_max: float = 1 / 8,
                    rich_min: float = 4.0, max_panels: int = 9, make_plots: bool = True,
-                   strict: bool = False) -> Analysis:
-    """All tables (and figures) the data supports, for trials from :func:`~raysweep.analyze.load.load`.
-    ``strict`` re-raises a failing plot instead of noting it in the report."""
-    trials = ensure_prepared(trials)
+                   strict: bool = False, metric: str | None = None) -> Analysis:
+    """All tables (and figures) the data supports, for trials from :func:`~raysweep.analyze.load.load`, on
+    ``metric`` (default: the one the trials were prepared for, else eval_loss). ``strict`` re-raises a failing plot
+    instead of noting it in the report."""
+    trials = ensure_prepared(trials, metric)
     out = Analysis(name, trials, curves)
     tables, notes = out.tables, out.notes
     tables["all_diverged"] = all_diverged(trials)
+    failed = tables["all_failed"] = all_failed(trials)
+    if len(failed):
+        notes.append(f"{len(failed)} group(s) where every trial failed (missing data, not a stability edge): see "
+                     "the all_failed table.")
+    n_b = _n(trials, "batch_size")
     eta_star = edge = temp = collapse = mean_curves = None
-    if _n(trials, "batch_size") and _n(trials, "eta"):
+    if n_b and _n(trials, "eta"):
         eta_star = tables["eta_star"] = optimal_eta(trials, x="batch_size", n_boot=n_boot, seed=seed)
         edge = tables["eta_max"] = eta_max(trials, x="batch_size")
-        if _n(trials, "batch_size") >= 2:
-            tables["eta_power_law"] = fit_eta_power_law(eta_star, x="batch_size")
-        else:
-            notes.append("One batch size: no power law of eta* in B, no S(B) fit.")
+        if eta_star["interval_note"].str.startswith("no interval:").any() and n_boot > 0:
+            notes.append(f"No bootstrap interval of eta* where fewer than {MIN_SEEDS_INTERVAL} seeds have a usable "
+                         "value (interval_note).")
         temp = temperature_table(trials)
-        collapse = tables["temperature_collapse"] = temperature_collapse(temp)
+        if n_b >= 2:
+            tables["eta_power_law"] = fit_eta_power_law(eta_star, x="batch_size")
+            collapse = tables["temperature_collapse"] = temperature_collapse(temp)
+        else:
+            notes.append("One batch size: no power law of eta* in B, no temperature collapse, no S(B) fit, no "
+                         "heatmaps or plots over B (the loss-vs-eta plot shows the sweep).")
         if len(curves):
             mean_curves = seed_mean_curves(curves, trials)
             steps = tables["steps_to_target"] = steps_to_target(curves, trials, targets, mean_curves=mean_curves)
-            if _n(trials, "batch_size") >= 2:
+            if n_b >= 2:
                 tables["critical_batch"] = fit_critical_batch(steps, n_boot=1000, seed=seed)
         else:
             notes.append("No curves: no steps-to-target, no critical batch, no loss-curve plot.")
@@ -126,16 +161,35 @@ def analyze_frames(trials: pd.DataFrame, curves: pd.DataFrame, *, name: str = "s
         tables["gamma_slopes"] = gamma_slopes(tables["gamma"], lazy_max=lazy_max, rich_min=rich_min)
     else:
         notes.append("Fewer than 2 gammas: no gamma analysis.")
+    flagged = [k for k, v in tables.items() if "fit_ok" in v.columns and (~v["fit_ok"].astype(bool)).any()]
+    if flagged:
+        notes.append(f"Flagged fits (fit_ok false, reason in fit_note: too few points, or rmse above "
+                     f"{MAX_RMSE_OCTAVES:g} octave / {MAX_RMSE_REL:.0%} for S(B)): {', '.join(flagged)}.")
+    metric = metric_of(trials)
+    for table in tables.values():
+        if "metric" not in table.columns:
+            table["metric"] = metric
+        table.attrs["metric"] = metric
     if not make_plots:
         return out
     jobs = {}
     if eta_star is not None:
-        jobs["heatmap"] = lambda: plots.plot_heatmap(trials, eta_star, edge, max_panels=max_panels)
-        jobs["heatmap_temperature"] = lambda: plots.plot_heatmap(trials, eta_star, edge, temperature=True,
-                                                                 max_panels=max_panels)
+        fill = grid_fill(trials)
+        if n_b < 2:
+            pass  # noted above
+        elif fill < MIN_GRID_FILL:
+            notes.append(f"Only {fill:.0%} of the (B, eta) grid ran (a guided search?): no heatmaps; the loss-vs-eta "
+                         "plot shows every trial.")
+        else:
+            jobs["heatmap"] = lambda: plots.plot_heatmap(trials, eta_star, edge, max_panels=max_panels)
+            jobs["heatmap_temperature"] = lambda: plots.plot_heatmap(trials, eta_star, edge, temperature=True,
+                                                                     max_panels=max_panels)
+        jobs["loss_vs_eta"] = lambda: plots.plot_loss_vs_eta(trials, eta_star, max_panels=max_panels)
         jobs["eta_star"] = lambda: plots.plot_eta_star(eta_star, tables.get("eta_power_law", pd.DataFrame()),
                                                        max_panels=max_panels)
-        jobs["loss_vs_temperature"] = lambda: plots.plot_loss_vs_temperature(temp, collapse, max_panels=max_panels)
+        if collapse is not None:
+            jobs["loss_vs_temperature"] = lambda: plots.plot_loss_vs_temperature(temp, collapse,
+                                                                                 max_panels=max_panels)
     if mean_curves is not None:
         jobs["curves"] = lambda: plots.plot_curves(mean_curves, eta_star, window_samples=window_samples)
         jobs["steps_to_target"] = lambda: plots.plot_steps_to_target(
@@ -217,11 +271,23 @@ def _summary(analysis: Analysis, fixed: dict) -> str:
     t = analysis.trials
     counts = t["status"].value_counts().to_dict() if len(t) else {}
     status = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    n_dead = int(t["dead"].sum()) if len(t) else 0
     source = t.loc[t["usable"], "final_loss_source"].value_counts().to_dict() if len(t) else {}
     loss = ", ".join(f"{k}: {v}" for k, v in sorted(source.items())) or "none usable"
     same = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fixed.items())
-    return (f"<p>{len(t)} trials ({html.escape(status)}); {len(analysis.curves)} curve rows; final loss from "
-            f"{html.escape(loss)}.</p><p class=\"note\">Same in every trial (left out of the tables below): "
+    metric = metric_of(t)
+    how = ("accuracy is maximised: loss columns hold the error 1 - eval_accuracy" if metric == "eval_accuracy"
+           else "minimised; eval_loss falls back to the train loss on a row without one" if metric == "eval_loss"
+           else "minimised")
+    return (f"<p>{len(t)} trials ({html.escape(status)}; {n_dead} of them dead); {len(analysis.curves)} curve "
+            f"rows. Metric: <b>{html.escape(metric)}</b> ({html.escape(how)}); values from "
+            f"{html.escape(loss)}.</p>"
+            f"<p class=\"note\">Stability edge (eta_diverge_min): the smallest eta where any seed diverged or died "
+            f"(dead: a hidden layer with no active unit, or collapsed to chance); failed trials are missing data, "
+            f"never an edge. Bootstrap intervals need {MIN_SEEDS_INTERVAL} seeds ({MIN_POINTS_INTERVAL} batch sizes "
+            f"for B_crit); fits with too few points or an rmse above {MAX_RMSE_OCTAVES:g} octave "
+            f"({MAX_RMSE_REL:.0%} for S(B)) have fit_ok false.</p>"
+            f"<p class=\"note\">Same in every trial (left out of the tables below): "
             f"{html.escape(same or 'nothing')}.</p>")
 
 
@@ -253,13 +319,13 @@ def render_html(analyses, *, title: str = "raysweep analysis", max_rows: int = 2
     return text.replace("http://", "http&#58;//").replace("https://", "https&#58;//")
 
 
-def _analyses(results_dir, sweep=None, **kwargs) -> list[Analysis]:
+def _analyses(results_dir, sweep=None, metric=None, **kwargs) -> list[Analysis]:
     folders = find_sweeps(results_dir, sweep)
     found = []
     for folder in folders:
-        trials, curves = load_sweep(folder)
+        trials, curves = load_sweep(folder, metric)
         if len(trials):
-            found.append(analyze_frames(trials, curves, name=folder.name, **kwargs))
+            found.append(analyze_frames(trials, curves, name=folder.name, metric=metric, **kwargs))
     if not found:
         where = f"sweep {sweep!r} under {results_dir}" if sweep else str(results_dir)
         raise NoResultsError(

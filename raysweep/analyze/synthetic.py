@@ -3,8 +3,10 @@
 Tests and benchmarks use them to check that the analysis recovers what was planted (eta*(B), B_crit, transfer and
 gamma slopes) and to time the report. Nothing here trains a model.
 
-A *loss function* maps a config dict (axis name -> value, plus ``seed``) to its final loss, or to ``None`` for a
-diverged trial. A *curve function* maps a config to ``(steps, losses)``.
+A *loss function* maps a config dict (axis name -> value, plus ``seed``) to its final loss, to ``None`` for a
+diverged trial, to :data:`FAILED` for a failed one (no loss, an error text: an infeasible batch, out of memory) or
+to ``Dead(loss)`` for a completed trial that the trainer found dead (``dead_step`` set, the loss it ended at). A
+*curve function* maps a config to ``(steps, losses)``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,17 @@ BASE_CONFIG = {
     "gamma": 1.0,
     "seed": 0,
 }
+
+
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Dead:
+    """What a loss function returns for a dead trial: it completed at ``loss`` (typically the initial loss), dead
+    since a third of the way through training."""
+
+    loss: float
 
 
 def config_key(config: dict) -> str:
@@ -54,7 +68,8 @@ def make_rows(axes: dict, loss_fn, *, curve_fn=None, base: dict | None = None, s
 
     A config whose ``loss_fn`` returns ``None`` is diverged: status ``diverged``, ``diverged_step`` set, and a
     *finite, attractive* recorded train loss of 1e-9 (what a careless reader would pick as the optimum: the
-    analysis must mask it)."""
+    analysis must mask it). :data:`FAILED` gives a ``failed`` row (null losses, an error, no curve); ``Dead(loss)``
+    a completed row with ``dead_step`` set."""
     base = dict(BASE_CONFIG if base is None else base)
     trials, curves = [], {}
     names = list(axes)
@@ -62,6 +77,16 @@ def make_rows(axes: dict, loss_fn, *, curve_fn=None, base: dict | None = None, s
         config = base | dict(zip(names, combo))
         key = config_key(config)
         loss = loss_fn(config)
+        if isinstance(loss, str) and loss == FAILED:
+            trials.append(dict(config) | {
+                "config_key": key, "temperature": config["eta"] / config["batch_size"], "lr_effective": config["eta"],
+                "status": "failed", "steps": 0, "samples_seen": 0,
+                "error": "InfeasibleError: synthetic failure (e.g. out of memory)", "raysweep_version": "synthetic",
+            })
+            continue
+        dead_step = None
+        if isinstance(loss, Dead):
+            loss, dead_step = loss.loss, steps // 3
         diverged = loss is None
         row = dict(config) | {
             "config_key": key,
@@ -69,6 +94,7 @@ def make_rows(axes: dict, loss_fn, *, curve_fn=None, base: dict | None = None, s
             "lr_effective": config["eta"],
             "status": "diverged" if diverged else "completed",
             "diverged_step": steps // 3 if diverged else None,
+            "dead_step": dead_step,
             "steps": steps // 3 if diverged else steps,
             "samples_seen": steps * config["batch_size"],
             "initial_loss": 2.0,
