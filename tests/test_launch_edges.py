@@ -422,6 +422,14 @@ def test_corrupt_and_foreign_result_files_are_named_and_quarantined(ray_cluster,
     curves = read_curves(sweep).to_pandas()
     assert not curves.duplicated(["config_key", "step"]).any() and set(curves.config_key) == set(trials.config_key)
 
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (sweep / "analysis").symlink_to(elsewhere, target_is_directory=True)  # the analysis never follows a link out
+    proc = run_cli("raysweep.analyze", str(sweep))
+    assert proc.returncode == 1 and "analysis: a symbolic link" in one_line(proc.stderr), proc.stderr
+    assert list(elsewhere.iterdir()) == []
+    (sweep / "analysis").unlink()
+
     foreign = sweep / "trials" / "part-foreign.parquet"
     pd.DataFrame({"a": [1, 2]}).to_parquet(foreign)
     rc, err = run_main(*common)

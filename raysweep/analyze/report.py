@@ -224,20 +224,36 @@ def tidy(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_outputs(analysis: Analysis, out_dir) -> list[Path]:
-    """Every table as ``<name>.parquet`` and ``<name>.csv`` and every figure as ``<name>.png`` under ``out_dir``."""
+    """Every table as ``<name>.parquet`` and ``<name>.csv`` and every figure as ``<name>.png`` under ``out_dir``, each
+    file appearing atomically and never written through a link (:func:`raysweep.storage.write_atomic`)."""
     out_dir = Path(out_dir)
+    _no_link(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, table in analysis.tables.items():
         table = tidy(table)
-        table.to_parquet(out_dir / f"{name}.parquet", index=False)
-        table.to_csv(out_dir / f"{name}.csv", index=False)
+        _write(out_dir / f"{name}.parquet", lambda fh, t=table: t.to_parquet(fh, index=False))
+        _write(out_dir / f"{name}.csv", lambda fh, t=table: fh.write(t.to_csv(index=False).encode()))
         written += [out_dir / f"{name}.parquet", out_dir / f"{name}.csv"]
     for name, png in analysis.figures.items():
-        (out_dir / f"{name}.png").write_bytes(png)
+        _write(out_dir / f"{name}.png", lambda fh, data=png: fh.write(data))
         written.append(out_dir / f"{name}.png")
     analysis.out_dir = out_dir
     return written
+
+
+def _no_link(path: Path) -> None:
+    """An output folder that is a symbolic link would put the analysis outside the sweep: refuse it."""
+    from raysweep.storage import StorageError
+
+    if path.is_symlink():
+        raise StorageError(f"{path}: a symbolic link; the analysis is never written through a link")
+
+
+def _write(path: Path, write) -> None:
+    from raysweep import storage
+
+    storage.write_atomic(storage.resolve(path), write)
 
 
 CSS = """
@@ -346,7 +362,8 @@ def write_report(analyses, out) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     name = analyses[0].name if len(analyses) == 1 else ", ".join(a.name for a in analyses)
-    out.write_text(render_html(analyses, title=f"raysweep analysis: {name}"), encoding="utf-8")
+    html = render_html(analyses, title=f"raysweep analysis: {name}")
+    _write(out, lambda fh: fh.write(html.encode("utf-8")))
     return out
 
 
