@@ -284,8 +284,8 @@ def grad_noise_option(value: Any, path: str = "experiment.grad_noise_scale") -> 
         try:
             batches = f.as_int(f"{path}.batches", batches, ge=2, le=limits.MAX_DIM)
         except f.FieldError:
-            must = (f"must be an integer from 2 to {limits.text(limits.MAX_DIM)} (the number of chunks of the noise "
-                    "batch; the estimator needs two)")
+            must = (f"must be an integer >= 2 and <= {limits.text(limits.MAX_DIM)} (the number of chunks of the "
+                    "noise batch; the estimator needs two)")
             raise f.fail(f"{path}.batches", must, batches) from None
     batch_size = f.optional(_size, f"{path}.batch_size", value.get("batch_size"))
     if batch_size is not None and batches * batch_size > limits.MAX_DIM:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -113,16 +112,30 @@ def test_unbounded_inputs_fail_fast_with_a_bounded_message(tmp_path):
     product = tmp_path / "product.yaml"
     product.write_text(yaml.safe_dump(spec(eta={"logspace": [1e-3, 1.0, 100000]}, batch_size={"range": [1, 100001]})))
     expected = {bomb: "expands to .* values", big: "larger than 1,048,576 bytes", product: "10,000,000,000"}
+    # the child reports its own CPU time and peak memory (RUSAGE_CHILDREN would hold every earlier child's peak)
+    script = (
+        "import resource, sys, raysweep.launch as L\n"
+        "rc = L.main([sys.argv[1], '--dry-run', '--storage', sys.argv[2]])\n"
+        "u = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "print(rc, u.ru_utime + u.ru_stime, u.ru_maxrss)\n"
+    )
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+
+    def launch_child(path):
+        proc = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "r")], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120)
+        rc, cpu_s, maxrss_kib = proc.stdout.split()
+        return int(rc), float(cpu_s), int(maxrss_kib), proc.stderr
+
+    baseline_kib = launch_child(empty)[2]  # the interpreter and the launcher's imports
     for path, pattern in expected.items():
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        proc = subprocess.run([sys.executable, "-m", "raysweep.launch", str(path), "--dry-run", "--storage",
-                               str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT, timeout=120)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        assert proc.returncode == 2, (path.name, proc.stderr[-2000:])
-        lines = proc.stderr.strip().splitlines()
+        rc, cpu_s, maxrss_kib, stderr = launch_child(path)
+        assert rc == 2, (path.name, stderr[-2000:])
+        lines = stderr.strip().splitlines()
         assert len(lines) == 1 and re.search(pattern, lines[0]), (path.name, lines)
-        assert (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) < 2.0
-        assert after.ru_maxrss < 400 * 1024  # KiB: the interpreter and PyYAML, nothing expanded
+        assert cpu_s < 2.0
+        assert maxrss_kib - baseline_kib < 50 * 1024, (path.name, maxrss_kib, baseline_kib)  # nothing expanded
     assert not (tmp_path / "r").exists()
 
 

@@ -52,12 +52,15 @@ def main(argv=None) -> int:
                            targets=args.targets, window_samples=args.window_samples, seed=args.seed,
                            lazy_max=args.lazy_max, rich_min=args.rich_min, max_panels=args.max_panels,
                            metric=args.metric)
-    except (NoResultsError, ValueError) as exc:
+    except NoResultsError as exc:
         print(f"raysweep.analyze: {exc}", file=sys.stderr)
         return 2
-    except RaysweepError as exc:  # a corrupt or foreign results file: the message names it and what to do
+    except RaysweepError as exc:  # a corrupt or foreign results file, a link: the message names it and what to do
         print(f"raysweep.analyze: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a bad option value (e.g. --metric for a regression sweep)
+        print(f"raysweep.analyze: {exc}", file=sys.stderr)
+        return 2
     for name, a in analyses.items():
         print(f"{name}: {len(a.trials)} trials, metric {args.metric}, {len(a.tables)} tables, "
               f"{len(a.figures)} figures -> {a.out_dir}")
