@@ -63,13 +63,13 @@ def settings(kind: str, quick: bool, budget_s: float | None = None) -> Settings:
         s = Settings(kind, quick)
     elif not quick:
         s = Settings(kind, quick, probe_widths=(64, 256, 1024), probe_batch_sizes=(32, 256, 2048), probe_members=4,
-                     cap_shape=(256, 3, 64, 4), cap_big_batch_size=16384, cap_steps=600, window_s=1.0,
+                     cap_shape=(256, 3, 64, 4), cap_big_batch_size=2**18, cap_steps=3000, window_s=1.0,
                      max_measure_s=60.0, compile_shapes=((64, 16, "SGD"), (64, 16, "Adam")),
                      compile_modes=("default",), budget_s=None)
     else:
         s = Settings(kind, quick, probe_widths=(32, 128), probe_depths=(2,), probe_batch_sizes=(16, 128),
-                     probe_members=2, extra_points=1, cap_shape=(128, 2, 32, 2), cap_big_batch_size=16384,
-                     cap_steps=600, widths=(64, 256), members=(1, 4, 16), window_s=0.1, max_measure_s=10.0,
+                     probe_members=2, extra_points=1, cap_shape=(128, 2, 32, 2), cap_big_batch_size=2**18,
+                     cap_steps=6000, widths=(64, 256), members=(1, 4, 16), window_s=0.1, max_measure_s=10.0,
                      grid_batch_sizes=(1, 4, 16, 64), grid_etas=tuple(2.0**e for e in range(-6, 7)), grid_steps=200,
                      compile_shapes=((64, 16, "SGD"),), compile_modes=("default",), budget_s=None)
     if quick and kind == "cuda":  # a smoke test on a GPU: CPU-quick sizes, CUDA device
