@@ -29,6 +29,14 @@ class SpecError(RaysweepError, ValueError):
     ``space.eta[0]: must be > 0, got 0.0 (search_spaces/quickstart.yaml)``."""
 
 
+class StorageError(RaysweepError, ValueError):
+    """``--storage`` cannot be used as asked; the message says why and how to fix it."""
+
+
+class NoResultsError(RaysweepError, FileNotFoundError):
+    """There are no trial rows to analyse where the user pointed (the message says where and what was expected)."""
+
+
 class DataError(RaysweepError, ValueError):
     """A data set is missing or malformed; the message names the file and the expected layout."""
 

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-from raysweep.errors import RaysweepError
+from raysweep.errors import StorageError
 
 TUNE_DIR = "_tune"  # Ray Tune's experiment folders, one per launch, under the sweep folder
 # What raysweep writes directly under <storage>/<name>/ (files and folders); none may be a link (check_no_links)
@@ -43,10 +43,6 @@ SWEEP_ENTRIES = ("trials", "curves", "spec.yaml", ".lock", "optuna.journal", "au
                  "analysis", "quarantine")
 REACH_TIMEOUT_S = 10.0  # how long the first call to an object store may take (RAYSWEEP_STORAGE_TIMEOUT_S)
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-class StorageError(RaysweepError, ValueError):
-    """``--storage`` cannot be used as asked; the message says why and how to fix it."""
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from raysweep.analyze.gamma import gamma_slopes, gamma_table
 from raysweep.analyze.load import (
     DEFAULT_METRIC,
     METRICS,
-    NoResultsError,
     find_sweeps,
     group_columns,
     load,
@@ -48,6 +47,7 @@ from raysweep.analyze.optimum import (
 )
 from raysweep.analyze.temperature import temperature_collapse, temperature_table
 from raysweep.analyze.transfer import transfer_slope, transfer_table
+from raysweep.errors import NoResultsError
 
 # Names that need matplotlib, imported on first use (PEP 562).
 _LAZY = {

@@ -20,9 +20,9 @@ import argparse
 import sys
 
 from raysweep.analyze.checks import STUDIES, run_check
-from raysweep.analyze.load import DEFAULT_METRIC, METRICS, NoResultsError
+from raysweep.analyze.load import DEFAULT_METRIC, METRICS
 from raysweep.analyze.report import analyze
-from raysweep.errors import RaysweepError
+from raysweep.errors import NoResultsError, RaysweepError
 
 
 def main(argv=None) -> int:

@@ -48,10 +48,11 @@ import pandas as pd
 
 from raysweep.analyze.critical import default_targets, fit_critical_batch, seed_mean_curves, steps_to_target
 from raysweep.analyze.gamma import gamma_slopes, gamma_table
-from raysweep.analyze.load import NoResultsError, ensure_prepared, find_sweeps, load
+from raysweep.analyze.load import ensure_prepared, find_sweeps, load
 from raysweep.analyze.optimum import config_table, eta_max, fit_eta_power_law, fit_line, optimal_eta
 from raysweep.analyze.temperature import temperature_collapse
 from raysweep.analyze.transfer import transfer_slope, transfer_table
+from raysweep.errors import NoResultsError
 
 STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch")
 PASS, FAIL, SKIPPED, INFO = "pass", "FAIL", "skipped", "info"

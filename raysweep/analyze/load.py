@@ -38,7 +38,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from raysweep.errors import RaysweepError
 from raysweep.results import read_curves, read_trials
 from raysweep.schema import CURVES_SCHEMA, TRIALS_SCHEMA
 
@@ -62,10 +61,6 @@ CONFIG_COLUMNS = (
     "batch_size",
     "eta",
 )
-
-
-class NoResultsError(RaysweepError, FileNotFoundError):
-    """There are no trial rows to analyse where the user pointed (the message says where and what was expected)."""
 
 
 def is_sweep_folder(folder: Path) -> bool:

@@ -30,7 +30,6 @@ from raysweep.analyze.gamma import gamma_slopes, gamma_table
 from raysweep.analyze.heatmaps import grid_fill
 from raysweep.analyze.load import (
     CONFIG_COLUMNS,
-    NoResultsError,
     ensure_prepared,
     find_sweeps,
     load_sweep,
@@ -48,6 +47,7 @@ from raysweep.analyze.optimum import (
 from raysweep.analyze.quality import MAX_RMSE_OCTAVES, MAX_RMSE_REL, MIN_POINTS_INTERVAL, MIN_SEEDS_INTERVAL
 from raysweep.analyze.temperature import temperature_collapse, temperature_table
 from raysweep.analyze.transfer import transfer_slope, transfer_table
+from raysweep.errors import NoResultsError, StorageError
 
 # (table name, section title) in report order.
 TABLES = {
@@ -244,8 +244,6 @@ def write_outputs(analysis: Analysis, out_dir) -> list[Path]:
 
 def _no_link(path: Path) -> None:
     """An output folder that is a symbolic link would put the analysis outside the sweep: refuse it."""
-    from raysweep.storage import StorageError
-
     if path.is_symlink():
         raise StorageError(f"{path}: a symbolic link; the analysis is never written through a link")
 

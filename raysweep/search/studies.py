@@ -39,7 +39,6 @@ import importlib.util
 import itertools
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,7 +241,3 @@ def recover(cell: Cell, rows: dict[str, dict], curves: dict[str, list[dict]], me
         counts["from_row" if row is not None else "abandoned"] += 1
     cell.n_finished = sum(counted(t) for t in cell.study.get_trials(deepcopy=False))
     return counts
-
-
-def journal_path(sweep_dir) -> str:
-    return os.fspath(Path(sweep_dir) / JOURNAL)
