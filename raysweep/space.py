@@ -43,7 +43,7 @@ The format (every key is checked; an unknown key is an error that suggests the c
       optimizer: [SGD]             # SGD | Adam, default [SGD]
       loss: [mse]                  # mse | xent, default [mse]; xent needs a classification family
       lr_rule: [study]             # study | mup_adam | raw, default [study]; mup_adam needs Adam
-    search:                     # optional; the algorithms are described in raysweep._spec_search
+    search:                     # optional; the algorithms are described in raysweep.search_spec
       algorithm: grid           # grid | random | optuna | eta_stability_depth | eta_decades_below_stable
       n_samples: null           # random only, required there: int > 0
       seed: 0                   # random: the sampling seed; optuna: the samplers' seed
@@ -99,9 +99,9 @@ from typing import Any
 
 import yaml
 
-from raysweep import _spec_fields as f
-from raysweep import _spec_search, limits
-from raysweep._spec_search import ALGORITHMS, Scheduler, Search
+from raysweep import fields as f
+from raysweep import limits, search_spec
+from raysweep.search_spec import ALGORITHMS, Scheduler, Search
 
 __all__ = [  # closed sets first, then the types and functions
     "ALGORITHMS", "AXES", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "FAMILIES", "LOSSES", "LR_RULES",
@@ -421,7 +421,7 @@ class SweepSpec(f.ShortRepr):
         if "mup_adam" in space.lr_rule and "Adam" not in space.optimizer:
             raise f.fail("space.lr_rule", "mup_adam is the per-layer muP Adam rule: space.optimizer must include "
                          "Adam", space.lr_rule, f" with optimizer {f.show(space.optimizer)}")
-        _spec_search.check(self.search, space, self.experiment, AXES)
+        search_spec.check(self.search, space, self.experiment, AXES)
         _check_size(self)
         _check_arithmetic(self)
 

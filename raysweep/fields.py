@@ -1,6 +1,6 @@
 """How one field of a search space is read: typed coercion, axis range forms, YAML I/O, and error wording.
 
-Private helpers of ``raysweep.space``. Every check raises :class:`FieldError` (a :class:`SpecError`) that knows
+The spec parser's helpers (``raysweep.space``, ``raysweep.search_spec``, ``raysweep.families``). Every check raises :class:`FieldError` (a :class:`SpecError`) that knows
 the field's path, e.g. ``space.eta[0]``; ``raysweep.space`` adds the source file when it re-raises. Stdlib and
 PyYAML only: the launcher validates a spec without importing Ray or torch.
 """
