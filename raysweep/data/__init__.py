@@ -68,8 +68,11 @@ def build_task(experiment: Mapping[str, Any], *, device: torch.device | str = "c
 def check_source(experiment: Mapping[str, Any]) -> None:
     """Check the local files an experiment reads (MNIST families: exists, readable, the right arrays and shapes,
     ``max_train_samples`` within the training set) without decoding them; DataError naming the file. Families with
-    no file pass. The launcher calls it before Ray starts, so a bad path never lands a row."""
-    families.get(experiment.get("family")).check_files(experiment)
+    no file (and unknown families, which `build_task` refuses) pass. The launcher calls it before Ray starts, so a
+    bad path never lands a row."""
+    family = experiment.get("family")
+    if isinstance(family, str) and family in families.REGISTRY:
+        families.get(family).check_files(experiment)
 
 
 def __getattr__(name: str):
