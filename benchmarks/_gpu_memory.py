@@ -191,7 +191,7 @@ def check_cap(s: Settings, keep: dict) -> CheckResult:
         raise RuntimeError(f"the sized trial does not fit the device: {sized['infeasible']}")
     resources, need = sized["resources"][bundle.bundle_id], sized["need"][bundle.bundle_id]
     big_points = tuple({**p, "batch_size": s.cap_big_batch_size} for p in bundle.points)
-    big_keys = tuple(config_key(plan.experiment, p) for p in big_points)
+    big_keys = tuple(config_key(plan.experiment.as_dict(), p) for p in big_points)
     big_need = trial_need(model, big_points[0], n_members=len(big_points), experiment=plan.experiment)["need_bytes"]
     cuda = model.device.kind == "cuda"
     if cuda:  # the trial's own cap: set_per_process_memory_fraction(cap_fraction(share)) of the whole device
@@ -207,14 +207,14 @@ def check_cap(s: Settings, keep: dict) -> CheckResult:
         over = (big_need - model.context_bytes) / cap_bytes
     placement = {"gpu_share": resources["gpu"]} if cuda else {"memory_bytes": float(need["need_bytes"])}
 
-    jobs = {name: {"name": name, "kind": model.device.kind, "sweep": plan.sweep, "experiment": dict(plan.experiment),
-                   "bundle_id": bundle_id(keys), "keys": list(keys), "points": [dict(p) for p in points],
-                   "placement": placement, "cap_bytes": cap_bytes}
+    jobs = {name: {"name": name, "kind": model.device.kind, "sweep": plan.sweep,
+                   "experiment": plan.experiment.as_dict(), "bundle_id": bundle_id(keys), "keys": list(keys),
+                   "points": [dict(p) for p in points], "placement": placement, "cap_bytes": cap_bytes}
             for name, keys, points in (("sized", bundle.keys, bundle.points), ("oversized", big_keys, big_points))}
     outs = run_trials(jobs)
 
     # the sized trial alone in this process: a neighbour that ran out of memory must not have moved its numbers
-    alone = _solo_losses(plan.experiment, bundle.points, model.device.kind)
+    alone = _solo_losses(plan.experiment.as_dict(), bundle.points, model.device.kind)
     together = [r["final_train_loss"] for r in sorted(outs["sized"]["rows"], key=lambda r: -r["eta"])]
     diff = (max(abs(a - b) / abs(b) for a, b in zip(together, alone))
             if len(together) == len(alone) and all(v is not None for v in together) else None)

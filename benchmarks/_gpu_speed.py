@@ -286,8 +286,8 @@ def check_grid(s: Settings, deadline: Deadline) -> CheckResult:
     spec = parse_spec(grid_spec(s))
     plan, _ = build_plan(spec)
     exp = plan.experiment
-    task = build_task(exp, device=s.kind, dtype=torch.float32)
-    steps, every = int(exp["steps"]), int(exp["report_every"])
+    task = build_task(exp.as_dict(), device=s.kind, dtype=torch.float32)
+    steps, every = exp.steps, exp.report_every
 
     # the trainer: the plan's bundles in their run order, rows as a trial makes them
     ours = []

@@ -21,7 +21,8 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from raysweep.results import ResultsWriter
-from raysweep.trial import Plan, bundle_of, trial_row
+from raysweep.plan import Plan
+from raysweep.trial import bundle_of, failed_row
 
 
 class _DriverOnly(Callback):
@@ -102,12 +103,9 @@ class ResultsCallback(_DriverOnly):
             for i, key in enumerate(bundle.keys):
                 if key in self.writer.keys:
                     continue
-                if held is not None:
-                    row, curves = {**held["trial"], "status": "failed", "error": error_text}, held["curves"]
-                else:
-                    row, curves = trial_row(self.plan, bundle, i, status="failed",
-                                            dataset=self.plan.experiment["family"], error=error_text), []
-                self._land([{"trial": row, "curves": curves}], trial_id)
+                provisional, curves = (held["trial"], held["curves"]) if held is not None else (None, [])
+                self._land([{"trial": failed_row(self.plan, bundle, i, error_text, provisional), "curves": curves}],
+                           trial_id)
         elif held is not None:
             self._land([{"trial": held["trial"], "curves": held["curves"]}], trial_id)
         if flush:
@@ -185,7 +183,7 @@ class ProgressCallback(_DriverOnly):
         if now - self.last < (0.5 if self.tty else 10.0):
             return
         self.last = now
-        steps = self.results.plan.experiment.get("steps")
+        steps = self.results.plan.experiment.steps
         members = []
         for t in trials:
             if t.status == "RUNNING":

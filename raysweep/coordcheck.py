@@ -180,11 +180,11 @@ def run_spec(spec, *, widths: Sequence[int] = DEFAULT_WIDTHS, steps: int = 5, se
     from raysweep.data import build_task
 
     experiment = spec.experiment.as_dict()
-    dtype = torch.float64 if experiment.get("dtype") == "float64" else torch.float32
+    dtype = torch.float64 if spec.experiment.dtype == "float64" else torch.float32
     task = build_task(experiment, dtype=dtype)
     x, y = fixed_batch(task, batch_size)
     return [coord_check(combo, x, y, n_out=task.n_out, widths=widths, steps=steps, seeds=seeds,
-                        mse_convention=experiment.get("mse_convention", "half_sum"))
+                        mse_convention=spec.experiment.mse_convention)
             for combo in spec_combinations(spec, etas=etas, gammas=gammas)]
 
 

@@ -68,3 +68,7 @@ class NothingFitsError(RaysweepError, RuntimeError):
     def __init__(self, message: str, evidence: dict | None = None):
         super().__init__(message)
         self.evidence = dict(evidence or {})
+
+
+class NoCachedModelError(RaysweepError):
+    """Autobatch has no memory model of this sweep on this device yet (none cached): probe first."""

@@ -106,7 +106,7 @@ def check_saved_spec(sweep_dir, spec) -> None:
     ``sweep_dir``: a local path, a URI or a :class:`raysweep.storage.Location`. A saved spec that does not read
     back is a SpecError naming it."""
     from raysweep import storage
-    from raysweep._spec_fields import parse_yaml
+    from raysweep.fields import parse_yaml
     from raysweep.space import parse_spec
 
     saved = storage.resolve(sweep_dir).join("spec.yaml")

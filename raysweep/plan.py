@@ -13,11 +13,38 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
-from raysweep import __version__
-from raysweep.space import BUNDLE_KEYS, SweepSpec, config_keys
-from raysweep.trial import Bundle, Plan
+from raysweep import __version__, families
+from raysweep.errors import NoCachedModelError, RaysweepError
+from raysweep.space import AUTO, BUNDLE_KEYS, Experiment, SweepSpec, config_keys, setting
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Configurations that train as one Ray trial: their keys and points (dicts of the axis values)."""
+
+    bundle_id: str
+    keys: tuple[str, ...]
+    points: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every trial needs: the sweep name, the typed :class:`~raysweep.space.Experiment` (a flat experiment
+    mapping given here is read into one) and the bundles by id."""
+
+    sweep: str
+    experiment: Experiment
+    bundles: Mapping[str, Bundle]
+    cpus_per_trial: float = 1.0
+    version: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.experiment, Experiment):
+            object.__setattr__(self, "experiment", Experiment.from_dict(self.experiment))
 
 
 def bundle_id(keys: tuple[str, ...]) -> str:
@@ -40,13 +67,14 @@ def make_bundles(keyed: list[tuple[str, dict]], *, fused: bool, max_members: int
 
 def build_plan(spec: SweepSpec, done: Collection[str] = ()) -> tuple[Plan, int]:
     """The plan of the configurations without a row yet, and how many already have one."""
-    experiment = spec.experiment.as_dict()
+    experiment = spec.experiment
     points = spec.points()
-    keyed = list(zip(config_keys(experiment, points), points))
+    keyed = list(zip(config_keys(experiment.as_dict(), points), points))
     pending = [(k, p) for k, p in keyed if k not in done]
     bundles = make_bundles(pending, fused=spec.fusion.enabled, max_members=spec.fusion.max_members)
-    if experiment.get("path"):  # workers may run in another folder; the key keeps the path as the spec gives it
-        experiment = {**experiment, "path": os.path.abspath(os.path.expanduser(experiment["path"]))}
+    if experiment.params.get("path"):  # workers may run in another folder; the key keeps the path as given
+        path = os.path.abspath(os.path.expanduser(experiment.params["path"]))
+        experiment = replace(experiment, params={**experiment.params, "path": path})
     plan = Plan(
         sweep=spec.name,
         experiment=experiment,
@@ -60,20 +88,18 @@ def build_plan(spec: SweepSpec, done: Collection[str] = ()) -> tuple[Plan, int]:
 STEP_OVERHEAD_FLOP = 2e6  # a step's fixed cost (kernel launches, Python) in FLOP-equivalents on a CPU core
 
 
-def bundle_cost(experiment: dict, bundle: Bundle) -> float:
+def bundle_cost(experiment: Experiment | Mapping[str, Any], bundle: Bundle) -> float:
     """A bundle's training cost in FLOP-equivalents, for ordering: ``steps * (overhead + 6 K B P)`` with ``K``
     members of ``P`` weights at batch size ``B`` (forward and backward ~ 6 FLOP per weight per sample)."""
-    from raysweep.autobatch.sizing import _n_train, family_shape
-
     p = bundle.points[0]
-    b = 1 if p["batch_size"] == "auto" else int(p["batch_size"])
-    dim, n_out = family_shape(experiment)
+    b = 1 if p["batch_size"] == AUTO else int(p["batch_size"])
+    dim, n_out = families.shape(experiment)
     widths = [dim] + [int(p["width"])] * (int(p["depth"]) - 1) + [n_out]
     params = sum(a * c for a, c in zip(widths[:-1], widths[1:]))
-    if experiment.get("steps"):
-        steps = int(experiment["steps"])
+    if setting(experiment, "steps"):
+        steps = int(setting(experiment, "steps"))
     else:  # an epoch budget on a fixed data set (file data sets: an upper bound of their size)
-        steps = int(experiment.get("epochs") or 1) * max(1, _n_train(experiment, b)[0] // b)
+        steps = int(setting(experiment, "epochs") or 1) * max(1, families.n_train(experiment) // b)
     return steps * (STEP_OVERHEAD_FLOP + 6.0 * len(bundle.points) * b * params)
 
 
@@ -155,7 +181,6 @@ def autobatch_lines(spec: SweepSpec, plan: Plan, *, cuda: bool, storage=None, li
     cached memory model of this machine's CPU in ``storage``, the resources and batch sizes it gives every trial
     (:func:`raysweep.autobatch.plan_resources`). Empty for other specs."""
     from raysweep.autobatch.config import AutobatchConfig
-    from raysweep.autobatch.launching import AUTO
 
     auto = AUTO in spec.space.batch_size
     if spec.autobatch is None and not auto:
@@ -176,15 +201,16 @@ def autobatch_lines(spec: SweepSpec, plan: Plan, *, cuda: bool, storage=None, li
         return lines
     from raysweep.autobatch.device import cpu_device_info
     from raysweep.autobatch.sizing import plan_resources
-    from raysweep.errors import RaysweepError
 
     info = cpu_device_info()
     try:
         sized = plan_resources(spec, list(plan.bundles.values()), device_info=info, config=config, storage=storage)
-    except RaysweepError as exc:
+    except NoCachedModelError:
         lines.append(f"autobatch: no cached memory model of this machine's CPU ({info.name}) in {storage}: the probe "
-                     "runs at launch, then the model is cached there" if str(exc).startswith("no memory model")
-                     else f"autobatch: the cached memory model cannot size this space: {exc}")
+                     "runs at launch, then the model is cached there")
+        return lines
+    except RaysweepError as exc:
+        lines.append(f"autobatch: the cached memory model cannot size this space: {exc}")
         return lines
     lines.append(f"autobatch plan from the cached {sized['label']} model of {info.name}: {len(sized['resources'])} "
                  f"trials sized, {len(sized['infeasible'])} infeasible; usable {sized['usable_bytes'] / 2**20:.0f} MiB")

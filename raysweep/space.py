@@ -43,7 +43,7 @@ The format (every key is checked; an unknown key is an error that suggests the c
       optimizer: [SGD]             # SGD | Adam, default [SGD]
       loss: [mse]                  # mse | xent, default [mse]; xent needs a classification family
       lr_rule: [study]             # study | mup_adam | raw, default [study]; mup_adam needs Adam
-    search:                     # optional; the algorithms are described in raysweep._spec_search
+    search:                     # optional; the algorithms are described in raysweep.search_spec
       algorithm: grid           # grid | random | optuna | eta_stability_depth | eta_decades_below_stable
       n_samples: null           # random only, required there: int > 0
       seed: 0                   # random: the sampling seed; optuna: the samplers' seed
@@ -99,21 +99,21 @@ from typing import Any
 
 import yaml
 
-from raysweep import _spec_fields as f
-from raysweep import _spec_search, limits
-from raysweep._spec_search import ALGORITHMS, Scheduler, Search
+from raysweep import families, limits, search_spec
+from raysweep import fields as f
+from raysweep.search_spec import ALGORITHMS, Scheduler, Search
 
 __all__ = [  # closed sets first, then the types and functions
-    "ALGORITHMS", "AXES", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "FAMILIES", "LOSSES", "LR_RULES",
-    "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS", "REGRESSION_FAMILIES",
+    "ALGORITHMS", "AUTO", "AXES", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "EXPERIMENT_DEFAULTS", "FAMILIES",
+    "LOSSES", "LR_RULES", "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS", "REGRESSION_FAMILIES",
     "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key", "config_keys",
-    "grad_noise_option",
+    "grad_noise_option", "setting",
     "check_name", "load_spec", "parse_spec",
 ]  # fmt: skip
 
 AXES = ("batch_size", "eta", "width", "gamma", "depth", "seed", "parametrization", "optimizer", "loss", "lr_rule")
-REGRESSION_FAMILIES = ("poly_online", "poly_fixed", "mlp_teacher")
-CLASSIFICATION_FAMILIES = ("digits", "mnist", "mnist1m", "mnist1m_sampled")
+REGRESSION_FAMILIES = families.REGRESSION  # the registry (raysweep.families) holds every family fact
+CLASSIFICATION_FAMILIES = families.CLASSIFICATION
 FAMILIES = REGRESSION_FAMILIES + CLASSIFICATION_FAMILIES
 # Configurations that agree on these axes can train as one fused bundle (same data order and shapes).
 BUNDLE_KEYS = ("batch_size", "width", "depth", "parametrization", "optimizer", "loss", "lr_rule")
@@ -124,38 +124,20 @@ LR_RULES = ("study", "mup_adam", "raw")
 MSE_CONVENTIONS = ("half_sum", "study")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_EVAL_SAMPLES = 2048  # synthetic families; classification defaults to the full test set (capped at 10000)
 GRAD_NOISE_KEYS = ("batches", "batch_size")
 DEFAULT_NOISE_BATCHES = 8  # raysweep.noise.DEFAULT_BATCHES (this module imports no torch)
 
-_REQUIRED = f.Marker("<required>")
-_FAMILY_DEFAULT = f.Marker("<family default>")  # Experiment.eval_samples: 2048 (synthetic) or None (classification)
+_FAMILY_DEFAULT = f.Marker("<family default>")  # Experiment.eval_samples: the family's (raysweep.families)
 _pos_int = lambda p, v: f.as_int(p, v, ge=1)  # noqa: E731
 _size = lambda p, v: f.as_int(p, v, ge=1, le=limits.MAX_DIM)  # noqa: E731  a matrix dimension
 _seed = lambda p, v: f.as_int(p, v, ge=0, le=limits.MAX_SEED)  # noqa: E731
 AUTO = "auto"  # batch_size: auto -> the largest batch that fits the memory target (raysweep.autobatch)
 _batch = lambda p, v: AUTO if isinstance(v, str) and v.strip().lower() == AUTO else _size(p, v)  # noqa: E731
-MAX_LABEL_NOISE = 1e6  # label noise std, against targets of order one
-_noise = lambda p, v: f.as_float(p, v, ge=0, le=MAX_LABEL_NOISE)  # noqa: E731
-_SYNTHETIC = {"dim": (32, _size), "n_train": (4096, _size), "noise": (0.0, _noise)}
-_degree = lambda p, v: f.as_int(p, v, ge=1, le=limits.MAX_DEGREE)  # noqa: E731
-# Family-specific experiment keys: name -> (default or _REQUIRED, check(path, value) -> value).
-_FAMILY_KEYS: dict[str, dict[str, tuple]] = {
-    "poly_online": {**_SYNTHETIC, "degree": (2, _degree)},
-    "poly_fixed": {**_SYNTHETIC, "n_train": (1024, _size), "degree": (2, _degree)},
-    "mlp_teacher": {
-        **_SYNTHETIC,
-        "teacher_width": (64, _size),
-        "teacher_depth": (2, lambda p, v: f.as_int(p, v, ge=1, le=limits.MAX_DEPTH)),
-        "teacher_gamma": (1.0, lambda p, v: f.as_float(p, v, gt=0)),
-        "teacher_parametrization": ("muP", lambda p, v: f.as_choice(p, v, PARAMETRIZATIONS[:2])),
-        "teacher_normalize": (True, f.as_bool),
-        "online": (True, f.as_bool),
-    },
-    "digits": {"test_fraction": (0.2, lambda p, v: f.as_float(p, v, gt=0, lt=1))},
-    "mnist": {"path": (_REQUIRED, f.as_str)},
-    "mnist1m": {"path": (_REQUIRED, f.as_str)},
-    "mnist1m_sampled": {"path": (_REQUIRED, f.as_str), "max_train_samples": (_REQUIRED, _size)},
+# The defaults of the experiment's own fields (eval_samples: the family's, raysweep.families). Read them through
+# setting(), which takes the typed Experiment or a flat experiment mapping.
+EXPERIMENT_DEFAULTS: dict[str, Any] = {
+    "steps": None, "epochs": None, "report_every": 50, "mse_convention": "half_sum", "dtype": "float32",
+    "divergence_factor": 100.0, "data_seed": 0, "device": "auto", "grad_noise_scale": None,
 }
 # Axis -> (kind, check of one value).
 _AXIS_RULES = {
@@ -190,22 +172,22 @@ class Experiment(f.ShortRepr):
     """
 
     family: str
-    steps: int | None = None
-    epochs: int | None = None
-    report_every: int = 50
+    steps: int | None = EXPERIMENT_DEFAULTS["steps"]
+    epochs: int | None = EXPERIMENT_DEFAULTS["epochs"]
+    report_every: int = EXPERIMENT_DEFAULTS["report_every"]
     eval_samples: int | None = _FAMILY_DEFAULT  # type: ignore[assignment]
-    mse_convention: str = "half_sum"
-    dtype: str = "float32"
-    divergence_factor: float = 100.0
-    data_seed: int = 0
-    device: str = "auto"
-    grad_noise_scale: Any = None
+    mse_convention: str = EXPERIMENT_DEFAULTS["mse_convention"]
+    dtype: str = EXPERIMENT_DEFAULTS["dtype"]
+    divergence_factor: float = EXPERIMENT_DEFAULTS["divergence_factor"]
+    data_seed: int = EXPERIMENT_DEFAULTS["data_seed"]
+    device: str = EXPERIMENT_DEFAULTS["device"]
+    grad_noise_scale: Any = EXPERIMENT_DEFAULTS["grad_noise_scale"]
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         family = f.as_choice("experiment.family", self.family, FAMILIES)
         f.set_field(self, "family", family)
-        f.set_field(self, "params", f.FrozenDict(_family_params(family, self.params)))
+        f.set_field(self, "params", f.FrozenDict(families.check_params(family, self.params, _COMMON_KEYS)))
         f.set_field(self, "report_every", _pos_int("experiment.report_every", self.report_every))
         convention = f.as_choice("experiment.mse_convention", self.mse_convention, MSE_CONVENTIONS)
         f.set_field(self, "mse_convention", convention)
@@ -216,7 +198,7 @@ class Experiment(f.ShortRepr):
         f.set_field(self, "grad_noise_scale", grad_noise_option(self.grad_noise_scale))
         self._check_length()
         if self.eval_samples is _FAMILY_DEFAULT:
-            f.set_field(self, "eval_samples", DEFAULT_EVAL_SAMPLES if self.kind == "regression" else None)
+            f.set_field(self, "eval_samples", families.get(family).eval_samples)
         elif self.kind == "regression":
             f.set_field(self, "eval_samples", _size("experiment.eval_samples", self.eval_samples))
         else:
@@ -239,12 +221,23 @@ class Experiment(f.ShortRepr):
     @property
     def kind(self) -> str:
         """'regression' (synthetic teachers) or 'classification' (digits, MNIST family)."""
-        return "regression" if self.family in REGRESSION_FAMILIES else "classification"
+        return families.get(self.family).kind
 
     @property
     def online(self) -> bool:
         """True when training draws fresh samples (poly_online; mlp_teacher with online: true)."""
-        return self.family == "poly_online" or (self.family == "mlp_teacher" and bool(self.params["online"]))
+        return families.is_online(self)
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any]) -> Experiment:
+        """The typed Experiment of a flat experiment mapping (:meth:`as_dict`'s inverse); SpecError naming the
+        field when it is not valid."""
+        if not isinstance(mapping, Mapping):
+            raise f.fail("experiment", "must be a mapping", mapping)
+        if "family" not in mapping:
+            raise f.fail("experiment.family", f"is required, one of {', '.join(FAMILIES)}", f.NOTHING)
+        common = {k: v for k, v in mapping.items() if k in _COMMON_KEYS}
+        return cls(**common, params={k: v for k, v in mapping.items() if k not in _COMMON_KEYS})
 
     def as_dict(self) -> dict:
         """The flat experiment mapping, defaults applied: what ``raysweep.data.build_task`` receives."""
@@ -256,10 +249,10 @@ class Experiment(f.ShortRepr):
         return {**common, **self.params}
 
     def _shown(self) -> dict:
-        defaults = {k: default for k, (default, _) in _FAMILY_KEYS[self.family].items()}
-        eval_default = DEFAULT_EVAL_SAMPLES if self.kind == "regression" else None
+        family = families.get(self.family)
+        defaults = family.defaults
         shown = {k: v for k, v in super()._shown().items() if k not in ("params", "eval_samples")}
-        if self.eval_samples != eval_default:
+        if self.eval_samples != family.eval_samples:
             shown["eval_samples"] = self.eval_samples
         changed = {k: v for k, v in self.params.items() if v != defaults[k]}
         return {**shown, "params": changed} if changed else shown
@@ -294,33 +287,23 @@ def grad_noise_option(value: Any, path: str = "experiment.grad_noise_scale") -> 
     return f.FrozenDict(batches=batches, batch_size=batch_size)
 
 
-def _family_params(family: str, given: Mapping) -> dict:
-    """Check the family-specific keys and fill in their defaults."""
-    if not isinstance(given, Mapping):
-        raise f.fail("experiment", "family keys must be a mapping", given)
-    keys = _FAMILY_KEYS[family]
-    for key in given:
-        if key in _COMMON_KEYS:
-            raise f.FieldError(f"experiment.params.{key}", "is an Experiment field, not a family key")
-        if key not in keys:
-            owners = [fam for fam, ks in _FAMILY_KEYS.items() if key in ks]
-            if owners:
-                raise f.FieldError(
-                    f"experiment.{key}",
-                    f"not a key of family {family} (it belongs to {', '.join(owners)}); "
-                    f"{family} takes {', '.join(keys)}",
-                )
-            f.check_keys({key: None}, _COMMON_KEYS + tuple(keys), "experiment")
-    out = {}
-    for key, (default, check) in keys.items():
-        value = given.get(key, default)
-        if value is _REQUIRED:
-            raise f.fail(f"experiment.{key}", f"is required for family {family}", f.NOTHING)
-        out[key] = check(f"experiment.{key}", value)
-    return out
-
-
 _COMMON_KEYS = tuple(fld.name for fld in fields(Experiment) if fld.name != "params")
+
+
+def setting(experiment: Experiment | Mapping[str, Any], name: str) -> Any:
+    """The value of experiment field or family key ``name`` in a typed :class:`Experiment` or a flat experiment
+    mapping (:meth:`Experiment.as_dict`, or one written by hand), its default when absent or null."""
+    if isinstance(experiment, Experiment):
+        return getattr(experiment, name) if name in _COMMON_KEYS else experiment.params.get(name)
+    value = experiment.get(name)
+    if value is not None:
+        return value
+    if name in EXPERIMENT_DEFAULTS:
+        return EXPERIMENT_DEFAULTS[name]
+    family = families.get(experiment["family"])
+    if name == "eval_samples":
+        return family.eval_samples
+    return family.defaults.get(name)
 
 
 @dataclass(frozen=True, repr=False)
@@ -421,7 +404,7 @@ class SweepSpec(f.ShortRepr):
         if "mup_adam" in space.lr_rule and "Adam" not in space.optimizer:
             raise f.fail("space.lr_rule", "mup_adam is the per-layer muP Adam rule: space.optimizer must include "
                          "Adam", space.lr_rule, f" with optimizer {f.show(space.optimizer)}")
-        _spec_search.check(self.search, space, self.experiment, AXES)
+        search_spec.check(self.search, space, self.experiment, AXES)
         _check_size(self)
         _check_arithmetic(self)
 
@@ -566,12 +549,9 @@ def _parse(mapping: Any, source: str) -> SweepSpec:
     f.check_keys(mapping, [fld.name for fld in fields(SweepSpec) if fld.name != "source"], "")
     if mapping.get("name") is None:
         raise f.fail("name", "is required (it names the folder <storage>/<name>/)", f.NOTHING)
-    all_family_keys = tuple(dict.fromkeys(k for keys in _FAMILY_KEYS.values() for k in keys))
+    all_family_keys = tuple(dict.fromkeys(k for fam in families.REGISTRY.values() for k in fam.keys))
     exp = f.section(mapping, "experiment", _COMMON_KEYS + all_family_keys, required=True)
-    if "family" not in exp:
-        raise f.fail("experiment.family", f"is required, one of {', '.join(FAMILIES)}", f.NOTHING)
-    common = {k: v for k, v in exp.items() if k in _COMMON_KEYS}
-    experiment = Experiment(**common, params={k: v for k, v in exp.items() if k not in _COMMON_KEYS})
+    experiment = Experiment.from_dict(exp)
     axes = f.section(mapping, "space", AXES, required=True)
     for axis in ("batch_size", "eta", "width"):
         if axis not in axes:

@@ -64,7 +64,7 @@ from raysweep import model
 from raysweep.data._base import derive_seed
 from raysweep.errors import InfeasibleError
 from raysweep.scaling import learning_rates
-from raysweep.space import BUNDLE_KEYS, grad_noise_option
+from raysweep.space import BUNDLE_KEYS, grad_noise_option, setting
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -335,11 +335,11 @@ def steps_for(experiment: Mapping[str, Any], task, batch_size: int) -> int:
         raise InfeasibleError(
             f"batch_size {batch_size} is larger than the training set of {task.dataset} ({task.n_train} samples)"
         )
-    if experiment.get("steps"):
-        return int(experiment["steps"])
+    if setting(experiment, "steps"):
+        return int(setting(experiment, "steps"))
     if task.online:
         raise InfeasibleError(f"{task.dataset} is online: give steps, not epochs")
-    return int(experiment["epochs"]) * (task.n_train // batch_size)
+    return int(setting(experiment, "epochs")) * (task.n_train // batch_size)
 
 
 def train_bundle(
@@ -361,11 +361,11 @@ def train_bundle(
     first = points[0]
     batch_size, width, depth = int(first["batch_size"]), int(first["width"]), int(first["depth"])
     loss_name, optimizer = first["loss"], first["optimizer"]
-    mse_convention = experiment.get("mse_convention", "half_sum")
-    dtype = torch.float64 if experiment.get("dtype") == "float64" else torch.float32
+    mse_convention = setting(experiment, "mse_convention")
+    dtype = torch.float64 if setting(experiment, "dtype") == "float64" else torch.float32
     total_steps = steps_for(experiment, task, batch_size)
-    report_every = int(experiment.get("report_every") or 50)
-    factor = float(experiment.get("divergence_factor") or 100.0)
+    report_every = int(setting(experiment, "report_every"))
+    factor = float(setting(experiment, "divergence_factor"))
     started = time.perf_counter()
 
     # --- model: stacked weights, per-member readout multiplier and per-layer learning rates --------------------
@@ -391,7 +391,7 @@ def train_bundle(
     y_eval = _targets(task.y_eval.to(device), loss_name, task.n_out, dtype)
     f0_eval = _forward_chunked(init, x_eval)[feed.stream] * out_mult
     initial_loss = loss_per_member(torch.zeros_like(f0_eval), y_eval, loss_name, mse_convention)
-    noise, option = None, grad_noise_option(experiment.get("grad_noise_scale"))
+    noise, option = None, grad_noise_option(setting(experiment, "grad_noise_scale"))
     if option is not None:
         from raysweep.noise import NoiseFeed  # it reuses this module's data and loss code
 

@@ -21,62 +21,44 @@ makes every unfinished member ``failed`` with the error text (again without metr
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from raysweep.plan import Bundle, Plan
 from raysweep.scaling import learning_rates, temperature
+from raysweep.space import AUTO, Experiment
 
 _LR_ARGS = ("eta", "gamma", "width", "depth", "parametrization", "optimizer", "lr_rule")
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """Configurations that train as one Ray trial: their keys and points (dicts of the axis values)."""
-
-    bundle_id: str
-    keys: tuple[str, ...]
-    points: tuple[Mapping[str, Any], ...]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What every trial needs: the sweep name, the experiment (as a flat dict) and the bundles by id."""
-
-    sweep: str
-    experiment: Mapping[str, Any]
-    bundles: Mapping[str, Bundle]
-    cpus_per_trial: float = 1.0
-    version: str = ""
 
 
 def trial_row(
     plan: Plan, bundle: Bundle, index: int, *, status: str, dataset: str, report=None, member: int | None = None,
     diverged_step: int | None = None, error: str | None = None, wall_time_s: float = 0.0, placement: Mapping = {},
 ) -> dict:
-    """The trials row of bundle member ``index`` (``report`` is its last report, ``member`` its slot in it)."""
+    """The trials row of bundle member ``index`` (``report`` is its last report, ``member`` its slot in it): the
+    one place a row is built (:func:`failed_row` too)."""
     p = bundle.points[index]
     lrs = learning_rates(**{k: p[k] for k in _LR_ARGS})
+    exp = plan.experiment
     row = {
         "config_key": bundle.keys[index],
-        "family": plan.experiment["family"],
+        "family": exp.family,
         "dataset": dataset,
         **{k: p[k] for k in ("parametrization", "optimizer", "lr_rule", "loss")},
-        "loss_convention": plan.experiment.get("mse_convention", "half_sum") if p["loss"] == "mse" else "mean",
+        "loss_convention": exp.mse_convention if p["loss"] == "mse" else "mean",
         **{k: p[k] for k in ("batch_size", "eta", "width", "depth", "gamma", "seed")},
-        **({"batch_size": None} if p["batch_size"] == "auto" else {}),  # unresolved: the config could not fit
-        "temperature": temperature(p["eta"], p["batch_size"]) if p["batch_size"] != "auto" else None,
+        **({"batch_size": None} if p["batch_size"] == AUTO else {}),  # unresolved: the config could not fit
+        "temperature": temperature(p["eta"], p["batch_size"]) if p["batch_size"] != AUTO else None,
         "lr_effective": lrs.effective,
         "lr_hidden": lrs.hidden,
         "status": status,
         "diverged_step": diverged_step,
         "error": error,
         "wall_time_s": wall_time_s,
-        "dtype": plan.experiment.get("dtype", "float32"),
+        "dtype": exp.dtype,
         "bundle_id": bundle.bundle_id,
         "n_bundle_members": len(bundle.points),
         "raysweep_version": plan.version,
@@ -97,6 +79,15 @@ def trial_row(
     return row
 
 
+def failed_row(plan: Plan, bundle: Bundle, index: int, error: str, provisional: Mapping | None = None) -> dict:
+    """The ``failed`` row of bundle member ``index`` that the driver lands (a lost worker, a config that cannot
+    fit): its ``provisional`` row (the last report's, with its metrics) when the trial sent one, else a row without
+    a report (dataset: the family's name)."""
+    if provisional is not None:
+        return {**provisional, "status": "failed", "error": error}
+    return trial_row(plan, bundle, index, status="failed", dataset=plan.experiment.family, error=error)
+
+
 def curve_row(report, member: int) -> dict:
     noise = report.noise_scale is not None  # experiment.grad_noise_scale on: the metric's three columns
     return {
@@ -115,19 +106,19 @@ def curve_row(report, member: int) -> dict:
 
 
 @functools.lru_cache(maxsize=4)
-def _task(experiment_json: str, device: str, dtype: str):
+def _task(experiment: Experiment, device: str):
     """Data sets are built once per worker process and reused by the trials it runs."""
     import torch
 
     from raysweep.data import build_task
 
-    return build_task(json.loads(experiment_json), device=device, dtype=getattr(torch, dtype))
+    return build_task(experiment.as_dict(), device=device, dtype=getattr(torch, experiment.dtype))
 
 
-def _device(experiment: Mapping[str, Any]) -> str:
+def _device(experiment: Experiment) -> str:
     import torch
 
-    wanted = experiment.get("device", "auto")
+    wanted = experiment.device
     if wanted == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return wanted
@@ -145,7 +136,7 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
     open_members = set(range(len(bundle.points)))
     last: dict[int, tuple[Any, int]] = {}
     curves: dict[int, list[dict]] = {i: [] for i in open_members}
-    dataset = exp["family"]
+    dataset = exp.family
 
     def emit(step: int, terminal: list[dict], best: float | None, single: dict | None = None) -> None:
         metrics = {"step": step, "n_running": len(open_members), "terminal": terminal}
@@ -161,7 +152,7 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
             from raysweep.autobatch.guard import apply_malloc_policy
 
             apply_malloc_policy()
-        task = _task(json.dumps(dict(exp), sort_keys=True), device, exp.get("dtype", "float32"))
+        task = _task(exp, device)
         dataset = task.dataset
         for report in train_bundle(task, exp, list(bundle.points), device=device):
             terminal = []

@@ -19,7 +19,9 @@ from raysweep.autobatch.config import MODES, AutobatchConfig
 from raysweep.autobatch.device import DeviceInfo, cpu_device_info
 from raysweep.autobatch.memory import MemoryModel
 from raysweep.autobatch.probe import ProbeRequest, fit_model, floor_batch
-from raysweep.autobatch.sizing import f0_pass_size, family_shape, n_eval
+from raysweep.autobatch.sizing import f0_pass_size
+from raysweep.families import n_eval
+from raysweep.families import shape as family_shape
 from raysweep.errors import RaysweepError
 
 

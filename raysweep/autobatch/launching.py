@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-AUTO = "auto"
+from raysweep.plan import Bundle, bundle_id
+from raysweep.space import AUTO
 
 
 def has_real_gpus(cluster_resources: Mapping[str, float]) -> bool:
@@ -35,7 +36,7 @@ def size_plan(spec, plan, sweep_dir, *, log: Callable[[str], None] = print) -> t
     """
     from raysweep.autobatch.host import probe_and_fit
     from raysweep.autobatch.sizing import plan_resources, raise_if_infeasible
-    from raysweep.trial import Bundle, trial_row
+    from raysweep.trial import failed_row
 
     model = probe_and_fit(spec, config=spec.autobatch, storage=sweep_dir, log=log)
     plan = split_bundles(plan, model, spec.autobatch, log=log)
@@ -46,8 +47,7 @@ def size_plan(spec, plan, sweep_dir, *, log: Callable[[str], None] = print) -> t
     for bad in sized["infeasible"]:
         bundle = plan.bundles[bad["id"]]
         for i in range(len(bundle.points)):
-            failed.append(trial_row(plan, bundle, i, status="failed", dataset=plan.experiment["family"],
-                                    error=f"infeasible: {bad['reason']}"))
+            failed.append(failed_row(plan, bundle, i, f"infeasible: {bad['reason']}"))
     bundles = {}
     for bid, bundle in plan.bundles.items():
         if bid not in sized["resources"]:  # infeasible (a swept batch size that cannot fit has a batch_size entry)
@@ -66,8 +66,6 @@ def split_bundles(plan, model, config, *, log: Callable[[str], None] = print):
     consecutive bundles that fit (:func:`raysweep.autobatch.sizing.split_to_fit`); the others are kept as they
     are (same ids)."""
     from raysweep.autobatch.sizing import split_to_fit
-    from raysweep.plan import bundle_id
-    from raysweep.trial import Bundle
 
     usable = model.usable_bytes(config.target_memory_fraction)
     bundles, n_split = {}, 0

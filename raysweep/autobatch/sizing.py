@@ -11,7 +11,7 @@ A trial (a bundle of K members at batch size B) needs, in bytes::
 whole training set when that cache is small enough, in one no-grad forward); both are left out when the model has
 no eval fit. ``data`` (:func:`data_bytes`) is the task's tensors on the trial's device:
 training set (or one online block per data stream), eval set and the cached ``f(x; theta_0)``; exact from the
-spec for synthetic families, an upper bound for file data sets (60,000 MNIST / 1,000,000 MNIST-1M samples).
+spec for synthetic families, an upper bound for file data sets (the registry's, :mod:`raysweep.families`).
 ``noise`` (:func:`noise_bytes`) is 0 unless ``experiment.grad_noise_scale`` is on.
 
 - CUDA: ``gpu = need / usable``, rounded *up* to a multiple of 0.01, where ``usable = target_memory_fraction *
@@ -29,15 +29,17 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from raysweep import families
 from raysweep.autobatch.config import AutobatchConfig
 from raysweep.autobatch.memory import ITEMSIZE, MemoryModel
 from raysweep.autobatch.search import SearchResult, largest_under_budget
-from raysweep.errors import NothingFitsError, RaysweepError
+from raysweep.errors import NoCachedModelError, NothingFitsError, RaysweepError
+from raysweep.families import n_eval
+from raysweep.space import AUTO, Experiment, config_key, grad_noise_option, setting
 
 SHARE_GRID = 0.01
 F0_CACHE_BYTES = 256 * 2**20  # as raysweep.train: f(x; theta_0) of the training set is cached up to this size
-FILE_TRAIN_SAMPLES = {"digits": 1797, "mnist": 60_000, "mnist1m": 1_000_000}  # upper bounds
-CLASSIFICATION_SHAPES = {"digits": (64, 10), "mnist": (784, 10), "mnist1m": (784, 10), "mnist1m_sampled": (784, 10)}
+ExperimentLike = Experiment | Mapping[str, Any]  # the typed Experiment, or a flat experiment mapping
 
 
 def gpu_share(need_bytes: float, usable_bytes: float, *, grid: float = SHARE_GRID) -> float:
@@ -61,49 +63,28 @@ def max_concurrent_per_gpu(shares: Sequence[float] | float) -> int:
     return n
 
 
-def family_shape(experiment: Mapping[str, Any]) -> tuple[int, int]:
-    """``(dim, n_out)`` of the experiment's task, from the spec alone (no data is read)."""
-    family = experiment["family"]
-    if family in CLASSIFICATION_SHAPES:
-        return CLASSIFICATION_SHAPES[family]
-    return int(experiment["dim"]), 1
+def _n_train(experiment: ExperimentLike, batch_size: int) -> tuple[int, bool]:
+    """Training samples on the device (an online block holds at least one batch) and whether they are online."""
+    n, online = families.n_train(experiment), families.is_online(experiment)
+    return (max(n, batch_size) if online else n), online
 
 
-def n_eval(experiment: Mapping[str, Any]) -> int:
-    """Eval set size: ``eval_samples`` (synthetic), else the test split capped at ``eval_samples`` / 10,000."""
-    family, cap = experiment["family"], experiment.get("eval_samples")
-    if family in ("poly_online", "poly_fixed", "mlp_teacher"):
-        return int(cap)
-    full = math.ceil(1797 * experiment.get("test_fraction", 0.2)) if family == "digits" else 10_000
-    return min(full, int(cap)) if cap else full
-
-
-def _n_train(experiment: Mapping[str, Any], batch_size: int) -> tuple[int, bool]:
-    family = experiment["family"]
-    online = family == "poly_online" or (family == "mlp_teacher" and experiment.get("online", True))
-    if online:
-        return max(int(experiment["n_train"]), batch_size), True
-    if family == "mnist1m_sampled":
-        return int(experiment["max_train_samples"]), False
-    return int(experiment.get("n_train") or FILE_TRAIN_SAMPLES[family]), False
-
-
-def f0_pass_size(experiment: Mapping[str, Any], *, n_members: int = 1, batch_size: int = 1) -> int:
+def f0_pass_size(experiment: ExperimentLike, *, n_members: int = 1, batch_size: int = 1) -> int:
     """Samples in the trainer's one-shot ``f(x; theta_0)`` forward: the online block, or the training set when its
     cache fits :data:`F0_CACHE_BYTES` (else 0: f0 is computed per batch, inside the measured step)."""
     n_train, online = _n_train(experiment, batch_size)
     if online:
         return n_train
-    n_out = family_shape(experiment)[1]
-    cached = n_members * n_train * n_out * ITEMSIZE[experiment.get("dtype", "float32")] <= F0_CACHE_BYTES
+    n_out = families.shape(experiment)[1]
+    cached = n_members * n_train * n_out * ITEMSIZE[setting(experiment, "dtype")] <= F0_CACHE_BYTES
     return n_train if cached else 0
 
 
-def data_bytes(experiment: Mapping[str, Any], *, n_members: int = 1, batch_size: int = 1, n_streams: int = 1) -> int:
+def data_bytes(experiment: ExperimentLike, *, n_members: int = 1, batch_size: int = 1, n_streams: int = 1) -> int:
     """The task's tensors on a trial's device (see the module docstring); ``n_streams`` = distinct seeds."""
-    s = ITEMSIZE[experiment.get("dtype", "float32")]
-    dim, n_out = family_shape(experiment)
-    classification = experiment["family"] in CLASSIFICATION_SHAPES
+    s = ITEMSIZE[setting(experiment, "dtype")]
+    dim, n_out = families.shape(experiment)
+    classification = families.get(setting(experiment, "family")).kind == "classification"
     per_sample = dim * s + (8 + n_out * s if classification else n_out * s)  # labels (+ one-hot targets)
     n_train, online = _n_train(experiment, batch_size)
     train = (n_streams if online else 1) * n_train * per_sample
@@ -114,25 +95,24 @@ def data_bytes(experiment: Mapping[str, Any], *, n_members: int = 1, batch_size:
     return int(train + f0 + ne * per_sample + n_members * ne * n_out * s)
 
 
-def noise_bytes(experiment: Mapping[str, Any], width: int, depth: int, batch_size: int, *,
+def noise_bytes(experiment: ExperimentLike, width: int, depth: int, batch_size: int, *,
                 n_members: int = 1, n_streams: int = 1) -> tuple[int, int]:
     """``(chunk size b, bytes)`` the gradient-noise-scale metric adds at a report: the noise batch of every stream
     (``m b`` inputs, targets and ``f(x; theta_0)``) and two copies of the members' weight gradients (the chunk
     gradient and the running sum). Its gradient steps on ``b`` samples are a training step's activations."""
     from raysweep.autobatch.memory import n_params
-    from raysweep.space import grad_noise_option
 
-    option = grad_noise_option(experiment["grad_noise_scale"])
+    option = grad_noise_option(setting(experiment, "grad_noise_scale"))
     chunk = int(option["batch_size"] or batch_size)
-    s = ITEMSIZE[experiment.get("dtype", "float32")]
-    dim, n_out = family_shape(experiment)
+    s = ITEMSIZE[setting(experiment, "dtype")]
+    dim, n_out = families.shape(experiment)
     samples = n_streams * option["batches"] * chunk * (dim + 2 * n_out) * s
     grads = 2 * n_members * n_params(dim, width, depth, n_out) * s
     return chunk, int(samples + grads)
 
 
 def trial_need(model: MemoryModel, point: Mapping[str, Any], *, n_members: int = 1, n_streams: int = 1,
-               experiment: Mapping[str, Any] | None = None, batch_size: int | None = None) -> dict:
+               experiment: ExperimentLike | None = None, batch_size: int | None = None) -> dict:
     """The bytes a trial of ``point`` (a bundle of ``n_members``) needs, with its parts."""
     b = int(point["batch_size"] if batch_size is None else batch_size)
     w, d, opt = int(point["width"]), int(point["depth"]), point["optimizer"]
@@ -147,7 +127,7 @@ def trial_need(model: MemoryModel, point: Mapping[str, Any], *, n_members: int =
             parts["f0"] = val(n_f0)
     data = data_bytes(experiment, n_members=n_members, batch_size=b, n_streams=n_streams) if experiment else 0
     noise = 0
-    if experiment and experiment.get("grad_noise_scale") not in (None, False):
+    if experiment and setting(experiment, "grad_noise_scale") not in (None, False):
         chunk, noise = noise_bytes(experiment, w, d, b, n_members=n_members, n_streams=n_streams)
         if chunk > b:  # a noise chunk larger than the training batch: its step, not the training one, peaks
             parts["noise"] = model.predict(w, d, chunk, optimizer=opt, n_members=n_members, mode="train",
@@ -158,7 +138,7 @@ def trial_need(model: MemoryModel, point: Mapping[str, Any], *, n_members: int =
 
 
 def auto_batch_size(model: MemoryModel, point: Mapping[str, Any], config: AutobatchConfig, *, n_members: int = 1,
-                    n_streams: int = 1, experiment: Mapping[str, Any] | None = None,
+                    n_streams: int = 1, experiment: ExperimentLike | None = None,
                     mode: str = "train") -> SearchResult:
     """``batch_size: auto``: the largest grid batch size whose need fits ``target_memory_fraction * available``.
 
@@ -184,7 +164,7 @@ def auto_batch_size(model: MemoryModel, point: Mapping[str, Any], config: Autoba
 
 
 def split_to_fit(model: MemoryModel, points: Sequence[Mapping[str, Any]], usable: float, *,
-                 experiment: Mapping[str, Any] | None, min_batch_size: int = 1) -> list[list[Mapping[str, Any]]]:
+                 experiment: ExperimentLike | None, min_batch_size: int = 1) -> list[list[Mapping[str, Any]]]:
     """Consecutive chunks of a bundle's ``points`` whose need (:func:`trial_need`, members and data streams
     counted) fits ``usable``: the memory bound on the bundle size. Greedy in the bundle's order. When one member
     cannot fit even alone the bundle is kept whole (sizing reports it infeasible; splitting would not help: the
@@ -193,7 +173,7 @@ def split_to_fit(model: MemoryModel, points: Sequence[Mapping[str, Any]], usable
 
     def need(chunk: list[Mapping[str, Any]]) -> int:
         p = chunk[0]
-        batch = min_batch_size if p["batch_size"] == "auto" else int(p["batch_size"])
+        batch = min_batch_size if p["batch_size"] == AUTO else int(p["batch_size"])
         return trial_need(model, p, n_members=len(chunk), n_streams=len({q.get("seed") for q in chunk}),
                           experiment=experiment, batch_size=batch)["need_bytes"]
 
@@ -209,8 +189,6 @@ def split_to_fit(model: MemoryModel, points: Sequence[Mapping[str, Any]], usable
 
 
 def _items(spec, bundles_or_points) -> list[tuple[str, list[Mapping[str, Any]]]]:
-    from raysweep.space import config_key
-
     experiment = spec.experiment.as_dict()
     out = []
     for item in bundles_or_points:
@@ -238,13 +216,13 @@ def plan_resources(spec, bundles_or_points, *, device_info, model: MemoryModel |
 
         model = ModelCache(storage).lookup(cache_key(request_from_spec(spec, config), device_info))
     if model is None:
-        raise RaysweepError(f"no memory model of sweep {spec.name} on {device_info.name}: run "
-                            "raysweep.autobatch.probe_and_fit(spec, storage=...) first")
+        raise NoCachedModelError(f"no memory model of sweep {spec.name} on {device_info.name}: run "
+                                 "raysweep.autobatch.probe_and_fit(spec, storage=...) first")
     if (model.device.kind, model.device.name, model.device.total_bytes) != (
             device_info.kind, device_info.name, device_info.total_bytes):
         raise RaysweepError(f"the memory model was measured on {model.device.name} ({model.device.kind}), "
                             f"not on {device_info.name} ({device_info.kind}): probe this device")
-    experiment = spec.experiment.as_dict()
+    experiment = spec.experiment
     usable = model.usable_bytes(config.target_memory_fraction)
     cpus = spec.resources.cpus_per_trial
     plan = {"label": model.label, "device": model.device.to_dict(), "usable_bytes": usable,
@@ -255,9 +233,9 @@ def plan_resources(spec, bundles_or_points, *, device_info, model: MemoryModel |
         n_streams = len({q.get("seed") for q in points})
         try:
             batch = (auto_batch_size(model, p, config, n_members=k, n_streams=n_streams, experiment=experiment)
-                     .batch_size if p["batch_size"] == "auto" else int(p["batch_size"]))
+                     .batch_size if p["batch_size"] == AUTO else int(p["batch_size"]))
         except NothingFitsError as exc:
-            plan["infeasible"].append({"id": ident, **_shape(p, k), "batch_size": "auto", "reason": str(exc),
+            plan["infeasible"].append({"id": ident, **_shape(p, k), "batch_size": AUTO, "reason": str(exc),
                                        "usable_bytes": usable})
             continue
         need = trial_need(model, p, n_members=k, n_streams=n_streams, experiment=experiment, batch_size=batch)

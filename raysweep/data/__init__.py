@@ -1,6 +1,8 @@
 """The data of every experiment family, as one `Task` per trial. Pure: torch/numpy/sklearn, no Ray, no writes.
 
-Families (``experiment.family``), their own keys with defaults, and the ``dataset`` label they record:
+Each family's keys, defaults, shapes and builder live in :mod:`raysweep.families` (the registry); the builders
+here read their defaults from it. Families (``experiment.family``), their own keys with defaults, and the
+``dataset`` label they record:
 
 ==================  ==========================================================================  =========================
 family              keys (default)                                                               dataset label
@@ -30,56 +32,15 @@ from typing import Any
 
 import torch
 
+from raysweep import families
 from raysweep.data._base import Task, derive_seed, eval_indices, stratified_choice
-from raysweep.data.digits import DEFAULT_TEST_FRACTION, build_digits
-from raysweep.data.mnist import Arrays, build_mnist, build_mnist1m, clear_cache, load_mnist, load_mnist1m
-from raysweep.data.mnist import check_source as check_mnist_source
-from raysweep.data.synthetic import MLP_DEFAULTS, POLY_DEFAULTS, build_mlp_teacher, build_poly
+from raysweep.data.mnist import Arrays, clear_cache, load_mnist, load_mnist1m
 from raysweep.errors import DataError
 
-FAMILIES: tuple[str, ...] = (
-    "poly_online", "poly_fixed", "mlp_teacher", "digits", "mnist", "mnist1m", "mnist1m_sampled",
-)
-
-COMMON_KEYS: frozenset[str] = frozenset({
-    "family", "steps", "epochs", "report_every", "eval_samples", "mse_convention", "dtype", "divergence_factor",
-    "data_seed", "device", "grad_noise_scale",
-})
-
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "poly_online": dict(POLY_DEFAULTS[True]),
-    "poly_fixed": dict(POLY_DEFAULTS[False]),
-    "mlp_teacher": dict(MLP_DEFAULTS),
-    "digits": {"test_fraction": DEFAULT_TEST_FRACTION},
-    "mnist": {},
-    "mnist1m": {},
-    "mnist1m_sampled": {},
-}
-
-FAMILY_REQUIRED: dict[str, frozenset[str]] = {
-    "mnist": frozenset({"path"}),
-    "mnist1m": frozenset({"path"}),
-    "mnist1m_sampled": frozenset({"path", "max_train_samples"}),
-}
-
-FAMILY_KEYS: dict[str, frozenset[str]] = {
-    family: frozenset(FAMILY_DEFAULTS[family]) | FAMILY_REQUIRED.get(family, frozenset()) for family in FAMILIES
-}
-
-DEFAULT_EVAL_SAMPLES: dict[str, int | None] = {
-    "poly_online": 2048, "poly_fixed": 2048, "mlp_teacher": 2048, "digits": None,
-    "mnist": 10_000, "mnist1m": 10_000, "mnist1m_sampled": 10_000,
-}
-
-_BUILDERS = {
-    "poly_online": lambda e, **kw: build_poly(e, online=True, **kw),
-    "poly_fixed": lambda e, **kw: build_poly(e, online=False, **kw),
-    "mlp_teacher": build_mlp_teacher,
-    "digits": build_digits,
-    "mnist": build_mnist,
-    "mnist1m": lambda e, **kw: build_mnist1m(e, sampled=False, **kw),
-    "mnist1m_sampled": lambda e, **kw: build_mnist1m(e, sampled=True, **kw),
-}
+# Views of the registry (raysweep.families): the family names, each family's keys with a default, and all its keys.
+FAMILIES: tuple[str, ...] = families.FAMILIES
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {name: fam.defaults for name, fam in families.REGISTRY.items()}
+FAMILY_KEYS: dict[str, frozenset[str]] = {name: frozenset(fam.keys) for name, fam in families.REGISTRY.items()}
 
 
 def build_task(experiment: Mapping[str, Any], *, device: torch.device | str = "cpu",
@@ -93,7 +54,7 @@ def build_task(experiment: Mapping[str, Any], *, device: torch.device | str = "c
     if not isinstance(experiment, Mapping):
         raise DataError(f"experiment: must be a mapping with a 'family' key, got {type(experiment).__name__}")
     family = experiment.get("family")
-    if family not in _BUILDERS:
+    if not isinstance(family, str) or family not in families.REGISTRY:
         raise DataError(f"experiment.family: must be one of {FAMILIES}, got {family!r}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise DataError(f"dtype: must be a floating torch.dtype, got {dtype!r}")
@@ -101,16 +62,17 @@ def build_task(experiment: Mapping[str, Any], *, device: torch.device | str = "c
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise DataError(f"device: not a torch device: {device!r}") from exc
-    return _BUILDERS[family](experiment, device=device, dtype=dtype)
+    return families.get(family).build(experiment, device=device, dtype=dtype)
 
 
 def check_source(experiment: Mapping[str, Any]) -> None:
     """Check the local files an experiment reads (MNIST families: exists, readable, the right arrays and shapes,
     ``max_train_samples`` within the training set) without decoding them; DataError naming the file. Families with
-    no file pass. The launcher calls it before Ray starts, so a bad path never lands a row."""
+    no file (and unknown families, which `build_task` refuses) pass. The launcher calls it before Ray starts, so a
+    bad path never lands a row."""
     family = experiment.get("family")
-    if family in ("mnist", "mnist1m", "mnist1m_sampled"):
-        check_mnist_source(family, experiment["path"], experiment.get("max_train_samples"))
+    if isinstance(family, str) and family in families.REGISTRY:
+        families.get(family).check_files(experiment)
 
 
 def __getattr__(name: str):
@@ -124,7 +86,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "COMMON_KEYS", "DEFAULT_EVAL_SAMPLES", "FAMILIES", "FAMILY_DEFAULTS", "FAMILY_KEYS", "FAMILY_REQUIRED",
+    "FAMILIES", "FAMILY_DEFAULTS", "FAMILY_KEYS",
     "Arrays", "DataError", "Task", "build_task", "check_source", "clear_cache", "convert_mnist1m", "derive_seed",
     "eval_indices",
     "load_mnist", "load_mnist1m", "stratified_choice",

@@ -8,10 +8,9 @@ import math
 import numpy as np
 import torch
 
+from raysweep import families
 from raysweep.data._base import Options, Task, derive_seed, eval_indices, stratified_choice, to_tensor_labels, \
     to_tensor_x
-
-DEFAULT_TEST_FRACTION = 0.2
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,14 +34,16 @@ def build_digits(experiment, *, device="cpu", dtype=torch.float32) -> Task:
     """
     opts = Options(experiment, "digits")
     seed = opts.seed()
-    fraction = opts.float("test_fraction", DEFAULT_TEST_FRACTION, open_min=True, max_value=1.0, open_max=True)
-    n_eval = opts.optional_int("eval_samples", None)
+    family = families.get("digits")
+    default_fraction = family.defaults["test_fraction"]
+    fraction = opts.float("test_fraction", default_fraction, open_min=True, max_value=1.0, open_max=True)
+    n_eval = opts.optional_int("eval_samples", family.eval_default)
     x, y = _load()
     n_test = min(max(math.ceil(fraction * len(y)), 1), len(y) - 1)
     test = stratified_choice(y, n_test, derive_seed(seed, "split"))
     train = np.setdiff1d(np.arange(len(y)), test)
     ev = test[eval_indices(y[test], n_eval, seed)]
-    label = "digits" if fraction == DEFAULT_TEST_FRACTION else f"digits(test_fraction={fraction:g})"
+    label = "digits" if fraction == default_fraction else f"digits(test_fraction={fraction:g})"
     return Task(
         dataset=label, kind="classification", dim=x.shape[1], n_out=10,
         x_eval=to_tensor_x(x[ev], device, dtype), y_eval=to_tensor_labels(y[ev], device),

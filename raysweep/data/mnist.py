@@ -21,12 +21,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from raysweep import families
 from raysweep.data._base import Options, Task, derive_seed, eval_indices, stratified_choice, to_tensor_labels, \
     to_tensor_x
 from raysweep.errors import DataError
 
 N_PIXELS = 784
-DEFAULT_EVAL_SAMPLES = 10_000
 CACHE_SIZE = 4
 IDX_FILES = {  # key -> (standard name, IDX ndim)
     "x_train": ("train-images-idx3-ubyte", 3),
@@ -179,6 +179,11 @@ def load_mnist1m(path: str | Path, family: str = "mnist1m") -> Arrays:
 
 
 # ------------------------------------------------------------------------------------- checked on the driver
+def check_experiment_source(experiment) -> int:
+    """:func:`check_source` of a flat experiment mapping (``family``, ``path``, ``max_train_samples``)."""
+    return check_source(experiment["family"], experiment["path"], experiment.get("max_train_samples"))
+
+
 def check_source(family: str, path: str | Path, max_train_samples: int | None = None) -> int:
     """Check the files of an MNIST family without decoding the images (what the launcher does before any trial
     starts): the file or folder exists and is readable, holds the four arrays with matching ``[n, 28, 28]`` /
@@ -275,7 +280,7 @@ def _check_shapes(family: str, source: Path, shapes: dict, labels: dict, layout:
 
 
 def _task(label: str, arrays: Arrays, train: np.ndarray | None, opts: Options, seed: int, device, dtype) -> Task:
-    n_eval = opts.optional_int("eval_samples", DEFAULT_EVAL_SAMPLES)
+    n_eval = opts.optional_int("eval_samples", families.get(opts.family).eval_default)
     ev = eval_indices(arrays.y_test, n_eval, seed)
     x_train, y_train = (arrays.x_train, arrays.y_train) if train is None else (
         arrays.x_train[train], arrays.y_train[train])

@@ -16,21 +16,12 @@ from typing import Any
 
 import torch
 
-from raysweep import model
+from raysweep import families, model
 from raysweep.data._base import Options, Task, derive_seed, generator
 from raysweep.errors import DataError
 
 N_PROBE = 8192  # samples of the probe set that fixes the MLP teacher's output scale
 
-POLY_DEFAULTS: dict[bool, dict[str, Any]] = {  # keyed by online
-    True: {"dim": 32, "n_train": 4096, "degree": 2, "noise": 0.0},
-    False: {"dim": 32, "n_train": 1024, "degree": 2, "noise": 0.0},
-}
-MLP_DEFAULTS: dict[str, Any] = {
-    "dim": 32, "n_train": 4096, "noise": 0.0, "teacher_width": 64, "teacher_depth": 2, "teacher_gamma": 1.0,
-    "teacher_parametrization": "muP", "teacher_normalize": True, "online": True,
-}
-DEFAULT_EVAL_SAMPLES = 2048
 
 
 @dataclass(frozen=True)
@@ -67,7 +58,7 @@ class MLPSampler:
 
 def _build(family: str, label: str, sampler: PolySampler | MLPSampler, teacher: Any, opts: Options,
            seed: int, n_train: int, online: bool, device, dtype) -> Task:
-    n_eval = opts.optional_int("eval_samples", DEFAULT_EVAL_SAMPLES)
+    n_eval = opts.optional_int("eval_samples", families.get(family).eval_default)
     x_eval, y_eval = sampler(generator(seed, "eval"), n_eval)
     train = {}
     if online:
@@ -94,7 +85,7 @@ def build_poly(experiment, *, online: bool, device="cpu", dtype=torch.float32) -
     family = "poly_online" if online else "poly_fixed"
     opts = Options(experiment, family)
     seed = opts.seed()
-    d = POLY_DEFAULTS[online]
+    d = families.get(family).defaults
     dim = opts.int("dim", d["dim"])
     n_train = opts.int("n_train", d["n_train"])
     degree = opts.int("degree", d["degree"])
@@ -123,7 +114,7 @@ def build_mlp_teacher(experiment, *, device="cpu", dtype=torch.float32) -> Task:
     """
     opts = Options(experiment, "mlp_teacher")
     seed = opts.seed()
-    d = MLP_DEFAULTS
+    d = families.get("mlp_teacher").defaults
     dim = opts.int("dim", d["dim"])
     n_train = opts.int("n_train", d["n_train"])
     noise = opts.float("noise", d["noise"])

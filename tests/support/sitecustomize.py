@@ -16,15 +16,16 @@ _ray_worker = "default_worker" in (sys.argv[0] if sys.argv else "")  # only Ray'
 if _log_dir and _ray_worker:
     try:
         import raysweep.train as _train
+        from raysweep.space import setting as _setting  # the typed Experiment or a flat mapping
 
         _original = _train.train_bundle
 
         def _logged(task, experiment, points, **kwargs):
             with open(os.path.join(_log_dir, f"exec-{os.getpid()}.jsonl"), "a") as fh:
                 for p in points:
-                    fh.write(json.dumps({"t": time.time(), "dim": experiment.get("dim"), "steps": experiment.get("steps"),
-                                         **{k: p[k] for k in sorted(p)}}) + "\n")
-            fault = os.path.join(_log_dir, f"fault-{experiment.get('dim')}-{points[0]['batch_size']}")
+                    fh.write(json.dumps({"t": time.time(), "dim": _setting(experiment, "dim"),
+                                         "steps": _setting(experiment, "steps"), **{k: p[k] for k in sorted(p)}}) + "\n")
+            fault = os.path.join(_log_dir, f"fault-{_setting(experiment, 'dim')}-{points[0]['batch_size']}")
             try:
                 os.remove(fault)
             except OSError:

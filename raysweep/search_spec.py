@@ -1,7 +1,7 @@
 """The ``search:`` section of a search space: which configurations run, in what order, and what may stop them.
 
-Private to ``raysweep.space`` (it re-exports :class:`Search` and :class:`Scheduler`); stdlib only, like
-``_spec_fields``, so a spec validates without Ray, Optuna or torch. What each algorithm does at run time lives
+Read by ``raysweep.space`` (it re-exports :class:`Search` and :class:`Scheduler`); stdlib only, like
+``raysweep.fields``, so a spec validates without Ray, Optuna or torch. What each algorithm does at run time lives
 in :mod:`raysweep.search`.
 
 Algorithms (``search.algorithm``):
@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from raysweep import _spec_fields as f
+from raysweep import fields as f
 
 ALGORITHMS = ("grid", "random", "optuna", "eta_stability_depth", "eta_decades_below_stable")
 GUIDED = ("optuna", "eta_stability_depth", "eta_decades_below_stable")

@@ -1,8 +1,9 @@
 """How one field of a search space is read: typed coercion, axis range forms, YAML I/O, and error wording.
 
-Private helpers of ``raysweep.space``. Every check raises :class:`FieldError` (a :class:`SpecError`) that knows
-the field's path, e.g. ``space.eta[0]``; ``raysweep.space`` adds the source file when it re-raises. Stdlib and
-PyYAML only: the launcher validates a spec without importing Ray or torch.
+Helpers of the spec parser (``raysweep.space``, ``raysweep.search_spec``, ``raysweep.families``). Every check
+raises :class:`FieldError` (a :class:`SpecError`) that knows the field's path, e.g. ``space.eta[0]``;
+``raysweep.space`` adds the source file when it re-raises. Stdlib and PyYAML only: the launcher validates a spec
+without importing Ray or torch.
 """
 
 from __future__ import annotations
