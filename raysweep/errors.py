@@ -29,6 +29,17 @@ class SpecError(RaysweepError, ValueError):
     ``space.eta[0]: must be > 0, got 0.0 (search_spaces/quickstart.yaml)``."""
 
 
+class FieldError(SpecError):
+    """A SpecError that knows its field path; ``at(source)`` gives the user-facing error with the file name."""
+
+    def __init__(self, path: str, text: str):
+        self.path, self.text = path, text
+        super().__init__(f"{path}: {text}")
+
+    def at(self, source: str) -> SpecError:
+        return SpecError(f"{self.path}: {self.text} ({source})")
+
+
 class StorageError(RaysweepError, ValueError):
     """``--storage`` cannot be used as asked; the message says why and how to fix it."""
 

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from raysweep import limits
-from raysweep.errors import SpecError, shown
+from raysweep.errors import FieldError, SpecError, shown
 
 # A range form may not expand to more values than this: a typo such as pow2: [0, 1000000] must fail, not hang.
 MAX_AXIS_VALUES = 100_000
@@ -40,17 +40,6 @@ class Marker:
 
 
 NOTHING = Marker("nothing")  # what a missing key "got"
-
-
-class FieldError(SpecError):
-    """A SpecError that knows its field path; ``at(source)`` gives the user-facing error with the file name."""
-
-    def __init__(self, path: str, text: str):
-        self.path, self.text = path, text
-        super().__init__(f"{path}: {text}")
-
-    def at(self, source: str) -> SpecError:
-        return SpecError(f"{self.path}: {self.text} ({source})")
 
 
 def show(value: Any) -> str:
