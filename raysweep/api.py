@@ -248,8 +248,8 @@ def _run(spec, options: RunOptions, stop) -> Summary:
         rows = read_table(sweep, exclude=skip).select(["config_key", "status", "error"]).to_pylist()
         done = {r["config_key"] for r in rows if not (retry and retryable(r))}
         plan, n_done = build_plan(planned_spec(spec), done)  # guided searches and schedulers: one trial per config
-        lines = [describe_search(spec, describe(planned_spec(spec), plan, n_done, cuda=driver.cuda_available(),
-                                                storage=sweep.local_dir)),
+        cuda = _may_use_gpus(spec) and driver.cuda_available()  # else torch stays unimported
+        lines = [describe_search(spec, describe(planned_spec(spec), plan, n_done, cuda=cuda, storage=sweep.local_dir)),
                  driver.describe_storage(sweep, shared)]
         lines += [f"--quarantine: would move {name} (trials and curves) to {sweep}/quarantine/" for name in skip]
         if retry:
@@ -297,6 +297,15 @@ def _run(spec, options: RunOptions, stop) -> Summary:
             f"{c['failed']} failed, {c['pruned']} pruned){'; ' + outcome.note if outcome.note else ''}; "
             f"driver {outcome.where}")
     return Summary(**common, text=f"sweep {spec.name}: {line}; results in {sweep}")
+
+
+def _may_use_gpus(spec) -> bool:
+    """Whether the plan's resources depend on CUDA: a ``gpus_per_trial``, or autobatch sizing (a section or
+    ``batch_size: auto``) for a device that may be CUDA (:func:`raysweep.plan.describe`)."""
+    from raysweep.autobatch.launching import AUTO
+
+    sized = spec.autobatch is not None or AUTO in spec.space.batch_size
+    return bool(spec.resources.gpus_per_trial) or (sized and spec.experiment.device != "cpu")
 
 
 def _sweep_of(sweep, name: str | None) -> str:
