@@ -109,3 +109,21 @@ def test_run_returns_what_landed_and_the_readers_read_it(ray_cluster, tmp_path):
 
     again = raysweep.run(spec, options)  # exactly once: a finished sweep relaunched runs nothing
     assert (again.landed, again.rows_before) == (0, 2) and "nothing to run" in again.text
+
+
+def test_torch_build_is_read_without_importing_torch(tmp_path, monkeypatch):
+    """What the dry run's CUDA question reads: torch's version file, here as a CUDA build writes it."""
+    import importlib.machinery
+    import importlib.util
+
+    import torch
+
+    from raysweep.autobatch.device import torch_build
+
+    assert torch_build() == {"version": torch.__version__, "cuda": torch.version.cuda, "hip": torch.version.hip}
+    (tmp_path / "version.py").write_text("from typing import Optional\n__version__ = '2.5.1+cu124'\n"
+                                         "cuda: Optional[str] = '12.4'\nhip: Optional[str] = None\nx = f()\n")
+    found = importlib.machinery.ModuleSpec("torch", None, is_package=True)
+    found.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: found if name == "torch" else None)
+    assert torch_build() == {"version": "2.5.1+cu124", "cuda": "12.4", "hip": None}
