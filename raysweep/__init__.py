@@ -1,4 +1,12 @@
-"""raysweep: batch-size studies of SP/muP MLPs as Ray Tune trials, with every result in Parquet."""
+"""raysweep: batch-size studies of SP/muP MLPs as Ray Tune trials, with every result in Parquet.
+
+The Python API (:mod:`raysweep.api`) is loaded on first use, so that ``import raysweep`` stays light::
+
+    import raysweep
+
+    summary = raysweep.run("search_spaces/quickstart.yaml", raysweep.RunOptions(storage="results"))
+    trials = raysweep.read_trials(summary)
+"""
 
 from raysweep.errors import (
     CorruptFileError, DataError, InfeasibleError, NotASweepError, NothingFitsError, OptionError, RaysweepError,
@@ -6,6 +14,8 @@ from raysweep.errors import (
 )
 
 __version__ = "0.1.0"
+
+_API = ("RunOptions", "Summary", "load_spec", "read_curves", "read_trials", "run")
 
 __all__ = [
     "CorruptFileError",
@@ -15,6 +25,27 @@ __all__ = [
     "NothingFitsError",
     "OptionError",
     "RaysweepError",
+    "RunOptions",
     "SpecError",
+    "Summary",
     "__version__",
+    "load_spec",
+    "read_curves",
+    "read_trials",
+    "run",
 ]
+
+
+def __getattr__(name: str):
+    """PEP 562: the API's names, imported from :mod:`raysweep.api` when first asked for."""
+    if name in _API:
+        from raysweep import api
+
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'raysweep' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -119,7 +119,8 @@ def _read(parts: list[Location], schema: pa.Schema, table: str) -> pa.Table:
             tables.append(pq.read_table(part.path, filesystem=part.fs, schema=schema))
         except (pa.ArrowException, OSError) as exc:  # a footer that reads but data pages that do not
             raise _corrupt(part, f"not a readable Parquet file ({type(exc).__name__}: {exc})") from None
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    # (not schema.empty_table(), which imports pandas: a dry run reads the rows and stays light)
+    return pa.concat_tables(tables) if tables else pa.Table.from_batches([], schema=schema)
 
 
 def _sweep(sweep_dir: str | os.PathLike | Location) -> Location:

@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import json
 
-from raysweep import launch
+from raysweep import driver
 from tests.conftest import run_cli
 
 
 def test_placement_says_which_host_and_node_or_which_job():
-    assert launch._placement_text("10.0.0.5:6379", "laptop", False, None) == (
+    assert driver.placement_text("10.0.0.5:6379", "laptop", False, None) == (
         "attached to 10.0.0.5:6379 from host laptop (a worker node)")
-    assert launch._placement_text("10.0.0.5:6379", "head-1", True, None) == (
+    assert driver.placement_text("10.0.0.5:6379", "head-1", True, None) == (
         "attached to 10.0.0.5:6379 from host head-1 (the head node)")
     # `ray job submit` starts the entrypoint with the job's config in RAY_JOB_CONFIG_JSON_ENV_VAR (and RAY_ADDRESS)
     job = json.dumps({"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_abc"}})
-    assert launch._placement_text("10.0.0.5:6379", "head-1", True, job) == (
+    assert driver.placement_text("10.0.0.5:6379", "head-1", True, job) == (
         "on the head node as a Ray job (raysubmit_abc)")
-    assert launch._placement_text("auto", "w", False, "{}") == "on a worker node as a Ray job"
+    assert driver.placement_text("auto", "w", False, "{}") == "on a worker node as a Ray job"
 
 
 def test_ray_client_addresses_are_refused_before_ray_starts(tmp_path):

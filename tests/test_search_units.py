@@ -285,7 +285,8 @@ def test_optunasearch_gaps_that_our_searcher_closes():
 
 
 def test_median_stopping_ignores_a_diverged_trial_and_never_pauses():
-    from raysweep.search.schedulers import MedianStopping, n_brackets
+    from raysweep.search.cells import n_brackets
+    from raysweep.search.schedulers import MedianStopping
 
     rule = MedianStopping(time_attr="step", metric="train_loss", mode="min", grace_period=1, min_samples_required=1)
     rule.on_trial_complete(None, "diverged", {"step": 20})  # no metric: Ray's rule would keep it and KeyError later

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from raysweep import launch, storage
+from raysweep import driver, launch, storage
 from raysweep.results import CURVES, TRIALS, ResultsWriter, read_curves, read_trials, to_table
 from raysweep.schema import CURVES_SCHEMA
 from raysweep.space import load_spec
@@ -205,15 +205,15 @@ def test_s3_spec_is_saved_and_a_changed_experiment_refused(s3):
 
     spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml")
     sweep = storage.resolve(s3).join("spec")
-    launch.check_saved_spec(sweep, spec)  # nothing saved yet
-    launch.save_spec(sweep, spec)
+    driver.check_saved_spec(sweep, spec)  # nothing saved yet
+    driver.save_spec(sweep, spec)
     assert yaml.safe_load(sweep.join("spec.yaml").read_text())["name"] == "quickstart"
-    launch.check_saved_spec(sweep, spec)
+    driver.check_saved_spec(sweep, spec)
     import dataclasses
 
     changed = dataclasses.replace(spec, experiment=dataclasses.replace(spec.experiment, steps=301))
     with pytest.raises(SpecError, match="experiment: differs"):
-        launch.check_saved_spec(sweep, changed)
+        driver.check_saved_spec(sweep, changed)
 
 
 def test_s3_sweep_end_to_end_exactly_once(ray_cluster, s3, s3_server, tmp_path):

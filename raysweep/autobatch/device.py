@@ -61,9 +61,45 @@ class Counters(Protocol):
 
 
 def _torch_version() -> str:
-    import torch
+    version = torch_build().get("version")
+    if version:
+        return version
+    import torch  # heavy: only where torch's version file does not read
 
     return torch.__version__
+
+
+def torch_build() -> dict[str, str | None]:
+    """``{"version", "cuda", "hip"}`` of the installed torch, read from its ``torch/version.py`` without importing
+    torch (about 1 s of CPU); ``{}`` when torch is missing or the file does not read as plain assignments."""
+    import ast
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("torch")
+        folder = (spec.submodule_search_locations or [None])[0] if spec else None
+        if folder is None:
+            return {}
+        with open(os.path.join(folder, "version.py"), encoding="utf-8") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, ValueError, ImportError):
+        return {}
+    values = {}
+    for node in tree.body:  # `name = 'literal'` or `name: Optional[str] = None`
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target = node.target
+        else:
+            continue
+        if isinstance(target, ast.Name):
+            try:
+                values[target.id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    if not isinstance(values.get("__version__"), str):
+        return {}
+    return {"version": values["__version__"], "cuda": values.get("cuda"), "hip": values.get("hip")}
 
 
 def read_meminfo() -> dict[str, int]:

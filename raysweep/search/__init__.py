@@ -30,11 +30,13 @@ def planned_spec(spec):
 def describe_search(spec, plan_text: str) -> str:
     """The ``--dry-run`` text: the plan's text, and what the search mode does with it."""
     from raysweep.errors import RaysweepError
-    from raysweep.search import schedulers, studies
+    from raysweep.search.cells import describe as describe_scheduler  # not schedulers: no Ray here
 
     s = spec.search
     lines = []
     if s.algorithm == "optuna":
+        from raysweep.search import studies  # optuna: only for an Optuna search
+
         cells = studies.cell_grid(spec, _axes())
         varying = [a for a in _axes() if a not in s.optuna_axes and len(getattr(spec.space, a)) > 1]
         lines.append(f"sweep {spec.name}: Optuna search, {len(cells)} "
@@ -60,7 +62,7 @@ def describe_search(spec, plan_text: str) -> str:
                             if s.algorithm == "eta_stability_depth"
                             else f"a column stops {s.decades_below_stable:g} decades below its first stable eta")
                          + "; skipped configurations get no row (the count above is an upper bound)")
-    lines.append(schedulers.describe(spec))
+    lines.append(describe_scheduler(spec))
     if s.unfused:
         lines.append("fusion: ignored (guided searches and schedulers run one Ray trial per configuration)")
     return "\n".join(lines)
