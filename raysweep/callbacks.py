@@ -62,7 +62,8 @@ class ResultsCallback(_DriverOnly):
         self._open: dict[str, dict] = {}  # Tune trial id -> provisional row and curves of a running one-config trial
         self.landed: dict[str, dict] = {}  # Tune trial id -> the row its (one) configuration landed with
 
-    def _land(self, items, trial_id: str | None = None) -> None:
+    def land(self, items, trial_id: str | None = None) -> None:
+        """Write each terminal ``{"trial": row, "curves": [...]}`` once (a repeated row is a no-op) and count it."""
         for item in items or ():
             if self.writer.add(item["trial"], item["curves"]):
                 self.counts[item["trial"]["status"]] += 1
@@ -81,7 +82,7 @@ class ResultsCallback(_DriverOnly):
             held["curves"].append(provisional["curve"])
         if result.get("terminal"):
             self._open.pop(trial.trial_id, None)
-            self._land(result["terminal"], trial.trial_id)
+            self.land(result["terminal"], trial.trial_id)
         self.writer.maybe_flush()
 
     def settle(self, trial_id: str, config: dict, *, error: bool = False, reason: str = "",
@@ -104,10 +105,10 @@ class ResultsCallback(_DriverOnly):
                 if key in self.writer.keys:
                     continue
                 provisional, curves = (held["trial"], held["curves"]) if held is not None else (None, [])
-                self._land([{"trial": failed_row(self.plan, bundle, i, error_text, provisional), "curves": curves}],
+                self.land([{"trial": failed_row(self.plan, bundle, i, error_text, provisional), "curves": curves}],
                            trial_id)
         elif held is not None:
-            self._land([{"trial": held["trial"], "curves": held["curves"]}], trial_id)
+            self.land([{"trial": held["trial"], "curves": held["curves"]}], trial_id)
         if flush:
             self.writer.flush()
         else:

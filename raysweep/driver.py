@@ -301,7 +301,7 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
     if search.searcher is None and wants_probe(spec, ray.cluster_resources()):
         # GPU shares (or CPU memory) per bundle from the fitted memory model; `batch_size: auto` resolved
         plan, resources, failed = size_plan(spec, search.plan, writer.local_dir, log=_log(quiet))
-        results._land([{"trial": row, "curves": []} for row in failed])
+        results.land([{"trial": row, "curves": []} for row in failed])
         search.plan = results.plan = plan
         search.param_space = {"bundle": tune.grid_search(run_order(plan))}
     check_fit(resources, search.plan, quiet=quiet)
