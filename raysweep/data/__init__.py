@@ -30,12 +30,13 @@ from typing import Any
 
 import torch
 
-from raysweep.data._base import Task, derive_seed, eval_indices, stratified_choice
+from raysweep.data._base import Task, eval_indices, stratified_choice
 from raysweep.data.digits import DEFAULT_TEST_FRACTION, build_digits
 from raysweep.data.mnist import Arrays, build_mnist, build_mnist1m, clear_cache, load_mnist, load_mnist1m
 from raysweep.data.mnist import check_source as check_mnist_source
 from raysweep.data.synthetic import MLP_DEFAULTS, POLY_DEFAULTS, build_mlp_teacher, build_poly
 from raysweep.errors import DataError
+from raysweep.seeds import derive_seed
 
 FAMILIES: tuple[str, ...] = (
     "poly_online", "poly_fixed", "mlp_teacher", "digits", "mnist", "mnist1m", "mnist1m_sampled",

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import torch
 
-from raysweep.data._base import Options, Task, derive_seed, eval_indices, stratified_choice, to_tensor_labels, \
-    to_tensor_x
+from raysweep.data._base import Options, Task, eval_indices, stratified_choice, to_tensor_labels, to_tensor_x
+from raysweep.seeds import derive_seed
 
 DEFAULT_TEST_FRACTION = 0.2
 
