@@ -32,8 +32,9 @@ same with it or without it (its ops run inside the report's no-grad eval forward
 
 Gradient noise scale (``experiment.grad_noise_scale``, off by default): at every report, at the current weights,
 each member's ``grad_trace_cov`` (tr(Sigma)), ``grad_sq`` (|G|^2) and ``grad_noise_scale`` (B_simple) from a noise
-batch of ``m`` chunks of ``b`` samples (:mod:`raysweep.noise`). The noise batches come from a generator of their own per seed (:func:`noise_seed`), and
-the gradients never reach the weights or the optimizer state: turning it on changes no other number.
+batch of ``m`` chunks of ``b`` samples (:mod:`raysweep.noise`). The noise batches come from a generator of their
+own per seed (:func:`noise_seed`), and the gradients never reach the weights or the optimizer state: turning it on
+changes no other number.
 
 Pure: no Ray, no file output.
 """
