@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 INT64_MAX = 2**63 - 1
-MAX_SEED = 2**63 - 2  # 2 seed + 2 (raysweep.train.data_seed) must fit a 64-bit generator seed
+MAX_SEED = 2**63 - 2  # 2 seed + 2 (raysweep.seeds.data_seed) must fit a 64-bit generator seed
 MAX_DIM = 2**31 - 1  # BLAS matrix dimensions are 32-bit integers
 MAX_DEPTH = 1_000
 MAX_DEGREE = 16  # y = (x.w)^K with x.w ~ N(0, 1): a 6-sigma tail at K = 16 is ~3e12, its square ~1e25 (float32: 3e38)

@@ -45,15 +45,13 @@ def run_steps(request, point: dict, *, device: str = "cpu") -> None:
         dfa_coef = out_mult * df_coef
         groups = step_groups(k, member_bytes(weights, adam))
         window = []  # each step's losses stay on the device until the report, as in the trainer
-        with torch.no_grad():
-            for step in range(1, request.steps["train"] + 1):
-                x, y = batch()
-                t = forward_chunked(init, x) * out_mult  # the trainer's target: t = a f0 (+ y for MSE)
-                labels = y if loss == "xent" else None
-                if labels is None:
-                    t.add_(y)
-                window.append(bundle_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step,
-                                          groups))
+        for step in range(1, request.steps["train"] + 1):
+            x, y = batch()
+            t = forward_chunked(init, x) * out_mult  # the trainer's target: t = a f0 (+ y for MSE)
+            labels = y if loss == "xent" else None
+            if labels is None:
+                t.add_(y)
+            window.append(bundle_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step, groups))
     else:
         with torch.no_grad():
             for _ in range(request.steps["val"]):
