@@ -51,8 +51,8 @@ def n_weights(width: int, dim: int = EXPERIMENT["dim"]) -> int:
 
 
 def step_groups(k: int, width: int, optimizer: str) -> int:
-    """How many member groups a step of the trainer runs (``raysweep.train.STEP_GROUP_BYTES`` of weights each)."""
-    from raysweep.train import STEP_GROUP_BYTES
+    """How many member groups a step of the trainer runs (``raysweep.step.STEP_GROUP_BYTES`` of weights each)."""
+    from raysweep.step import STEP_GROUP_BYTES
 
     member_bytes = n_weights(width) * 4 * (1 if optimizer == "SGD" else 3)
     return math.ceil(k / max(1, STEP_GROUP_BYTES // member_bytes))
@@ -61,14 +61,14 @@ def step_groups(k: int, width: int, optimizer: str) -> int:
 @contextmanager
 def one_step_group():
     """The trainer with its step groups (sized for a CPU cache) lifted: every member in one batched step."""
-    from raysweep import train
+    from raysweep import step
 
-    saved = train.STEP_GROUP_BYTES
-    train.STEP_GROUP_BYTES = 2**62
+    saved = step.STEP_GROUP_BYTES
+    step.STEP_GROUP_BYTES = 2**62
     try:
         yield
     finally:
-        train.STEP_GROUP_BYTES = saved
+        step.STEP_GROUP_BYTES = saved
 
 
 def _window(marks: list[tuple[int, float, int]]) -> dict:
@@ -229,7 +229,7 @@ def check_trainer(s: Settings, deadline: Deadline) -> CheckResult:
         f"{s.window_s:g} s",
         "fused: raysweep.train.train_bundle, the trial's trainer; unfused: the same trainer with one configuration; "
         "plain PyTorch: _plain.plain_training (autograd, torch.optim, loss.item() every step), one configuration",
-        "step groups: the trainer steps members in groups of at most raysweep.train.STEP_GROUP_BYTES of weights "
+        "step groups: the trainer steps members in groups of at most raysweep.step.STEP_GROUP_BYTES of weights "
         "(sized for a CPU cache); 'one step group' lifts that limit",
         (f"best fused / plain: {best['fused']['member_steps_per_s'] / best['plain']['member_steps_per_s']:.1f}x "
          f"(width {best['width']}, {best['optimizer']}, K = {best['k']})" if best else "nothing measured")
@@ -425,7 +425,7 @@ def check_compile(s: Settings, deadline: Deadline) -> CheckResult:
              if (r.get("compiled") or {}).get("member_steps_per_s") and r.get("uncompiled")]
     best = max(gains, default=None)
     result.summary = [
-        "raysweep.train's step function (forward, loss, hand-written backward, update) wrapped in torch.compile "
+        "the trainer's step (raysweep.step.train_step: forward, loss, hand-written backward, update) in torch.compile "
         "(mode default; on CUDA also reduce-overhead, which records CUDA graphs), measured as in check 3 in one "
         "child process, compiled and uncompiled; compile + warm-up: seconds to the first report",
         (f"helps: {'yes' if best[0] > 1.1 else 'no'} (best {best[0]:.2f}x, mode {best[1]})" if best
@@ -444,7 +444,7 @@ def compile_child(job_path: Path) -> int:
     """The compile check's child: per mode and shape, the compiled trainer and then the uncompiled one."""
     import torch
 
-    from raysweep import train
+    from raysweep import step
     from raysweep.data import build_task
 
     job = json.loads(job_path.read_text())
@@ -452,7 +452,7 @@ def compile_child(job_path: Path) -> int:
     if kind == "cpu":
         torch.set_num_threads(1)
     task = build_task(TRAINER_EXPERIMENT, device=kind, dtype=torch.float32)
-    original, rows, every = train._step, [], {}
+    original, rows, every = step.train_step, [], {}
     for mode in job["modes"]:
         if mode == "reduce-overhead" and kind != "cuda":
             continue
@@ -466,13 +466,13 @@ def compile_child(job_path: Path) -> int:
             row["report_every"] = r = every[width, k, optimizer]
             torch._dynamo.reset()
             skips = _cudagraph_skips()
-            train._step = torch.compile(original, mode=None if mode == "default" else mode)
+            step.train_step = torch.compile(original, mode=None if mode == "default" else mode)
             try:
                 row["compiled"] = trainer_rate(task, TRAINER_EXPERIMENT, pts, kind, job["window_s"], r)
             except Exception as exc:  # noqa: BLE001 - a compiler failure is this row's result
                 row["note"] = f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             finally:
-                train._step = original
+                step.train_step = original
             after = _cudagraph_skips()
             if mode == "reduce-overhead" and after is not None and skips is not None and after > skips:
                 row["note"] = f"CUDA graphs skipped {after - skips} time(s) (torch's cudagraph_skips counter)"

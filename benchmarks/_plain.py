@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from raysweep.scaling import learning_rates
-from raysweep.train import ADAM_BETAS, ADAM_EPS, data_seed, init_seed
+from raysweep.seeds import data_seed, init_seed
+from raysweep.step import ADAM_BETAS, ADAM_EPS
 
 
 def plain_training(task, point: Mapping[str, Any], steps: int, report_every: int,

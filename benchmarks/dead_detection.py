@@ -6,7 +6,7 @@ Detection reads the hidden activations of the eval forward the trainer runs at e
 unit, an OR over pieces) and judges a few numbers per member on the host. Measured here, one thread, by process CPU
 time (the steadier clock on a shared machine), best of ``--repeats``:
 
-- the eval forward of K members on the eval set with detection (``_forward_chunked(..., active=units)`` and the
+- the eval forward of K members on the eval set with detection (``forward_chunked(..., active=units)`` and the
   active count) against without it, per shape: digits (n = 360, D = 64, 10 classes), width 64 / 128 / 512, L = 3;
 - a whole digits run (muP SGD, B = 32, 5 epochs, 30 members, a report every 50 steps) with detection against the
   same run with detection removed (the eval forward called without ``active``, as ``tests/test_train_dead.py``
@@ -45,11 +45,11 @@ def eval_pass(task, members: int, width: int, repeats: int) -> tuple[float, floa
     x = task.x_eval
 
     def plain():
-        T._forward_chunked(ws, x)
+        T.forward_chunked(ws, x)
 
     def detected():
         units = torch.zeros(members, 2, width, dtype=torch.bool)
-        T._forward_chunked(ws, x, active=units)
+        T.forward_chunked(ws, x, active=units)
         units.sum(2).amin(1).numpy()
 
     return cpu_time(plain, repeats), cpu_time(detected, repeats)
@@ -66,12 +66,12 @@ def whole_run(task, repeats: int) -> tuple[float, float]:
             pass
 
     with_it = cpu_time(run, repeats, inner=1)
-    real = T._forward_chunked
-    T._forward_chunked = lambda weights, x, active=None: real(weights, x)
+    real = T.forward_chunked
+    T.forward_chunked = lambda weights, x, active=None: real(weights, x)
     try:
         without = cpu_time(run, repeats, inner=1)
     finally:
-        T._forward_chunked = real
+        T.forward_chunked = real
     return without, with_it
 
 

@@ -12,7 +12,7 @@ function ``mean |f(t) - f(0)|`` are fitted as ``N^slope`` on a log-log scale. Wh
   (its eta* falls about an octave per width doubling).
 
 The model, rates and loss are raysweep's own (``raysweep.model``, ``raysweep.scaling.learning_rates``,
-``raysweep.train``): the centred function ``f - f0``, the spec's loss and MSE convention, the batch of the spec's
+``raysweep.step``): the centred function ``f - f0``, the spec's loss and MSE convention, the batch of the spec's
 data family (the first ``batch_size`` samples of its training set, or of one online block). One check per distinct
 (parametrization, optimizer, lr_rule, loss, depth, gamma, eta) of the spec; ``etas`` / ``gammas`` replace the
 spec's values (a spec with 25 etas gives 25 blocks otherwise).
@@ -28,6 +28,7 @@ prints one block per combination (slope per layer, update size per width) and ex
 from __future__ import annotations
 
 import argparse
+import inspect
 import itertools
 import math
 import sys
@@ -35,6 +36,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from raysweep.errors import SpecError
+from raysweep.scaling import learning_rates
+from raysweep.seeds import init_seed
+from raysweep.space import load_spec
 
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024)
 COMBO_KEYS = ("parametrization", "optimizer", "lr_rule", "loss", "depth", "gamma", "eta")
@@ -102,8 +108,8 @@ def coord_check(config: Mapping, x, y, *, n_out: int, widths: Sequence[int] = DE
     seed; see the module docstring for what is measured."""
     import torch
 
-    from raysweep import model
-    from raysweep.train import _update, init_seed, loss_per_member
+    from raysweep import model  # torch-level, like raysweep.step: the command line's errors stay light
+    from raysweep.step import loss_per_member, update
 
     widths = tuple(int(n) for n in widths)
     dtype = x.dtype if x.is_floating_point() else torch.float32
@@ -133,7 +139,7 @@ def coord_check(config: Mapping, x, y, *, n_out: int, widths: Sequence[int] = DE
                                            mse_convention)
                     grads = torch.autograd.grad(loss.sum(), weights)
                     with torch.no_grad():
-                        _update(weights, list(grads), lrs, adam, step)
+                        update(weights, list(grads), lrs, adam, step)
                 ht: list = []
                 with torch.no_grad():
                     ft = model.forward(weights, x, mult, hidden=ht)
@@ -150,10 +156,6 @@ def coord_check(config: Mapping, x, y, *, n_out: int, widths: Sequence[int] = DE
 
 def _rates(config: Mapping, width: int, dim: int) -> tuple[float, ...]:
     """Per-layer learning rates from raysweep.scaling (``dim`` is passed where the rule takes it: torch_sp)."""
-    import inspect
-
-    from raysweep.scaling import learning_rates
-
     kwargs = {k: config[k] for k in ("eta", "gamma", "depth", "parametrization", "optimizer", "lr_rule")}
     if "dim" in inspect.signature(learning_rates).parameters:
         kwargs["dim"] = dim
@@ -228,9 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gamma", help="comma-separated gammas replacing the spec's")
     ap.add_argument("--plot", help="write the log-log plot here (PNG)")
     args = ap.parse_args(argv)
-    from raysweep.errors import SpecError
-    from raysweep.space import load_spec
-
     try:
         spec = load_spec(args.space)
         widths = [int(v) for v in args.widths.split(",") if v.strip()]

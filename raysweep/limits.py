@@ -21,13 +21,16 @@ from __future__ import annotations
 import math
 
 INT64_MAX = 2**63 - 1
-MAX_SEED = 2**63 - 2  # 2 seed + 2 (raysweep.train.data_seed) must fit a 64-bit generator seed
+MAX_SEED = 2**63 - 2  # 2 seed + 2 (raysweep.seeds.data_seed) must fit a 64-bit generator seed
 MAX_DIM = 2**31 - 1  # BLAS matrix dimensions are 32-bit integers
 MAX_DEPTH = 1_000
 MAX_DEGREE = 16  # y = (x.w)^K with x.w ~ N(0, 1): a 6-sigma tail at K = 16 is ~3e12, its square ~1e25 (float32: 3e38)
 MAX_POINTS = 1_000_000
 MAX_SPEC_BYTES = 2**20
 MAX_YAML_NODES = 100_000
+# f(x; theta_0) of a fixed training set is kept whole when it takes at most this many bytes, else computed per
+# batch: the trainer's choice, which autobatch's sizing mirrors
+F0_CACHE_BYTES = 256 * 2**20
 # the dtypes' machine epsilon, largest and smallest normal numbers (numpy.finfo, without importing numpy)
 FINFO = {
     "float32": (2.0**-23, (2 - 2.0**-23) * 2.0**127, 2.0**-126),

@@ -89,7 +89,7 @@ def failed_row(plan: Plan, bundle: Bundle, index: int, error: str, provisional: 
 
 
 def curve_row(report, member: int) -> dict:
-    noise = report.noise_scale is not None  # experiment.grad_noise_scale on: the metric's three columns
+    noise = report.grad_noise_scale is not None  # experiment.grad_noise_scale on: the metric's three columns
     return {
         "step": report.step,
         "epoch": report.epoch,
@@ -98,9 +98,9 @@ def curve_row(report, member: int) -> dict:
         "eval_loss": report.eval_loss[member],
         "eval_accuracy": report.eval_accuracy[member],
         "active_fraction": report.active_fraction[member] if report.active_fraction is not None else None,
-        "grad_noise_scale": report.noise_scale[member] if noise else None,
+        "grad_noise_scale": report.grad_noise_scale[member] if noise else None,
         "grad_sq": report.grad_sq[member] if noise else None,
-        "grad_trace_cov": report.trace_sigma[member] if noise else None,
+        "grad_trace_cov": report.grad_trace_cov[member] if noise else None,
         "wall_time_s": report.wall_time_s,
     }
 

@@ -22,7 +22,8 @@ import torch
 from raysweep import model
 from raysweep.data import build_task
 from raysweep.scaling import learning_rates
-from raysweep.train import _update, init_seed, loss_per_member
+from raysweep.seeds import init_seed
+from raysweep.step import loss_per_member, update
 
 
 WIDTHS = [64, 128, 256, 512, 1024, 2048]
@@ -70,7 +71,7 @@ def feature_updates(batch, parametrization: str, optimizer: str, lr_rule: str, e
                 loss = loss_per_member(model.centred(weights, x, mult, f0), y, "mse", "half_sum")
                 grads = torch.autograd.grad(loss.sum(), weights)
                 with torch.no_grad():
-                    _update(weights, grads, lrs, adam, step)
+                    update(weights, grads, lrs, adam, step)
             ht: list[torch.Tensor] = []
             with torch.no_grad():
                 model.forward(weights, x, mult, hidden=ht)

@@ -28,7 +28,9 @@ from raysweep import model, noise
 from raysweep.data import build_task
 from raysweep.errors import SpecError
 from raysweep.space import config_key, parse_spec
-from raysweep.train import _draw, _loss_coefficients, init_seed, noise_seed, train, train_bundle
+from raysweep.seeds import init_seed, noise_seed
+from raysweep.step import draw_samples, loss_coefficients
+from raysweep.train import train, train_bundle
 from tests.conftest import run_cli
 from tests.test_train import point as train_point
 from tests.test_train import task_for
@@ -104,7 +106,7 @@ def raysweep_estimate(net: PlainMLP, x, f0, y, loss, convention, b):
     else:
         t = f0[None] + y
         chunks = [(x[lo:lo + b], t[:, lo:lo + b], None) for lo in range(0, len(x), b)]
-    loss_coef, df_coef = _loss_coefficients(loss, convention, b, n_out)
+    loss_coef, df_coef = loss_coefficients(loss, convention, b, n_out)
     small, big = noise.chunk_sq_norms(weights, chunks, out_mult, loss_coef, out_mult * df_coef)
     trace, grad_sq = noise.two_batch(small, big, b, len(x))
     return trace.item(), grad_sq.item()
@@ -132,7 +134,7 @@ def trained_net(loss: str, convention: str, parametrization: str, seed: int = 0,
                           dtype=DT)
 
         def sample(n):
-            return _draw(task, gen, n)
+            return draw_samples(task, gen, n)
 
         n_out = 1
     init = [w[0] for w in model.init_weights([DIM, WIDTH, WIDTH, n_out], [seed], dtype=DT)]
@@ -311,9 +313,9 @@ def test_training_reports_the_estimate_on_the_documented_noise_batch(family, los
             with torch.no_grad():
                 f0 = net(x)
             ref_trace, ref_grad_sq = reference_chunks(per_example_grads(net, x, f0, y, loss, "half_sum"), b)
-            assert report.trace_sigma[slot] == pytest.approx(ref_trace, rel=1e-9)
+            assert report.grad_trace_cov[slot] == pytest.approx(ref_trace, rel=1e-9)
             assert report.grad_sq[slot] == pytest.approx(ref_grad_sq, rel=1e-9)
-            assert report.noise_scale[slot] == pytest.approx(ref_trace / ref_grad_sq, rel=1e-9)
+            assert report.grad_noise_scale[slot] == pytest.approx(ref_trace / ref_grad_sq, rel=1e-9)
 
 
 def _curves(reports, members):
@@ -342,8 +344,8 @@ def test_the_metric_changes_no_loss_bit(family, optimizer, dtype):
     points.append(point(optimizer=optimizer, eta=1e6, seed=0))  # diverges: the others must not notice
     off = list(train_bundle(task, exp_off, points))
     on = list(train_bundle(task, exp_on, points))
-    assert all(r.noise_scale is None and r.grad_sq is None and r.trace_sigma is None for r in off)
-    assert all(r.noise_scale is not None for r in on)
+    assert all(r.grad_noise_scale is None and r.grad_sq is None and r.grad_trace_cov is None for r in off)
+    assert all(r.grad_noise_scale is not None for r in on)
     members = range(len(points))
     assert _curves(on, members) == _curves(off, members)  # bit for bit
     assert any(4 in r.diverged for r in off)
@@ -358,7 +360,7 @@ def test_the_metric_changes_no_loss_bit(family, optimizer, dtype):
 ])
 def test_fused_members_get_their_solo_noise_numbers(family, optimizer, loss, grouped, monkeypatch):
     if grouped:  # large weights: the step, and the estimate, run one member at a time
-        monkeypatch.setattr("raysweep.train.STEP_GROUP_BYTES", 1)
+        monkeypatch.setattr("raysweep.step.STEP_GROUP_BYTES", 1)
     exp = experiment(family, grad_noise_scale={"batches": 4})
     if family == "digits":
         exp.update(steps=20)
@@ -373,7 +375,7 @@ def test_fused_members_get_their_solo_noise_numbers(family, optimizer, loss, gro
         assert len(rows) == len(solo)
         for (r, slot), s in zip(rows, solo):
             assert r.step == s.step
-            for name in ("grad_sq", "trace_sigma", "noise_scale"):
+            for name in ("grad_sq", "grad_trace_cov", "grad_noise_scale"):
                 got, want = getattr(r, name)[slot], getattr(s, name)[0]
                 if math.isfinite(want):
                     assert got == pytest.approx(want, rel=1e-10, abs=0), (member, r.step, name)
@@ -384,7 +386,8 @@ def test_fused_members_get_their_solo_noise_numbers(family, optimizer, loss, gro
     for r in fused:
         for slot, m in enumerate(r.members):
             if m != 4:
-                assert r.trace_sigma[slot] >= 0 and r.noise_scale[slot] == r.trace_sigma[slot] / r.grad_sq[slot]
+                assert r.grad_trace_cov[slot] >= 0 and (
+                    r.grad_noise_scale[slot] == r.grad_trace_cov[slot] / r.grad_sq[slot])
 
 
 # -------------------------------------------------------------------------------------------------- the spec

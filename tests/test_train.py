@@ -20,9 +20,9 @@ import torch
 from raysweep import model
 from raysweep.data import build_task
 from raysweep.errors import InfeasibleError
+from raysweep.step import update
 from raysweep.train import (
     BUNDLE_KEYS,
-    _update,
     data_seed,
     init_seed,
     loss_per_member,
@@ -208,7 +208,7 @@ def test_sgd_update_is_w_minus_lr_g_per_member():
     lrs = [torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64).reshape(-1, 1, 1),
            torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64).reshape(-1, 1, 1)]
     before = [w.numpy().copy() for w in ws]
-    _update(ws, gs, lrs, None, 1)
+    update(ws, gs, lrs, None, 1)
     for l, (w, g) in enumerate(zip(ws, gs)):
         for k in range(3):
             want = before[l][k] - lrs[l][k].item() * g[k].numpy()
@@ -231,7 +231,7 @@ def test_adam_update_matches_torch_optim_adam(k_members):
     lrs = [torch.tensor([rates[k][l] for k in range(k_members)], dtype=torch.float64).reshape(-1, 1, 1)
            for l in range(3)]
     for step, grads in enumerate(grads_seq, start=1):
-        _update(ours, grads, lrs, state, step)
+        update(ours, grads, lrs, state, step)
 
     for k in range(k_members):
         params = [start[l][k].clone().requires_grad_(True) for l in range(3)]

@@ -1,4 +1,4 @@
-"""The hand-written training pass (raysweep.model.forward_cached / backward, raysweep.train._loss_and_dfa) against
+"""The hand-written training pass (raysweep.model.forward_cached / backward, raysweep.step.loss_and_dfa) against
 autograd through the public rule (raysweep.model.forward, raysweep.train.loss_per_member), in float64.
 
 Gradients must equal autograd's to 1e-12 relative; the fused SGD update must equal ``W - lr * grad`` (autograd's
@@ -17,14 +17,15 @@ import pytest
 import torch
 
 from raysweep import model, train
-from raysweep.train import (
+from raysweep.step import (
     ADAM_BETAS,
     ADAM_EPS,
-    _forward_chunked,
-    _loss_and_dfa,
-    _loss_coefficients,
-    _update,
+    CHUNK_MEMBERS,
+    forward_chunked,
+    loss_and_dfa,
+    loss_coefficients,
     loss_per_member,
+    update,
 )
 
 D, N, B = 5, 7, 6
@@ -61,10 +62,10 @@ def autograd_reference(weights, x, y, f0, a, loss: str, convention: str):
 def hand_pass(weights, x, y, f0, a, loss: str, convention: str):
     """What the trainer computes: forward_cached, the loss and a * dloss/df, ready for model.backward."""
     n_out = weights[-1].shape[-1]
-    loss_coef, df_coef = _loss_coefficients(loss, convention, B, n_out)
+    loss_coef, df_coef = loss_coefficients(loss, convention, B, n_out)
     t = f0 if loss == "xent" else f0 + y
     raw, acts = model.forward_cached(weights, x)
-    losses, dfa = _loss_and_dfa(raw, a, t, y if loss == "xent" else None, loss_coef, a * df_coef)
+    losses, dfa = loss_and_dfa(raw, a, t, y if loss == "xent" else None, loss_coef, a * df_coef)
     return losses, acts, dfa
 
 
@@ -126,7 +127,7 @@ def test_fused_sgd_update_equals_w_minus_lr_grad(depth, n_out, loss, convention,
 @pytest.mark.parametrize("parametrization", ["SP", "muP"])
 @pytest.mark.parametrize("depth,n_out,loss,convention", CASES)
 def test_adam_step_from_hand_gradients_equals_torch_adam(depth, n_out, loss, convention, parametrization, shared):
-    """Two Adam steps: hand gradients + train._update == autograd gradients + torch.optim.Adam, per member and layer."""
+    """Two Adam steps: hand gradients + step.update == autograd gradients + torch.optim.Adam, per member and layer."""
     weights, x, y, f0, a = make_case(depth, n_out, loss, parametrization, shared, seed=2)
     rates = [[1e-2 * (l + 1) * (k + 1) for l in range(depth)] for k in range(K)]
     lrs = [torch.tensor([rates[k][l] for k in range(K)], dtype=torch.float64).reshape(-1, 1, 1)
@@ -138,7 +139,7 @@ def test_adam_step_from_hand_gradients_equals_torch_adam(depth, n_out, loss, con
                              betas=ADAM_BETAS, eps=ADAM_EPS) for k in range(K)]
     for step in (1, 2):
         _, acts, dfa = hand_pass(ours, x, y, f0, a, loss, convention)
-        _update(ours, model.backward(ours, acts, dfa), lrs, state, step)
+        update(ours, model.backward(ours, acts, dfa), lrs, state, step)
         _, ref = autograd_reference([torch.stack([params[k][l].detach() for k in range(K)]) for l in range(depth)],
                                     x, y, f0, a, loss, convention)
         for k in range(K):
@@ -166,12 +167,12 @@ def test_forward_cached_is_the_rule_and_member_independent(n_out, shared, monkey
     for k in range(K):
         alone, _ = model.forward_cached([w[k:k + 1] for w in weights], x if shared else x[k:k + 1])
         assert torch.equal(alone[0], raw[k])
-    monkeypatch.setattr(train, "CHUNK_ELEMENTS", train.CHUNK_MEMBERS * N * 500)  # pieces of 500 samples
+    monkeypatch.setattr("raysweep.step.CHUNK_ELEMENTS", CHUNK_MEMBERS * N * 500)  # pieces of 500 samples
     many = torch.randn(3000, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     big = [w.repeat(7, 1, 1) for w in weights]  # 21 members: three groups of the chunked forward
-    chunked = _forward_chunked(big, many)
+    chunked = forward_chunked(big, many)
     for k in (0, 10, 20):
-        assert torch.equal(chunked[k], _forward_chunked([w[k:k + 1] for w in big], many)[0])
+        assert torch.equal(chunked[k], forward_chunked([w[k:k + 1] for w in big], many)[0])
     torch.testing.assert_close(chunked, model.forward_cached(big, many, keep=False)[0], rtol=RTOL,
                                atol=RTOL * float(chunked.abs().max()))
 
@@ -196,7 +197,7 @@ def test_backward_handles_dead_units_and_nan_like_autograd():
 @pytest.mark.parametrize("optimizer", ["SGD", "Adam"])
 @pytest.mark.parametrize("seeds", [[0, 0, 0, 0, 0], [0, 1, 0, 2, 1]], ids=["one_stream", "three_streams"])
 def test_members_in_groups_equal_one_group(monkeypatch, optimizer, seeds):
-    """Large models train their members a cache-sized group at a time (train.STEP_GROUP_BYTES): the curves are
+    """Large models train their members a cache-sized group at a time (step.STEP_GROUP_BYTES): the curves are
     bit-identical to one group, divergence included (the last member's eta diverges)."""
     from raysweep.data import build_task
 
@@ -213,9 +214,10 @@ def test_members_in_groups_equal_one_group(monkeypatch, optimizer, seeds):
                 for r in train.train_bundle(task, exp, points)]
 
     whole = curves()
-    monkeypatch.setattr(train, "STEP_GROUP_BYTES", 1)  # one member per group
+    monkeypatch.setattr("raysweep.step.STEP_GROUP_BYTES", 1)  # one member per group
     alone = curves()
-    monkeypatch.setattr(train, "STEP_GROUP_BYTES", 2 * 8 * (8 * 16 + 16 * 16 + 16) * (3 if optimizer == "Adam" else 1))
+    monkeypatch.setattr("raysweep.step.STEP_GROUP_BYTES",
+                        2 * 8 * (8 * 16 + 16 * 16 + 16) * (3 if optimizer == "Adam" else 1))
     pairs = curves()  # groups of two
     assert any(4 in r[4] for r in whole) and whole[-1][0] == 30  # eta = 1e6 diverges; the others run to the end
     assert whole == alone == pairs

@@ -126,8 +126,8 @@ def test_detection_moves_no_training_number(monkeypatch, optimizer, etas):
     points = [point(optimizer=optimizer, eta=e, seed=s) for e in etas for s in range(2)]
     with_detection, _ = reports(DIGITS, points)
     assert any(r.dead for r in with_detection)  # the run does find dead members: the comparison is not vacuous
-    real = T._forward_chunked
-    monkeypatch.setattr(T, "_forward_chunked", lambda weights, x, active=None: real(weights, x))
+    real = T.forward_chunked
+    monkeypatch.setattr(T, "forward_chunked", lambda weights, x, active=None: real(weights, x))
     without, _ = reports(DIGITS, points)
     assert numbers(with_detection) == numbers(without)
 

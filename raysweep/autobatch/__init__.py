@@ -20,7 +20,7 @@ from raysweep.autobatch.cache import ModelCache, cache_key
 from raysweep.autobatch.config import AutobatchConfig, ModeSettings
 from raysweep.autobatch.device import DeviceInfo, cpu_device_info
 from raysweep.autobatch.guard import apply_malloc_policy, apply_memory_cap, cap_fraction, is_oom
-from raysweep.autobatch.host import probe_and_fit, request_from_spec
+from raysweep.autobatch.host import probe_and_fit
 from raysweep.autobatch.memory import MIN_MARGIN, MemoryModel, ModeFit, static_bytes
 from raysweep.autobatch.probe import ProbeRequest
 from raysweep.autobatch.search import Grid, SearchResult, largest_fitting, largest_under_budget, next_batch_size
@@ -31,6 +31,7 @@ from raysweep.autobatch.sizing import (
     max_concurrent_per_gpu,
     plan_resources,
     raise_if_infeasible,
+    request_from_spec,
     trial_need,
 )
 

@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 from raysweep.autobatch.config import MODES, AutobatchConfig
-from raysweep.autobatch.host import format_record, probe_and_fit, request_from_spec
-from raysweep.autobatch.sizing import auto_batch_size, gpu_share, trial_need
+from raysweep.autobatch.host import format_record, probe_and_fit
+from raysweep.autobatch.sizing import auto_batch_size, gpu_share, request_from_spec, trial_need
 from raysweep.errors import NothingFitsError, RaysweepError, SpecError
 from raysweep.space import load_spec
 

@@ -1,61 +1,27 @@
 """Where the probe runs: a Ray actor on the target device (``num_gpus=1`` when the cluster has GPUs), or a plain
-subprocess without Ray. The driver only builds a :class:`ProbeRequest`
-(numbers from the spec), looks the cache up and fits; it never imports a model, never touches CUDA.
+subprocess without Ray. The driver only builds a :class:`ProbeRequest` (numbers from the spec:
+:func:`raysweep.autobatch.sizing.request_from_spec`), looks the cache up and fits; it never imports a model, never
+touches CUDA.
 
     probe_and_fit(spec, storage=DIR)   # -> MemoryModel: cache hit, else probe in an actor, fit, store
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections import Counter
 
 from raysweep.autobatch.cache import ModelCache, cache_key
-from raysweep.autobatch.config import MODES, AutobatchConfig
-from raysweep.autobatch.device import DeviceInfo, cpu_device_info
+from raysweep.autobatch.config import AutobatchConfig
+from raysweep.autobatch.device import DeviceInfo, counters_for, cpu_device_info
 from raysweep.autobatch.memory import MemoryModel
-from raysweep.autobatch.probe import ProbeRequest, fit_model, floor_batch
-from raysweep.autobatch.sizing import f0_pass_size
-from raysweep.families import n_eval
-from raysweep.families import shape as family_shape
+from raysweep.autobatch.probe import ProbeRequest, ProcessExecutor, fit_model, run_probe
+from raysweep.autobatch.sizing import request_from_spec
 from raysweep.errors import RaysweepError
-
-
-def request_from_spec(spec, config: AutobatchConfig | None = None) -> ProbeRequest:
-    """The probe request of a validated spec: its shapes, the batch ranges per mode, the largest bundle."""
-    from raysweep.space import BUNDLE_KEYS
-
-    config = config or getattr(spec, "autobatch", None) or AutobatchConfig()
-    experiment = spec.experiment.as_dict()
-    dim, n_out = family_shape(experiment)
-    space = spec.space
-    swept = [b for b in space.batch_size if b != "auto"]
-    if len(swept) < len(space.batch_size) or not swept:  # "auto": probe from the bottom of the search range
-        swept = swept + [config.for_mode("train").min_batch_size]
-    # the largest probe batch makes the activations measurable above allocator noise (see probe.py)
-    big = {mode: floor_batch(dim, n_out, max(space.width), max(space.depth), spec.experiment.dtype, mode)
-           for mode in MODES}
-    train = sorted(set(swept) | {max(max(swept), big["train"])})
-    # eval mode also sizes the trainer's one-shot f(x; theta_0) pass over a block / the training set
-    one_shot = {n_eval(experiment)} | {f0_pass_size(experiment, batch_size=b) for b in swept} - {0}
-    val = sorted(set(swept) | one_shot | {max(max(swept), *one_shot, big["val"])})
-    n_members = 1
-    if spec.fusion.enabled:
-        groups = Counter(tuple(p[k] for k in BUNDLE_KEYS) for p in spec.points())
-        n_members = min(spec.fusion.max_members, max(groups.values(), default=1))
-    return ProbeRequest(
-        dim=dim, n_out=n_out, widths=tuple(space.width), depths=tuple(space.depth),
-        batch_sizes={"train": tuple(train), "val": tuple(val)},
-        optimizers=tuple(sorted(set(space.optimizer))), modes=tuple(config.modes), dtype=spec.experiment.dtype,
-        loss="mse" if "mse" in space.loss else "xent", n_members=n_members,
-        steps={"train": config.steps_per_trial, "val": config.steps_per_trial_val},
-        target_memory_fraction=config.target_memory_fraction,
-        cpus_per_trial=max(1, int(spec.resources.cpus_per_trial)), device=spec.experiment.device,
-    )
 
 
 class ProbeHost:
@@ -69,22 +35,17 @@ class ProbeHost:
         self.kind = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
 
     def describe(self) -> dict:
-        from raysweep.autobatch.device import counters_for
-
         return counters_for(self.kind).describe().to_dict()
 
     def probe(self, request: dict) -> dict:
-        from raysweep.autobatch.device import counters_for
-        from raysweep.autobatch.probe import ProcessExecutor, run_probe
-
         counters = counters_for(self.kind)
         result = run_probe(ProbeRequest.from_dict(request), ProcessExecutor(counters), counters)
         if self.kind == "cpu":
             # A CPU trial's worker is a process like this one (Python, torch, Ray's core worker when this is an
-            # actor) that also imported the trial modules: its baseline RSS is at least this process's.
-            import raysweep.data  # noqa: F401
-            import raysweep.train  # noqa: F401
-            import raysweep.trial  # noqa: F401
+            # actor) that also imported the trial modules (torch-level: imported here, in the probe process only):
+            # its baseline RSS is at least this process's.
+            for name in ("raysweep.data", "raysweep.train", "raysweep.trial"):
+                importlib.import_module(name)
 
             result["context_bytes"] = max(result["context_bytes"], counters.current_bytes())
         return result

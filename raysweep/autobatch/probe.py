@@ -1,11 +1,11 @@
 """The probe: real steps of a model built from shapes alone, measured at a few (width, depth, batch) points.
 
 It never receives user objects: a :class:`ProbeRequest` holds numbers and names only, and every point builds its
-own stacked MLP (``raysweep.model``) with its own data. A train step is the trial's step: forward of the current and
-the initial weights (centring), loss, ``autograd.grad``, optimizer update (SGD or Adam with its two moments), at
-least ``steps_per_trial`` times so that optimizer state exists; the gradients of a step stay alive into the next
-one, as in ``raysweep.train``. An eval step is the same forward under ``torch.no_grad`` with the training state
-(weights, initial copy, gradients, moments) alive, as when a trial evaluates.
+own stacked MLP (``raysweep.model``) with its own data. A train step is the trial's step, run by the trainer's own
+code (:func:`raysweep.step.bundle_step`, see :mod:`raysweep.autobatch.steps`): the centred target from the initial
+weights, the hand-written forward and backward, the SGD update fused into it or Adam's with its two moments, at
+least ``steps_per_trial`` times so that optimizer state exists. An eval step is the trainer's report pass (the
+chunked no-grad forward of the current and the initial weights) with the training state alive.
 
 Every point runs in a fresh process (a forkserver child that never touched CUDA): peaks of one point cannot mask
 another's, and the child's CUDA context is measured from *global* free memory (the parent reads
@@ -35,7 +35,7 @@ from raysweep.autobatch.guard import apply_malloc_policy, is_oom
 from raysweep.autobatch.memory import ITEMSIZE, MemoryModel, fit_mode, static_bytes, widths_of
 from raysweep.errors import NothingFitsError, RaysweepError
 
-PROBE_VERSION = 1  # bump when the step or the design changes: cached models then miss
+PROBE_VERSION = 2  # bump when the step or the design changes: cached models then miss
 POINT_TIMEOUT_S = 600.0
 # The largest probe batch holds at least this many activation bytes at the largest shape, so that the per-sample
 # slope is measured well above allocator noise (tens of MiB) and batch_size: auto extrapolates from real data.

@@ -26,19 +26,21 @@ batch whose need fits ``usable`` (:func:`raysweep.autobatch.search.largest_under
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from raysweep import families
-from raysweep.autobatch.config import AutobatchConfig
+from raysweep.autobatch.config import MODES, AutobatchConfig
 from raysweep.autobatch.memory import ITEMSIZE, MemoryModel
+from raysweep.autobatch.probe import ProbeRequest, floor_batch
 from raysweep.autobatch.search import SearchResult, largest_under_budget
 from raysweep.errors import NoCachedModelError, NothingFitsError, RaysweepError
 from raysweep.families import n_eval
-from raysweep.space import AUTO, Experiment, config_key, grad_noise_option, setting
+from raysweep.limits import F0_CACHE_BYTES
+from raysweep.space import AUTO, BUNDLE_KEYS, Experiment, config_key, grad_noise_option, setting
 
 SHARE_GRID = 0.01
-F0_CACHE_BYTES = 256 * 2**20  # as raysweep.train: f(x; theta_0) of the training set is cached up to this size
 ExperimentLike = Experiment | Mapping[str, Any]  # the typed Experiment, or a flat experiment mapping
 
 
@@ -188,6 +190,38 @@ def split_to_fit(model: MemoryModel, points: Sequence[Mapping[str, Any]], usable
     return chunks
 
 
+def request_from_spec(spec, config: AutobatchConfig | None = None) -> ProbeRequest:
+    """The probe request of a validated spec: its shapes, the batch ranges per mode (the sizes this module asks
+    about: the swept batches, the eval set, the one-shot f0 pass), the largest bundle."""
+    config = config or getattr(spec, "autobatch", None) or AutobatchConfig()
+    experiment = spec.experiment.as_dict()
+    dim, n_out = families.shape(experiment)
+    space = spec.space
+    swept = [b for b in space.batch_size if b != AUTO]
+    if len(swept) < len(space.batch_size) or not swept:  # "auto": probe from the bottom of the search range
+        swept = swept + [config.for_mode("train").min_batch_size]
+    # the largest probe batch makes the activations measurable above allocator noise (see probe.py)
+    big = {mode: floor_batch(dim, n_out, max(space.width), max(space.depth), spec.experiment.dtype, mode)
+           for mode in MODES}
+    train = sorted(set(swept) | {max(max(swept), big["train"])})
+    # eval mode also sizes the trainer's one-shot f(x; theta_0) pass over a block / the training set
+    one_shot = {n_eval(experiment)} | {f0_pass_size(experiment, batch_size=b) for b in swept} - {0}
+    val = sorted(set(swept) | one_shot | {max(max(swept), *one_shot, big["val"])})
+    n_members = 1
+    if spec.fusion.enabled:
+        groups = Counter(tuple(p[k] for k in BUNDLE_KEYS) for p in spec.points())
+        n_members = min(spec.fusion.max_members, max(groups.values(), default=1))
+    return ProbeRequest(
+        dim=dim, n_out=n_out, widths=tuple(space.width), depths=tuple(space.depth),
+        batch_sizes={"train": tuple(train), "val": tuple(val)},
+        optimizers=tuple(sorted(set(space.optimizer))), modes=tuple(config.modes), dtype=spec.experiment.dtype,
+        loss="mse" if "mse" in space.loss else "xent", n_members=n_members,
+        steps={"train": config.steps_per_trial, "val": config.steps_per_trial_val},
+        target_memory_fraction=config.target_memory_fraction,
+        cpus_per_trial=max(1, int(spec.resources.cpus_per_trial)), device=spec.experiment.device,
+    )
+
+
 def _items(spec, bundles_or_points) -> list[tuple[str, list[Mapping[str, Any]]]]:
     experiment = spec.experiment.as_dict()
     out = []
@@ -212,7 +246,6 @@ def plan_resources(spec, bundles_or_points, *, device_info, model: MemoryModel |
     config = config or getattr(spec, "autobatch", None) or AutobatchConfig()
     if model is None and storage is not None:
         from raysweep.autobatch.cache import ModelCache, cache_key
-        from raysweep.autobatch.host import request_from_spec
 
         model = ModelCache(storage).lookup(cache_key(request_from_spec(spec, config), device_info))
     if model is None:

@@ -1,39 +1,24 @@
-"""The probe's real steps: a stacked MLP built from shapes, trained (or evaluated) exactly as a trial does.
+"""The probe's real steps: a stacked MLP built from shapes, trained (or evaluated) by the trainer's own code.
 
-Mirrors :func:`raysweep.train.train_bundle`'s memory: K stacked members initialised by
-:func:`raysweep.model.init_weights` (float64 on the host, then cast), an initial copy for centring, the centred
-output ``f(x; theta) - f(x; theta_0)`` with ``f(x; theta_0)`` computed under ``no_grad``,
-``raysweep.train.loss_per_member``, ``torch.autograd.grad`` (the gradients stay referenced until the next step's
-are computed), and the in-place SGD / Adam update with its temporaries. Learning rates are tiny: the probe
-measures memory, not training. Only ever called in a probe process.
+What a trial of :func:`raysweep.train.train_bundle` allocates: K stacked members initialised by
+:func:`raysweep.model.init_weights` (float64 on the host, then cast), an initial copy for centring, per step
+``f(x; theta_0)`` of the batch (:func:`raysweep.step.forward_chunked`) folded into the target, and
+:func:`raysweep.step.bundle_step`: the hand-written forward and backward, SGD fused into the backward or Adam's
+update with its two moments, in the trainer's member groups. An eval step is the trainer's report pass: the no-grad
+chunked forward of the current and the initial weights with the active-unit flags, the loss and the accuracy,
+with the training state alive. Learning rates are tiny: the probe measures memory, not training. Only ever called
+in a probe process.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from raysweep import model
-from raysweep.train import loss_per_member
+from raysweep.step import bundle_step, forward_chunked, loss_coefficients, loss_per_member, member_bytes, step_groups
 
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
-
-
-def _update(weights, grads, lr: float, adam, step: int) -> None:
-    """As ``raysweep.train``: SGD ``W -= lr g``; Adam with bias correction and the same temporaries."""
-    if adam is None:
-        for w, g in zip(weights, grads):
-            w.sub_(lr * g)
-        return
-    b1, b2 = ADAM_BETAS
-    c1, c2 = 1 - b1**step, 1 - b2**step
-    for w, g, (m, v) in zip(weights, grads, adam):
-        m.mul_(b1).add_(g, alpha=1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (v.sqrt() / math.sqrt(c2)).add_(ADAM_EPS)
-        w.sub_((lr / c1) * m / denom)
+PROBE_LR = 1e-9
+MSE_CONVENTION = "half_sum"
 
 
 def run_steps(request, point: dict, *, device: str = "cpu") -> None:
@@ -55,24 +40,26 @@ def run_steps(request, point: dict, *, device: str = "cpu") -> None:
         return x, torch.randn(b, request.n_out, generator=gen, device=device, dtype=dtype)
 
     if mode == "train":
-        for w in weights:
-            w.requires_grad_(True)
-        grads = None
+        lrs = [torch.full((k, 1, 1), PROBE_LR, dtype=dtype, device=device)] * depth
+        loss_coef, df_coef = loss_coefficients(loss, MSE_CONVENTION, b, request.n_out)
+        dfa_coef = out_mult * df_coef
+        groups = step_groups(k, member_bytes(weights, adam))
+        window = []  # each step's losses stay on the device until the report, as in the trainer
         for step in range(1, request.steps["train"] + 1):
             x, y = batch()
-            with torch.no_grad():
-                f0 = model.forward(init, x, out_mult)
-            losses = loss_per_member(model.forward(weights, x, out_mult) - f0, y, loss, "half_sum")
-            grads = torch.autograd.grad(losses.sum(), weights)  # noqa: F841 - alive into the next step, as in train
-            with torch.no_grad():
-                _update(weights, grads, 1e-9, adam, step)
+            t = forward_chunked(init, x) * out_mult  # the trainer's target: t = a f0 (+ y for MSE)
+            labels = y if loss == "xent" else None
+            if labels is None:
+                t.add_(y)
+            window.append(bundle_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step, groups))
     else:
-        grads = [torch.zeros_like(w) for w in weights]  # noqa: F841 - a trial evaluates with its gradients alive
         with torch.no_grad():
             for _ in range(request.steps["val"]):
                 x, y = batch()
-                f = model.forward(weights, x, out_mult) - model.forward(init, x, out_mult)
-                losses = loss_per_member(f, y, loss, "half_sum")
+                units = torch.zeros(k, depth - 1, width, dtype=torch.bool, device=device)
+                f0 = forward_chunked(init, x) * out_mult
+                f = forward_chunked(weights, x, active=units).mul_(out_mult).sub_(f0)
+                losses = loss_per_member(f, y, loss, MSE_CONVENTION)
                 if loss == "xent":
                     (f.argmax(-1) == y).to(dtype).mean(1)
                 losses.sum().item()

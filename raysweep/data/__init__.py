@@ -33,9 +33,10 @@ from typing import Any
 import torch
 
 from raysweep import families
-from raysweep.data._base import Task, derive_seed, eval_indices, stratified_choice
+from raysweep.data._base import Task, eval_indices, stratified_choice
 from raysweep.data.mnist import Arrays, clear_cache, load_mnist, load_mnist1m
 from raysweep.errors import DataError
+from raysweep.seeds import derive_seed
 
 # Views of the registry (raysweep.families): the family names, each family's keys with a default, and all its keys.
 FAMILIES: tuple[str, ...] = families.FAMILIES

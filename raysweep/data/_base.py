@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import numbers
 import os
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from raysweep.errors import DataError
+from raysweep.seeds import derive_seed
 
 KINDS = ("regression", "classification")
 
@@ -110,14 +110,6 @@ class Task:
         size = f"block_size={self.block_size}" if self.online else f"n_train={self.n_train}"
         return (f"Task(dataset={self.dataset!r}, kind={self.kind!r}, dim={self.dim}, n_out={self.n_out}, "
                 f"n_eval={self.n_eval}, {size}, dtype={self.dtype}, device={self.device})")
-
-
-def derive_seed(seed: int, tag: str) -> int:
-    """A 63-bit seed for the stream ``tag`` of ``seed``: the first 8 bytes of sha256(f"{seed}:{tag}"), big-endian,
-    top bit cleared. Distinct tags give unrelated streams, and no stream collides with a generator seeded
-    with ``seed`` itself (e.g. the trial's)."""
-    digest = hashlib.sha256(f"{int(seed)}:{tag}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
 def generator(seed: int, tag: str) -> torch.Generator:

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from raysweep import families
-from raysweep.data._base import Options, Task, derive_seed, eval_indices, stratified_choice, to_tensor_labels, \
-    to_tensor_x
+from raysweep.data._base import Options, Task, eval_indices, stratified_choice, to_tensor_labels, to_tensor_x
+from raysweep.seeds import derive_seed
 
 
 @functools.lru_cache(maxsize=1)

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from raysweep.data._base import derive_seed, stratified_choice
+from raysweep.data._base import stratified_choice
 from raysweep.errors import DataError
+from raysweep.seeds import derive_seed
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 SIDE = 28

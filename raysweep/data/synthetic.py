@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from raysweep import families, model
-from raysweep.data._base import Options, Task, derive_seed, generator
+from raysweep.data._base import Options, Task, generator
 from raysweep.errors import DataError
+from raysweep.seeds import derive_seed
 
 N_PROBE = 8192  # samples of the probe set that fixes the MLP teacher's output scale
 

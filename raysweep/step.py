@@ -1,0 +1,210 @@
+"""The training step of a stacked bundle, and the batch and loss helpers every caller of it shares.
+
+A bundle's weights are stacked ``[K, fan_in, fan_out]``; every function here works per member (bmm, or mul and sum
+for a scalar readout; pieces sized by the width, never by the bundle), so a member's numbers are bit-identical
+alone and in any bundle. The trainer (:mod:`raysweep.train`), the gradient noise scale (:mod:`raysweep.noise`),
+the coordinate check (:mod:`raysweep.coordcheck`) and the autobatch probe (:mod:`raysweep.autobatch.steps`) all
+step, draw and score through these functions.
+
+- batches: :func:`targets` (class labels one-hot for MSE), :func:`draw_samples` (online blocks concatenated to any
+  size), :func:`forward_chunked` (a no-grad forward over many samples, in cache-sized pieces);
+- loss: :func:`loss_per_member` (the public rule), :func:`loss_coefficients` and :func:`loss_and_dfa` (the same
+  loss and its output gradient, by hand);
+- step: :func:`train_step` (forward, loss, hand-written backward, :func:`update`), :func:`step_groups` and
+  :func:`bundle_step` (a step of the members in groups whose weights stay in cache).
+
+Pure: torch and :mod:`raysweep.model`; no Ray, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from raysweep import model
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+# no-grad forwards over many samples (f(x; theta_0), eval) run in pieces of this many members x activations
+CHUNK_MEMBERS = 8
+CHUNK_ELEMENTS = 2**18
+# a training step runs the members in groups whose weights (and Adam state) take at most this many bytes
+STEP_GROUP_BYTES = 2**22
+
+
+# --- batches -------------------------------------------------------------------------------------------------------
+
+
+def targets(y: torch.Tensor, loss: str, n_out: int, dtype: torch.dtype) -> torch.Tensor:
+    """Regression targets as they are; class labels one-hot for MSE, kept as labels for xent."""
+    if y.dtype == torch.int64 and loss == "mse":
+        return F.one_hot(y, n_out).to(dtype)
+    return y
+
+
+def draw_samples(task, gen: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` samples of an online ``task``: its blocks from ``gen``, concatenated (batches larger than the
+    study's block P)."""
+    xs, ys = [], []
+    while sum(len(x) for x in xs) < size:
+        x, y = task.draw_block(gen)
+        xs.append(x)
+        ys.append(y)
+    return torch.cat(xs)[:size], torch.cat(ys)[:size]
+
+
+def forward_chunked(weights, x: torch.Tensor, *, active: torch.Tensor | None = None) -> torch.Tensor:
+    """The raw output ``[K, n, out]`` of :func:`raysweep.model.forward_cached` without gradients, for many samples.
+
+    ``active`` (bool ``[K, L - 1, N]``, optional): unit j of hidden layer l of member k is set True when its output
+    is positive on some sample of ``x`` (OR-ed in, read from the activations the forward computes anyway; the
+    output is the same with or without it).
+
+    Computed in pieces of at most ``CHUNK_MEMBERS`` members and ``CHUNK_ELEMENTS / width`` samples: the
+    activations stay in cache and below glibc's mmap threshold (a whole 4096-sample block at once pays page faults
+    on every call). The pieces depend on the width only, never on the bundle size, so a member's numbers are the
+    same alone and in any bundle.
+    """
+    k, n = weights[0].shape[0], x.shape[-2]
+    rows = max(1, CHUNK_ELEMENTS // (CHUNK_MEMBERS * max(w.shape[2] for w in weights)))
+    if k <= CHUNK_MEMBERS and n <= rows:
+        return _forward_piece(weights, x, active)
+    out = torch.empty(k, n, weights[-1].shape[2], dtype=weights[0].dtype, device=weights[0].device)
+    for a in range(0, k, CHUNK_MEMBERS):
+        ws = [w[a:a + CHUNK_MEMBERS] for w in weights]
+        xs = x if x.dim() == 2 else x[a:a + CHUNK_MEMBERS]
+        act = None if active is None else active[a:a + CHUNK_MEMBERS]  # a view: written in place
+        for lo in range(0, n, rows):
+            out[a:a + CHUNK_MEMBERS, lo:lo + rows] = _forward_piece(ws, xs[..., lo:lo + rows, :], act)
+    return out
+
+
+def _forward_piece(weights, x: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    """One piece of :func:`forward_chunked`: the raw output, and the units found active OR-ed into ``active``."""
+    raw, acts = model.forward_cached(weights, x, keep=active is not None)
+    for layer, h in enumerate(acts[1:]):  # acts[0] is the input; the rest are the hidden layers' outputs
+        active[:, layer] |= h.amax(-2) > 0  # amax: a reduction without a [K, n, N] bool copy
+    return raw
+
+
+# --- loss ----------------------------------------------------------------------------------------------------------
+
+
+def loss_per_member(f: torch.Tensor, y: torch.Tensor, loss: str, mse_convention: str) -> torch.Tensor:
+    """Loss of each member, shape ``[K]``, from outputs ``f [K, B, out]``.
+
+    mse, ``half_sum``: 0.5 * mean over the batch of the sum over outputs of the squared error.
+    mse, ``study``: mean of the squared error over batch and outputs (no 0.5).
+    xent: mean cross-entropy over the batch; ``y`` holds int64 labels ``[B]`` or ``[K, B]``.
+    """
+    if loss == "xent":
+        k, b, c = f.shape
+        labels = y.expand(k, b) if y.dim() == 1 else y
+        return F.cross_entropy(f.reshape(k * b, c), labels.reshape(k * b), reduction="none").reshape(k, b).mean(1)
+    err = (f - y).square()
+    if mse_convention == "study":
+        return err.mean(dim=(1, 2))
+    return 0.5 * err.sum(2).mean(1)
+
+
+def loss_coefficients(loss: str, mse_convention: str, batch_size: int, n_out: int) -> tuple[float, float]:
+    """``(c_loss, c_df)``: MSE ``loss = c_loss * sum r^2`` and ``dloss/df = c_df * r`` (``r = f - f0 - y``);
+    xent ``dloss/df = c_df * (softmax - onehot)`` (``c_loss`` unused). The conventions of :func:`loss_per_member`."""
+    if loss == "xent":
+        return 1.0, 1.0 / batch_size
+    if mse_convention == "study":
+        return 1.0 / (batch_size * n_out), 2.0 / (batch_size * n_out)
+    return 0.5 / batch_size, 1.0 / batch_size
+
+
+def loss_and_dfa(raw, out_mult, t, labels, loss_coef: float, dfa_coef):
+    """Each member's minibatch loss ``[K]`` and ``dfa = a * dloss/df`` ``[K, B, out]`` (what
+    :func:`raysweep.model.backward` takes), from the raw output ``raw`` (overwritten).
+
+    MSE: ``t = a f0 + y`` and ``r = a raw - t`` is the centred residual. xent: ``t = a f0``, ``labels`` the classes.
+    ``dfa_coef`` is ``a * c_df`` per member, ``[K, 1, 1]`` (see :func:`loss_coefficients`).
+    """
+    f = raw.mul_(out_mult).sub_(t)
+    if labels is None:
+        flat = f.flatten(1)
+        return torch.linalg.vecdot(flat, flat).mul_(loss_coef), f.mul_(dfa_coef)
+    logp = torch.log_softmax(f, -1)
+    lab = labels.expand(f.shape[:2]).unsqueeze(-1)
+    losses = logp.gather(-1, lab).squeeze(-1).mean(1).neg_()
+    dfa = logp.exp_().scatter_add_(-1, lab, torch.full(lab.shape, -1.0, dtype=f.dtype, device=f.device))
+    return losses, dfa.mul_(dfa_coef)
+
+
+# --- the step ------------------------------------------------------------------------------------------------------
+
+
+def update(weights, grads, lrs, adam, step: int) -> None:
+    """One optimizer step in place, each member at its own per-layer rate (``lr`` is ``[K, 1, 1]``).
+
+    SGD: ``W -= lr * g``. Adam: torch.optim.Adam's update (betas 0.9, 0.999, eps 1e-8, bias-corrected).
+    """
+    if adam is None:
+        for w, g, lr in zip(weights, grads, lrs):
+            w.sub_(lr * g)
+        return
+    b1, b2 = ADAM_BETAS
+    c1, c2 = 1 - b1**step, 1 - b2**step
+    ms, vs = [m for m, _ in adam], [v for _, v in adam]
+    # _foreach ops: one call per quantity for all layers (a third of the op calls of a per-layer loop)
+    torch._foreach_mul_(ms, b1)
+    torch._foreach_add_(ms, grads, alpha=1 - b1)
+    torch._foreach_mul_(vs, b2)
+    torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+    denom = torch._foreach_sqrt(vs)
+    torch._foreach_div_(denom, math.sqrt(c2))
+    torch._foreach_add_(denom, ADAM_EPS)
+    steps = torch._foreach_div(ms, denom)  # torch.optim.Adam: w -= (lr / c1) * m / denom
+    torch._foreach_mul_(steps, [lr / c1 for lr in lrs])
+    torch._foreach_sub_(weights, steps)
+
+
+def train_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step: int) -> torch.Tensor:
+    """One optimizer step of the members of ``weights``, in place; returns their minibatch losses ``[K]``.
+
+    ``x``, ``t``, ``labels``: a minibatch as :func:`loss_and_dfa` takes it; ``lrs``: one ``[K, 1, 1]`` rate per
+    layer (the same tensor for every layer: :func:`raysweep.model.backward` applies it once); ``adam``: per layer
+    the moments ``(m, v)``, or None for SGD, whose update is fused into the backward; ``step``: from 1.
+    """
+    raw, acts = model.forward_cached(weights, x)
+    losses, dfa = loss_and_dfa(raw, out_mult, t, labels, loss_coef, dfa_coef)
+    if adam is None:
+        model.backward(weights, acts, dfa, sgd_lr=lrs)
+    else:
+        update(weights, model.backward(weights, acts, dfa), lrs, adam, step)
+    return losses
+
+
+def step_groups(n_members: int, member_bytes: int) -> list[slice]:
+    """Consecutive groups of members whose weights (and Adam state) take at most ``STEP_GROUP_BYTES``: one group
+    for small models; one member at a time when a member's weights alone fill the cache."""
+    size = max(1, STEP_GROUP_BYTES // max(1, member_bytes))
+    return [slice(a, min(a + size, n_members)) for a in range(0, n_members, size)]
+
+
+def member_bytes(weights, adam) -> int:
+    """Bytes of one member's weights, and of its Adam moments when ``adam`` is not None (what
+    :func:`step_groups` sizes groups by)."""
+    return sum(w[0].numel() * w.element_size() for w in weights) * (1 if adam is None else 3)
+
+
+def bundle_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step: int,
+                groups: list[slice]) -> torch.Tensor:
+    """:func:`train_step` of the whole bundle, one group of ``groups`` (:func:`step_groups`) at a time; returns
+    every member's minibatch loss ``[K]``. ``x`` and ``labels`` are shared (``[B, ...]``) or per member."""
+    if len(groups) == 1:
+        return train_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step)
+    # large weights: a group of members at a time, so that each group's weights stay in cache
+    depth = len(weights)
+    return torch.cat([
+        train_step([w[g] for w in weights], x if x.dim() == 2 else x[g], t[g],
+                   labels if labels is None or labels.dim() == 1 else labels[g], out_mult[g], loss_coef,
+                   dfa_coef[g], [lrs[0][g]] * depth if lrs[0] is lrs[-1] else [lr[g] for lr in lrs],
+                   None if adam is None else [(m[g], v[g]) for m, v in adam], step)
+        for g in groups])
