@@ -53,6 +53,7 @@ from raysweep.analyze.optimum import config_table, eta_max, fit_eta_power_law, f
 from raysweep.analyze.temperature import temperature_collapse
 from raysweep.analyze.transfer import transfer_slope, transfer_table
 from raysweep.errors import NoResultsError
+from raysweep.space import PARAMETRIZATIONS
 
 STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch")
 PASS, FAIL, SKIPPED, INFO = "pass", "FAIL", "skipped", "info"
@@ -225,8 +226,6 @@ def check_transfer(trials: pd.DataFrame, *, drift_tol: float = 0.5, sp_slope_max
 
 
 def _torch_sp_skip() -> Row:
-    from raysweep.space import PARAMETRIZATIONS
-
     if "torch_sp" not in PARAMETRIZATIONS:
         why = "parametrization torch_sp not available"
     else:
