@@ -288,7 +288,7 @@ class ProcessExecutor:
 def _child_main(conn, request: dict, point: dict, kind: str) -> None:
     import traceback
 
-    from raysweep.autobatch.steps import run_steps
+    from raysweep.autobatch.steps import run_steps  # torch: the child process runs real training steps
 
     try:
         import torch
