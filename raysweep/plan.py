@@ -17,7 +17,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from raysweep import __version__, families
+from raysweep import families
+from raysweep._version import __version__
 from raysweep.autobatch.config import AutobatchConfig
 from raysweep.autobatch.device import cpu_device_info
 from raysweep.autobatch.sizing import plan_resources
