@@ -7,6 +7,7 @@ tables under ``<storage>/<name>/`` are the record. Ray is imported inside the fu
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -253,8 +254,6 @@ def _driver_placement(address: str) -> str:
 
 
 def placement_text(address: str, host: str, on_head: bool, job_config: str | None) -> str:
-    import json
-
     node = "the head node" if on_head else "a worker node"
     if job_config:
         try:

@@ -88,7 +88,7 @@ def build_search(spec, plan, recorder):
     """
     from ray import tune
 
-    from raysweep.results import read_curves, read_trials  # pyarrow: the dry run imports this package
+    from raysweep.results import read_curves, read_trials  # pyarrow: the launcher imports this package
     from raysweep.search._base import SearchSetup  # Ray: a Searcher subclass
     from raysweep.search.schedulers import build_scheduler  # Ray: Tune's schedulers
 
