@@ -8,12 +8,11 @@ The Python API (:mod:`raysweep.api`) is loaded on first use, so that ``import ra
     trials = raysweep.read_trials(summary)
 """
 
+from raysweep._version import __version__
 from raysweep.errors import (
     CorruptFileError, DataError, InfeasibleError, NotASweepError, NothingFitsError, OptionError, RaysweepError,
     SpecError,
 )
-
-__version__ = "0.1.0"
 
 _API = ("RunOptions", "Summary", "load_spec", "read_curves", "read_trials", "run")
 
@@ -39,7 +38,7 @@ __all__ = [
 def __getattr__(name: str):
     """PEP 562: the API's names, imported from :mod:`raysweep.api` when first asked for."""
     if name in _API:
-        from raysweep import api
+        from raysweep import api  # lazy: `import raysweep` stays light (the API loads the launcher)
 
         value = getattr(api, name)
         globals()[name] = value

@@ -22,7 +22,13 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from raysweep import driver, space
+from raysweep.driver import check_address
 from raysweep.errors import OptionError, RaysweepError, SpecError
+from raysweep.plan import build_plan, describe
+from raysweep.search import describe_search, planned_spec
+from raysweep.search.remaining import nothing_to_run
+from raysweep.space import AUTO, check_name, parse_spec
 
 __all__ = ["RunOptions", "Summary", "load_spec", "read_curves", "read_trials", "run"]
 
@@ -77,8 +83,6 @@ class RunOptions:
         if not isinstance(self.storage, str) or not self.storage.strip() or "\0" in self.storage:
             raise OptionError(f"--storage: must be a local path or a URI, got {self.storage!r}")
         if self.name is not None:
-            from raysweep.space import check_name
-
             try:
                 check_name(self.name, "--name")
             except SpecError as exc:
@@ -86,8 +90,6 @@ class RunOptions:
         if self.address is not None and not isinstance(self.address, str):
             raise OptionError(f"--address: must be HOST:PORT or auto, got {self.address!r}")
         if self.address:
-            from raysweep.driver import check_address
-
             check_address(self.address)
 
 
@@ -142,8 +144,6 @@ class Summary:
 def load_spec(spec, *, source: str | None = None):
     """A validated :class:`~raysweep.space.SweepSpec` from a search-space file (path), a mapping with the YAML's
     keys, or a SweepSpec (returned as is). :class:`~raysweep.errors.SpecError` names the field and ``source``."""
-    from raysweep import space
-
     if isinstance(spec, space.SweepSpec):
         return spec
     if isinstance(spec, Mapping):
@@ -162,8 +162,6 @@ def run(spec, options: RunOptions | None = None) -> Summary:
     :class:`raysweep.driver.Interrupted`. If the Tuner has not stopped 10 s after the signal, what the driver holds
     is landed and the process exits (status 130 / 143). Progress goes to stderr unless ``options.quiet``.
     """
-    from raysweep import driver
-
     options = options or RunOptions()
     if not isinstance(options, RunOptions):
         raise OptionError(f"options: must be a RunOptions, got {type(options).__name__}")
@@ -180,16 +178,14 @@ def run(spec, options: RunOptions | None = None) -> Summary:
 
 
 def _renamed(spec, name: str):
-    from raysweep.space import parse_spec
-
     d = spec.to_dict()
     d["name"] = name
     return parse_spec(d, source=spec.source)
 
 
 def _run(spec, options: RunOptions, stop) -> Summary:
-    from raysweep import driver, storage
-    from raysweep.results import read_trials as read_table
+    from raysweep import storage  # pyarrow: only once a sweep is read (RunOptions stays light)
+    from raysweep.results import read_trials as read_table  # pyarrow
 
     address = options.address if options.address is not None else os.environ.get("RAY_ADDRESS") or None
     if options.address is None and address:
@@ -216,9 +212,8 @@ def _run(spec, options: RunOptions, stop) -> Summary:
     storage.check_reachable(root)  # an object store with no network answers nothing for minutes
     storage.check_no_links(sweep)
     driver.check_data(spec)
-    if not (options.dry_run or retry or options.quarantine):  # a finished sweep relaunched: say so from its rows
-        from raysweep.search.remaining import nothing_to_run  # and journal, before Ray starts
-
+    # A finished sweep relaunched: say so from its rows and journal, before Ray starts.
+    if not (options.dry_run or retry or options.quarantine):
         driver.check_saved_spec(sweep, spec)
         finished = nothing_to_run(spec, sweep)
         if finished:
@@ -239,9 +234,7 @@ def _run(spec, options: RunOptions, stop) -> Summary:
                 ray.shutdown()
             raise
 
-    from raysweep.plan import build_plan, describe
-    from raysweep.results import ResultsWriter, corrupt_files, retryable
-    from raysweep.search import describe_search, planned_spec
+    from raysweep.results import ResultsWriter, corrupt_files, retryable  # pyarrow
 
     if options.dry_run:
         skip = [part.name for part, _ in corrupt_files(sweep)] if options.quarantine else []
@@ -302,8 +295,6 @@ def _run(spec, options: RunOptions, stop) -> Summary:
 def _may_use_gpus(spec) -> bool:
     """Whether the plan's resources depend on CUDA: a ``gpus_per_trial``, or autobatch sizing (a section or
     ``batch_size: auto``) for a device that may be CUDA (:func:`raysweep.plan.describe`)."""
-    from raysweep.autobatch.launching import AUTO
-
     sized = spec.autobatch is not None or AUTO in spec.space.batch_size
     return bool(spec.resources.gpus_per_trial) or (sized and spec.experiment.device != "cpu")
 
@@ -313,7 +304,7 @@ def _sweep_of(sweep, name: str | None) -> str:
         return sweep.sweep
     if name is None:
         return sweep
-    from raysweep import storage
+    from raysweep import storage  # pyarrow
 
     return storage.resolve(sweep).join(name)
 
@@ -325,7 +316,7 @@ def read_trials(sweep, name: str | None = None):
     ``name``. :class:`~raysweep.errors.NotASweepError` for a storage root without ``name``;
     :class:`~raysweep.errors.CorruptFileError` for a file that is not a raysweep table. The derived columns of the
     analysis (``usable``, ``diverged``, ``final_loss``...) come from :func:`raysweep.analyze.load.prepare_trials`."""
-    from raysweep import results
+    from raysweep import results  # pyarrow
 
     return results.read_trials(_sweep_of(sweep, name)).to_pandas()
 
@@ -333,6 +324,6 @@ def read_trials(sweep, name: str | None = None):
 def read_curves(sweep, name: str | None = None):
     """The sweep's curves table as a pandas DataFrame, one row per (configuration, report); arguments and errors
     as :func:`read_trials`."""
-    from raysweep import results
+    from raysweep import results  # pyarrow
 
     return results.read_curves(_sweep_of(sweep, name)).to_pandas()

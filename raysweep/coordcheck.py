@@ -108,8 +108,8 @@ def coord_check(config: Mapping, x, y, *, n_out: int, widths: Sequence[int] = DE
     seed; see the module docstring for what is measured."""
     import torch
 
-    from raysweep import model  # torch-level, like raysweep.step: the command line's errors stay light
-    from raysweep.step import loss_per_member, update
+    from raysweep import model  # torch: like raysweep.step; the command line's errors stay light
+    from raysweep.step import loss_per_member, update  # torch
 
     widths = tuple(int(n) for n in widths)
     dtype = x.dtype if x.is_floating_point() else torch.float32
@@ -179,7 +179,7 @@ def run_spec(spec, *, widths: Sequence[int] = DEFAULT_WIDTHS, steps: int = 5, se
     """:func:`coord_check` for every combination of ``spec`` (:func:`spec_combinations`), on the spec's data."""
     import torch
 
-    from raysweep.data import build_task
+    from raysweep.data import build_task  # torch: the data modules build tensors
 
     experiment = spec.experiment.as_dict()
     dtype = torch.float64 if spec.experiment.dtype == "float64" else torch.float32

@@ -7,6 +7,7 @@ tables under ``<storage>/<name>/`` are the record. Ray is imported inside the fu
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,7 +17,14 @@ import threading
 import time
 from typing import NamedTuple
 
-from raysweep.errors import OptionError, RaysweepError, SpecError
+from raysweep.autobatch.device import torch_build
+from raysweep.autobatch.launching import size_plan, wants_probe
+from raysweep.errors import DataError, InfeasibleError, OptionError, RaysweepError, SpecError
+from raysweep.fields import parse_yaml
+from raysweep.plan import resources_per_trial, run_order, unfit_resources
+from raysweep.search import build_search
+from raysweep.space import parse_spec
+from raysweep.trial import tune_trainable
 
 ADDRESS_TIMEOUT_S = 5.0  # how long a TCP connection to --address may take before the launch stops
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})$")
@@ -53,9 +61,7 @@ def check_saved_spec(sweep_dir, spec) -> None:
 
     ``sweep_dir``: a local path, a URI or a :class:`raysweep.storage.Location`. A saved spec that does not read
     back is a SpecError naming it."""
-    from raysweep import storage
-    from raysweep.fields import parse_yaml
-    from raysweep.space import parse_spec
+    from raysweep import storage  # pyarrow: the launcher imports this module
 
     saved = storage.resolve(sweep_dir).join("spec.yaml")
     if not saved.exists():
@@ -76,7 +82,7 @@ def check_saved_spec(sweep_dir, spec) -> None:
 
 def save_spec(sweep_dir, spec) -> None:
     """``<sweep>/spec.yaml``, atomically (a local path, a URI or a :class:`raysweep.storage.Location`)."""
-    from raysweep import storage
+    from raysweep import storage  # pyarrow: the launcher imports this module
 
     storage.write_bytes_atomic(storage.resolve(sweep_dir).join("spec.yaml"), spec.to_yaml().encode())
 
@@ -159,8 +165,7 @@ def check_data(spec) -> None:
     ``experiment.path``); families without files import nothing."""
     if "path" not in spec.experiment.params:
         return
-    from raysweep.data import check_source
-    from raysweep.errors import DataError
+    from raysweep.data import check_source  # torch: the data modules build tensors
 
     try:
         check_source(spec.experiment.as_dict())
@@ -249,8 +254,6 @@ def _driver_placement(address: str) -> str:
 
 
 def placement_text(address: str, host: str, on_head: bool, job_config: str | None) -> str:
-    import json
-
     node = "the head node" if on_head else "a worker node"
     if job_config:
         try:
@@ -287,11 +290,7 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
     import ray
     from ray import tune
 
-    from raysweep.autobatch.launching import size_plan, wants_probe
-    from raysweep.callbacks import ProgressCallback, ResultsCallback, StopOnSignal
-    from raysweep.plan import resources_per_trial, run_order
-    from raysweep.search import build_search
-    from raysweep.trial import tune_trainable
+    from raysweep.callbacks import ProgressCallback, ResultsCallback, StopOnSignal  # Ray: tune.Callback
 
     results = ResultsCallback(writer, plan)
     search = build_search(spec, plan, results)  # before Ray starts: a missing sampler package fails fast
@@ -309,7 +308,7 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
     callbacks = [results]
     if not quiet:
         callbacks.append(ProgressCallback(results, search.n_total, where))
-    from raysweep.storage import tune_storage
+    from raysweep.storage import tune_storage  # pyarrow
 
     tune_dir = tune_storage(writer.location)  # <sweep>/_tune/<launch>/: as reachable as the sweep itself
     try:
@@ -353,9 +352,6 @@ def check_fit(resources, plan, *, quiet: bool = False) -> None:
     node that fits."""
     import ray
 
-    from raysweep.errors import InfeasibleError
-    from raysweep.plan import unfit_resources
-
     requests = [resources({"bundle": bid}) for bid in plan.bundles] if callable(resources) else [resources]
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     problem = unfit_resources(requests, nodes)
@@ -382,8 +378,6 @@ def _cluster_has_gpus() -> bool:
 def cuda_available() -> bool:
     """Whether torch can use CUDA on this machine. A torch build without CUDA (read from its version file) answers
     without importing torch, so that ``--dry-run`` stays light on a CPU machine."""
-    from raysweep.autobatch.device import torch_build
-
     build = torch_build()
     if build and not (build.get("cuda") or build.get("hip")):  # a CPU build (ROCm builds answer through torch.cuda)
         return False

@@ -17,7 +17,11 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from raysweep import __version__, families
+from raysweep import families
+from raysweep._version import __version__
+from raysweep.autobatch.config import AutobatchConfig
+from raysweep.autobatch.device import cpu_device_info
+from raysweep.autobatch.sizing import plan_resources
 from raysweep.errors import NoCachedModelError, RaysweepError
 from raysweep.space import AUTO, BUNDLE_KEYS, Experiment, SweepSpec, config_keys, setting
 
@@ -180,8 +184,6 @@ def autobatch_lines(spec: SweepSpec, plan: Plan, *, cuda: bool, storage=None, li
     """What autobatch will do at launch, for a spec with an ``autobatch:`` section or a ``batch_size: auto``; with a
     cached memory model of this machine's CPU in ``storage``, the resources and batch sizes it gives every trial
     (:func:`raysweep.autobatch.plan_resources`). Empty for other specs."""
-    from raysweep.autobatch.config import AutobatchConfig
-
     auto = AUTO in spec.space.batch_size
     if spec.autobatch is None and not auto:
         return []
@@ -199,9 +201,6 @@ def autobatch_lines(spec: SweepSpec, plan: Plan, *, cuda: bool, storage=None, li
         return lines
     if storage is None:
         return lines
-    from raysweep.autobatch.device import cpu_device_info
-    from raysweep.autobatch.sizing import plan_resources
-
     info = cpu_device_info()
     try:
         sized = plan_resources(spec, list(plan.bundles.values()), device_info=info, config=config, storage=storage)

@@ -101,6 +101,7 @@ import yaml
 
 from raysweep import families, limits, search_spec
 from raysweep import fields as f
+from raysweep.scaling import learning_rates
 from raysweep.search_spec import ALGORITHMS, Scheduler, Search
 
 __all__ = [  # closed sets first, then the types and functions
@@ -505,8 +506,6 @@ def _check_arithmetic(spec: SweepSpec) -> None:
 def _check_learning_rates(spec: SweepSpec) -> None:
     """Every layer's learning rate at the corners of the space (it is monotone in eta, gamma and width) is a normal
     number of the dtype: finite, and not flushed to zero."""
-    from raysweep.scaling import learning_rates  # pure, stdlib only
-
     exp, space = spec.experiment, spec.space
     dim = exp.params.get("dim")
     corners = itertools.product(
@@ -576,7 +575,7 @@ def _autobatch(raw: Any, source: str):
     """The ``autobatch:`` section (see raysweep.autobatch.config), or None when the spec has none."""
     if raw is None:
         return None
-    from raysweep.autobatch.config import AutobatchConfig  # light: no torch, no Ray
+    from raysweep.autobatch.config import AutobatchConfig  # cycle: autobatch/__init__ -> sizing -> space
 
     return AutobatchConfig.from_mapping(raw, source=source)
 

@@ -27,6 +27,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
+from raysweep.autobatch.guard import apply_malloc_policy, apply_memory_cap, is_oom
 from raysweep.plan import Bundle, Plan
 from raysweep.scaling import learning_rates, temperature
 from raysweep.space import AUTO, Experiment
@@ -110,7 +111,7 @@ def _task(experiment: Experiment, device: str):
     """Data sets are built once per worker process and reused by the trials it runs."""
     import torch
 
-    from raysweep.data import build_task
+    from raysweep.data import build_task  # torch: the data modules build tensors
 
     return build_task(experiment.as_dict(), device=device, dtype=getattr(torch, experiment.dtype))
 
@@ -128,7 +129,7 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
     """Train ``bundle`` and call ``report_fn(metrics)`` at every report. Never raises for a training error."""
     import torch
 
-    from raysweep.train import train_bundle
+    from raysweep.train import train_bundle  # torch
 
     started = time.perf_counter()
     torch.set_num_threads(max(1, int(plan.cpus_per_trial)))
@@ -149,8 +150,6 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
         placement = {**placement, "device": device, "memory_cap": _cap_memory(placement, device)}
         if device == "cpu" and placement.get("memory_bytes"):
             # sized by autobatch's cpu-rss model: allocate the way the probe measured (a fixed mmap threshold)
-            from raysweep.autobatch.guard import apply_malloc_policy
-
             apply_malloc_policy()
         task = _task(exp, device)
         dataset = task.dataset
@@ -178,8 +177,6 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
                 single = single_metrics(report, terminal, row)
             emit(report.step, terminal, min(finite) if finite else None, single)
     except Exception as exc:  # a failed config lands as a row; the sweep goes on
-        from raysweep.autobatch.guard import is_oom
-
         error = ("oom: " if is_oom(exc) else "") + f"{type(exc).__name__}: {exc}"
         terminal = []
         for i in sorted(open_members):
@@ -202,8 +199,6 @@ def _cap_memory(placement: Mapping, device: str) -> float | None:
     share = placement.get("gpu_share") or 0.0
     if not device.startswith("cuda") or share <= 0:
         return None
-    from raysweep.autobatch.guard import apply_memory_cap
-
     return share if apply_memory_cap(share, device) else None
 
 

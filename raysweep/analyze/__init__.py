@@ -19,6 +19,8 @@ Command line: ``python -m raysweep.analyze RESULTS_DIR [--sweep NAME] [--report 
 [--metric eval_loss|train_loss|eval_accuracy]``.
 """
 
+import importlib
+
 from raysweep.analyze.critical import (
     crossing_step,
     default_targets,
@@ -58,8 +60,6 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         value = getattr(importlib.import_module(f"raysweep.analyze.{_LAZY[name]}"), name)
         globals()[name] = value
         return value

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from raysweep import space
 from raysweep.analyze.critical import default_targets, fit_critical_batch, seed_mean_curves, steps_to_target
 from raysweep.analyze.gamma import gamma_slopes, gamma_table
 from raysweep.analyze.load import ensure_prepared, find_sweeps, load
@@ -225,9 +226,7 @@ def check_transfer(trials: pd.DataFrame, *, drift_tol: float = 0.5, sp_slope_max
 
 
 def _torch_sp_skip() -> Row:
-    from raysweep.space import PARAMETRIZATIONS
-
-    if "torch_sp" not in PARAMETRIZATIONS:
+    if "torch_sp" not in space.PARAMETRIZATIONS:  # read at call time (patchable)
         why = "parametrization torch_sp not available"
     else:
         why = "no torch_sp rows in this sweep (launch search_spaces/science_transfer.yaml)"

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from raysweep import storage
 from raysweep.analyze import plots
 from raysweep.analyze.critical import fit_critical_batch, seed_mean_curves, steps_to_target
 from raysweep.analyze.gamma import gamma_slopes, gamma_table
@@ -249,8 +250,6 @@ def _no_link(path: Path) -> None:
 
 
 def _write(path: Path, write) -> None:
-    from raysweep import storage
-
     storage.write_atomic(storage.resolve(path), write)
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from raysweep.results import ResultsWriter
+
 BASE_CONFIG = {
     "family": "synthetic",
     "dataset": "synthetic",
@@ -112,8 +114,6 @@ def make_rows(axes: dict, loss_fn, *, curve_fn=None, base: dict | None = None, s
 
 def write_sweep(results_dir, name: str, trials: list, curves: dict | None = None) -> Path:
     """Write rows through :class:`raysweep.results.ResultsWriter` to ``results_dir/name``; returns the folder."""
-    from raysweep.results import ResultsWriter
-
     folder = Path(results_dir) / name
     writer = ResultsWriter(folder, name)
     try:

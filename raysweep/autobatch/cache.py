@@ -21,6 +21,7 @@ from pathlib import Path
 
 from raysweep.autobatch.device import DeviceInfo
 from raysweep.autobatch.memory import MemoryModel
+from raysweep.autobatch.probe import PROBE_VERSION
 
 CACHE_FILE = "autobatch_cache.json"
 CACHE_VERSION = 1
@@ -28,8 +29,6 @@ CACHE_VERSION = 1
 
 def cache_key(request, device: DeviceInfo) -> dict:
     """The cache key of a probe request (:class:`raysweep.autobatch.probe.ProbeRequest`) on ``device``."""
-    from raysweep.autobatch.probe import PROBE_VERSION
-
     return {
         "dim": request.dim,
         "n_out": request.n_out,

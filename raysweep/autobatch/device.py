@@ -15,6 +15,8 @@ Nothing here touches CUDA at import time; :func:`cpu_device_info` never touches 
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import platform
 from dataclasses import asdict, dataclass
@@ -72,9 +74,6 @@ def _torch_version() -> str:
 def torch_build() -> dict[str, str | None]:
     """``{"version", "cuda", "hip"}`` of the installed torch, read from its ``torch/version.py`` without importing
     torch (about 1 s of CPU); ``{}`` when torch is missing or the file does not read as plain assignments."""
-    import ast
-    import importlib.util
-
     try:
         spec = importlib.util.find_spec("torch")
         folder = (spec.submodule_search_locations or [None])[0] if spec else None

@@ -6,6 +6,10 @@ Small functions tested on a CPU (STYLE.md point 8).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
+
 # Messages of allocation failures that do not come as a typed torch.OutOfMemoryError (cuBLAS / cuDNN handles and
 # workspaces, raw CUDA errors, the CPU allocator).
 OOM_MESSAGES = (
@@ -37,8 +41,6 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def _is_typed_oom(exc: BaseException) -> bool:
-    import sys
-
     torch = sys.modules.get("torch")  # never import torch just to answer "no"
     typed = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
     return typed is not None and isinstance(exc, typed)
@@ -87,9 +89,6 @@ def apply_malloc_policy() -> bool:
     """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD_BYTES` in this process (the probe's CPU children do,
     and a CPU trial should, so that its RSS is what the cpu-rss model predicts). True when applied; False off
     glibc. Harmless on CUDA trials. Equivalent to the environment ``MALLOC_MMAP_THRESHOLD_=65536``."""
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return bool(libc.mallopt(-3, MMAP_THRESHOLD_BYTES))

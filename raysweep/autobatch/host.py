@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import traceback
 
 from raysweep.autobatch.cache import ModelCache, cache_key
 from raysweep.autobatch.config import AutobatchConfig
@@ -163,8 +164,6 @@ def format_record(rec: dict) -> str:
 
 def _main() -> None:
     """The subprocess side of :class:`_SubprocessHost`: answer JSON lines on stdin until it closes."""
-    import traceback
-
     host = ProbeHost(sys.argv[1])
     real_stdout, sys.stdout = sys.stdout, sys.stderr  # only answers go to stdout
     for line in sys.stdin:

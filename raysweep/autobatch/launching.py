@@ -12,8 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from raysweep.autobatch.host import probe_and_fit
+from raysweep.autobatch.sizing import plan_resources, raise_if_infeasible, split_to_fit
 from raysweep.plan import Bundle, bundle_id
 from raysweep.space import AUTO
+from raysweep.trial import failed_row
 
 
 def has_real_gpus(cluster_resources: Mapping[str, float]) -> bool:
@@ -34,10 +37,6 @@ def size_plan(spec, plan, sweep_dir, *, log: Callable[[str], None] = print) -> t
     the trials rows to land as ``failed`` for configs that cannot fit even alone (``autobatch.infeasible: fail``;
     with ``refuse``, the default, :class:`~raysweep.errors.NothingFitsError` lists them and nothing starts).
     """
-    from raysweep.autobatch.host import probe_and_fit
-    from raysweep.autobatch.sizing import plan_resources, raise_if_infeasible
-    from raysweep.trial import failed_row
-
     model = probe_and_fit(spec, config=spec.autobatch, storage=sweep_dir, log=log)
     plan = split_bundles(plan, model, spec.autobatch, log=log)
     sized = plan_resources(spec, list(plan.bundles.values()), device_info=model.device, model=model,
@@ -65,8 +64,6 @@ def split_bundles(plan, model, config, *, log: Callable[[str], None] = print):
     """The memory bound on bundle size: split every bundle whose members together exceed the usable memory into
     consecutive bundles that fit (:func:`raysweep.autobatch.sizing.split_to_fit`); the others are kept as they
     are (same ids)."""
-    from raysweep.autobatch.sizing import split_to_fit
-
     usable = model.usable_bytes(config.target_memory_fraction)
     bundles, n_split = {}, 0
     for bid, bundle in plan.bundles.items():

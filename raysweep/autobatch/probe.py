@@ -25,8 +25,10 @@ skipped. Both are recorded.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -243,8 +245,6 @@ class ProcessExecutor:
     """One fresh forkserver child per point (see the module docstring); ``counters`` are the parent's."""
 
     def __init__(self, counters: Counters, *, timeout_s: float = POINT_TIMEOUT_S):
-        import multiprocessing
-
         self.counters, self.timeout_s = counters, timeout_s
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(["torch", "raysweep.model", "raysweep.autobatch.steps"])
@@ -286,9 +286,7 @@ class ProcessExecutor:
 
 
 def _child_main(conn, request: dict, point: dict, kind: str) -> None:
-    import traceback
-
-    from raysweep.autobatch.steps import run_steps
+    from raysweep.autobatch.steps import run_steps  # torch: the child process runs real training steps
 
     try:
         import torch

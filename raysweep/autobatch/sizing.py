@@ -31,8 +31,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from raysweep import families
+from raysweep.autobatch.cache import ModelCache, cache_key
 from raysweep.autobatch.config import MODES, AutobatchConfig
-from raysweep.autobatch.memory import ITEMSIZE, MemoryModel
+from raysweep.autobatch.memory import ITEMSIZE, MemoryModel, n_params
 from raysweep.autobatch.probe import ProbeRequest, floor_batch
 from raysweep.autobatch.search import SearchResult, largest_under_budget
 from raysweep.errors import NoCachedModelError, NothingFitsError, RaysweepError
@@ -102,8 +103,6 @@ def noise_bytes(experiment: ExperimentLike, width: int, depth: int, batch_size: 
     """``(chunk size b, bytes)`` the gradient-noise-scale metric adds at a report: the noise batch of every stream
     (``m b`` inputs, targets and ``f(x; theta_0)``) and two copies of the members' weight gradients (the chunk
     gradient and the running sum). Its gradient steps on ``b`` samples are a training step's activations."""
-    from raysweep.autobatch.memory import n_params
-
     option = grad_noise_option(setting(experiment, "grad_noise_scale"))
     chunk = int(option["batch_size"] or batch_size)
     s = ITEMSIZE[setting(experiment, "dtype")]
@@ -245,8 +244,6 @@ def plan_resources(spec, bundles_or_points, *, device_info, model: MemoryModel |
     """
     config = config or getattr(spec, "autobatch", None) or AutobatchConfig()
     if model is None and storage is not None:
-        from raysweep.autobatch.cache import ModelCache, cache_key
-
         model = ModelCache(storage).lookup(cache_key(request_from_spec(spec, config), device_info))
     if model is None:
         raise NoCachedModelError(f"no memory model of sweep {spec.name} on {device_info.name}: run "

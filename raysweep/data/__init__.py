@@ -80,7 +80,7 @@ def __getattr__(name: str):
     # The converter imports PIL and is run as `python -m raysweep.data.mnist1m`; importing it here eagerly would
     # make runpy warn that the module was imported before it ran.
     if name == "convert_mnist1m":
-        from raysweep.data.mnist1m import convert_mnist1m
+        from raysweep.data.mnist1m import convert_mnist1m  # runpy: see above
 
         return convert_mnist1m
     raise AttributeError(f"module 'raysweep.data' has no attribute {name!r}")

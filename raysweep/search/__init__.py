@@ -17,6 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from raysweep.errors import RaysweepError
+from raysweep.plan import run_order
+from raysweep.search.cells import describe as describe_scheduler  # not schedulers: no Ray here
+from raysweep.space import AXES, config_key
+
 __all__ = ["build_search", "describe_search", "planned_spec"]
 
 
@@ -29,9 +34,6 @@ def planned_spec(spec):
 
 def describe_search(spec, plan_text: str) -> str:
     """The ``--dry-run`` text: the plan's text, and what the search mode does with it."""
-    from raysweep.errors import RaysweepError
-    from raysweep.search.cells import describe as describe_scheduler  # not schedulers: no Ray here
-
     s = spec.search
     lines = []
     if s.algorithm == "optuna":
@@ -69,8 +71,6 @@ def describe_search(spec, plan_text: str) -> str:
 
 
 def _axes():
-    from raysweep.space import AXES
-
     return AXES
 
 
@@ -88,23 +88,20 @@ def build_search(spec, plan, recorder):
     """
     from ray import tune
 
-    from raysweep.results import read_curves, read_trials
-    from raysweep.search._base import SearchSetup
-    from raysweep.search.schedulers import build_scheduler
-    from raysweep.space import config_key
+    from raysweep.results import read_curves, read_trials  # pyarrow: the launcher imports this package
+    from raysweep.search._base import SearchSetup  # Ray: a Searcher subclass
+    from raysweep.search.schedulers import build_scheduler  # Ray: Tune's schedulers
 
     scheduler = build_scheduler(spec, plan)
     n_planned = sum(len(b.points) for b in plan.bundles.values())
     if not spec.search.guided:
-        from raysweep.plan import run_order
-
         return SearchSetup(plan, {"bundle": tune.grid_search(run_order(plan))}, scheduler=scheduler,
                            n_total=n_planned)
     sweep_dir = recorder.writer.sweep_dir
     rows = {r["config_key"]: r for r in read_trials(sweep_dir).to_pylist()}
     if spec.search.algorithm == "optuna":
-        from raysweep.search import studies
-        from raysweep.search.optuna_search import OptunaStudies
+        from raysweep.search import studies  # optuna
+        from raysweep.search.optuna_search import OptunaStudies  # optuna and Ray: a Tune Searcher
 
         studies.check_sampler(spec.search.sampler)
         curves: dict[str, list[dict]] = {}
@@ -114,7 +111,7 @@ def build_search(spec, plan, recorder):
         plan = dataclasses.replace(plan, bundles={})  # configurations come from the studies at run time
         n_total = sum(max(0, c.wants()) for c in searcher.cells)
     else:
-        from raysweep.search.stability import EtaScan
+        from raysweep.search.stability import EtaScan  # Ray: a Tune Searcher
 
         experiment = spec.experiment.as_dict()
         keyed = [(config_key(experiment, p), p) for p in spec.points()]

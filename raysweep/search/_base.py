@@ -25,7 +25,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from raysweep.trial import Plan
+from raysweep.plan import Plan, bundle_id
 
 
 @dataclass
@@ -96,6 +96,4 @@ class DriverSearcher(Searcher):
 
 def bundle_config(key: str, point: dict) -> dict:
     """The Tune config of one configuration chosen at run time (see :func:`raysweep.trial.bundle_of`)."""
-    from raysweep.plan import bundle_id
-
     return {"bundle": bundle_id((key,)), "key": key, "point": dict(point)}

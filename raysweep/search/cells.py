@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from raysweep.space import AXES
+
 TIME_ATTR = "step"
 DEFAULT_REDUCTION_FACTOR = 3.0
 DEFAULT_MIN_SAMPLES = 3
@@ -47,8 +49,6 @@ def settings(spec) -> dict:
 
 def describe(spec) -> str:
     """The ``--dry-run`` line: the settings, and which trials a rung (or the median) compares."""
-    from raysweep.space import AXES
-
     s = settings(spec)
     if not s:
         return "scheduler: none"
@@ -57,7 +57,7 @@ def describe(spec) -> str:
     varying = [a for a in axes if len(getattr(spec.space, a)) > 1]
     what = "the median rule" if s["type"] == "median" else "a rung"
     if spec.search.algorithm == "optuna":
-        from raysweep.search.studies import cell_grid
+        from raysweep.search.studies import cell_grid  # optuna: only for an Optuna search
 
         n, own, unit = len(cell_grid(spec, AXES)), "Optuna study", "studies"
     else:

@@ -14,14 +14,16 @@ the launcher then goes the usual way). It imports neither Ray nor torch and writ
 
 from __future__ import annotations
 
+from raysweep.search.scan import columns, rule_of, scan_column
+from raysweep.space import AXES, config_key
+
 __all__ = ["nothing_to_run"]
 
 
 def nothing_to_run(spec, sweep) -> str | None:
     """The "nothing to run" line for relaunching ``spec`` into ``sweep`` (a :class:`raysweep.storage.Location`), or
     None when some configuration is left to run."""
-    from raysweep.results import read_trials
-    from raysweep.space import config_key
+    from raysweep.results import read_trials  # pyarrow: the launcher imports this module
 
     status = {r["config_key"]: r["status"] for r in read_trials(sweep).select(["config_key", "status"]).to_pylist()}
     if not status:
@@ -34,8 +36,6 @@ def nothing_to_run(spec, sweep) -> str | None:
     experiment = spec.experiment.as_dict()
     keyed = [(config_key(experiment, p), p) for p in spec.points()]
     if spec.search.guided:  # the eta scans
-        from raysweep.search.scan import columns, rule_of, scan_column
-
         rule, n_skipped = rule_of(spec.search), 0
         for column in columns(keyed):
             decision = scan_column([e for e, _ in column], [status.get(k) for _, k in column], rule)
@@ -57,8 +57,7 @@ def _finished_studies(spec, local_dir) -> int | None:
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
 
-    from raysweep.search import studies
-    from raysweep.space import AXES
+    from raysweep.search import studies  # optuna
 
     path = local_dir / studies.JOURNAL
     if not path.is_file():

@@ -30,6 +30,7 @@ from typing import Any
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
 from raysweep.search.cells import TIME_ATTR, cell_axes, settings
+from raysweep.space import AXES
 
 
 class MedianStopping(MedianStoppingRule):
@@ -133,8 +134,6 @@ def build_scheduler(spec, plan=None) -> CellScheduler | None:
     """The Tune scheduler of ``spec.search.scheduler`` (one per cell, see the module docstring), or None.
 
     ``plan``: the plan whose bundle ids grid and random trials name (their configs carry no point)."""
-    from raysweep.space import AXES
-
     s = settings(spec)
     if not s:
         return None
