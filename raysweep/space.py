@@ -101,6 +101,7 @@ import yaml
 
 from raysweep import families, limits, search_spec
 from raysweep import fields as f
+from raysweep.autobatch.config import AutobatchConfig
 from raysweep.scaling import learning_rates
 from raysweep.search_spec import ALGORITHMS, Scheduler, Search
 
@@ -575,8 +576,6 @@ def _autobatch(raw: Any, source: str):
     """The ``autobatch:`` section (see raysweep.autobatch.config), or None when the spec has none."""
     if raw is None:
         return None
-    from raysweep.autobatch.config import AutobatchConfig  # cycle: autobatch/__init__ -> sizing -> space
-
     return AutobatchConfig.from_mapping(raw, source=source)
 
 

@@ -16,24 +16,26 @@ The stage, in data-flow order:
 ``python -m raysweep.autobatch SPACE.yaml`` is the standalone analysis (see ``__main__``).
 """
 
-from raysweep.autobatch.cache import ModelCache, cache_key
-from raysweep.autobatch.config import AutobatchConfig, ModeSettings
-from raysweep.autobatch.device import DeviceInfo, cpu_device_info
-from raysweep.autobatch.guard import apply_malloc_policy, apply_memory_cap, cap_fraction, is_oom
-from raysweep.autobatch.host import probe_and_fit
-from raysweep.autobatch.memory import MIN_MARGIN, MemoryModel, ModeFit, static_bytes
-from raysweep.autobatch.probe import ProbeRequest
-from raysweep.autobatch.search import Grid, SearchResult, largest_fitting, largest_under_budget, next_batch_size
-from raysweep.autobatch.sizing import (
-    auto_batch_size,
-    data_bytes,
-    gpu_share,
-    max_concurrent_per_gpu,
-    plan_resources,
-    raise_if_infeasible,
-    request_from_spec,
-    trial_need,
-)
+from __future__ import annotations
+
+import importlib
+
+# name -> the submodule that defines it; imported on first use (PEP 562), so that importing one submodule (e.g.
+# raysweep.space reads autobatch.config) does not import them all
+_HOMES = {
+    "ModelCache": "cache", "cache_key": "cache",
+    "AutobatchConfig": "config", "ModeSettings": "config",
+    "DeviceInfo": "device", "cpu_device_info": "device",
+    "apply_malloc_policy": "guard", "apply_memory_cap": "guard", "cap_fraction": "guard", "is_oom": "guard",
+    "probe_and_fit": "host",
+    "MIN_MARGIN": "memory", "MemoryModel": "memory", "ModeFit": "memory", "static_bytes": "memory",
+    "ProbeRequest": "probe",
+    "Grid": "search", "SearchResult": "search", "largest_fitting": "search", "largest_under_budget": "search",
+    "next_batch_size": "search",
+    "auto_batch_size": "sizing", "data_bytes": "sizing", "gpu_share": "sizing", "max_concurrent_per_gpu": "sizing",
+    "plan_resources": "sizing", "raise_if_infeasible": "sizing", "request_from_spec": "sizing",
+    "trial_need": "sizing",
+}  # fmt: skip
 
 __all__ = [
     "MIN_MARGIN", "AutobatchConfig", "DeviceInfo", "Grid", "MemoryModel", "ModeFit", "ModeSettings", "ModelCache",
@@ -42,3 +44,13 @@ __all__ = [
     "max_concurrent_per_gpu", "next_batch_size", "plan_resources", "probe_and_fit", "raise_if_infeasible",
     "request_from_spec", "static_bytes", "trial_need",
 ]  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"raysweep.autobatch.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'raysweep.autobatch' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
