@@ -159,7 +159,7 @@ def run(spec, options: RunOptions | None = None) -> Summary:
 
     SIGINT / SIGTERM (in the main thread) stop the sweep gracefully: the finished trials are landed and the summary
     says ``interrupted``; a signal outside the Tuner's loop, or a second one, raises
-    :class:`raysweep.driver.Interrupted`. If the Tuner has not stopped 10 s after the signal, what the driver holds
+    :class:`raysweep.errors.Interrupted`. If the Tuner has not stopped 10 s after the signal, what the driver holds
     is landed and the process exits (status 130 / 143). Progress goes to stderr unless ``options.quiet``.
     """
     options = options or RunOptions()

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from raysweep.autobatch.device import torch_build
 from raysweep.autobatch.launching import size_plan, wants_probe
-from raysweep.errors import DataError, InfeasibleError, OptionError, RaysweepError, SpecError
+from raysweep.errors import DataError, InfeasibleError, Interrupted, OptionError, RaysweepError, SpecError
 from raysweep.fields import parse_yaml
 from raysweep.plan import resources_per_trial, run_order, unfit_resources
 from raysweep.search import build_search
@@ -85,14 +85,6 @@ def save_spec(sweep_dir, spec) -> None:
     from raysweep import storage  # pyarrow: the launcher imports this module
 
     storage.write_bytes_atomic(storage.resolve(sweep_dir).join("spec.yaml"), spec.to_yaml().encode())
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM outside the Tuner's loop (or a second one inside it): the launch stops where it is."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 class StopSignals:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import reprlib
+import signal
 
 _SHOWN = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
 for _name, _limit in (("maxlevel", 3), ("maxtuple", 6), ("maxlist", 6), ("maxarray", 6), ("maxdict", 6),
@@ -83,3 +84,12 @@ class NothingFitsError(RaysweepError, RuntimeError):
 
 class NoCachedModelError(RaysweepError):
     """Autobatch has no memory model of this sweep on this device yet (none cached): probe first."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM outside the Tuner's loop (or a second one inside it): the launch stops where it is.
+    A BaseException, like KeyboardInterrupt: ``except Exception`` does not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

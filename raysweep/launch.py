@@ -17,7 +17,7 @@ import signal
 import sys
 
 from raysweep import api, driver
-from raysweep.errors import OptionError, RaysweepError, SpecError
+from raysweep.errors import Interrupted, OptionError, RaysweepError, SpecError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,8 +84,8 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    except (driver.Interrupted, KeyboardInterrupt) as exc:
-        signum = exc.signum if isinstance(exc, driver.Interrupted) else signal.SIGINT
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         print(f"interrupted ({signal.Signals(signum).name}): finished trials are saved; relaunch the same command "
               "to continue", file=sys.stderr)
         return 128 + int(signum)
