@@ -29,9 +29,8 @@ from raysweep.data import build_task
 from raysweep.errors import SpecError
 from raysweep.space import config_key, parse_spec
 from raysweep.train import _draw, _loss_coefficients, init_seed, noise_seed, train, train_bundle
-from tests.conftest import run_cli
-from tests.test_train import point as train_point
-from tests.test_train import task_for
+from tests.support.training import point as train_point
+from tests.support.training import task_for
 
 DT = torch.float64
 
@@ -465,7 +464,7 @@ def test_training_validates_a_hand_made_experiment_too():
 
 
 @pytest.mark.ray
-def test_launch_writes_the_columns_when_on_and_nulls_when_off(ray_cluster, tmp_path):
+def test_launch_writes_the_columns_when_on_and_nulls_when_off(ray_cluster, tmp_path, run_cli):
     from raysweep.results import read_curves
 
     for name, option in (("gns_on", {"batches": 4}), ("gns_off", None)):
