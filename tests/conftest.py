@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support import ROOT, SUPPORT
+from tests.support import ROOT, WORKERS
 
 # tests are timed on 2 loaded cores: one thread per process avoids oversubscription (and matches a Ray trial)
 torch.set_num_threads(1)
@@ -24,16 +24,30 @@ def _one_torch_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """What a test changes in os.environ, or the code it runs in-process (``launch.main`` sets Tune's variables),
+    is undone after it."""
+    before = dict(os.environ)
+    yield
+    for name in set(os.environ) - set(before):
+        del os.environ[name]
+    for name, value in before.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def exec_log(tmp_path_factory) -> Path:
-    """A folder where Ray workers log every configuration they train (see tests/support/sitecustomize.py)."""
+    """A folder where Ray workers log every configuration they train (see tests/support/workers/sitecustomize.py)."""
     return tmp_path_factory.mktemp("exec-log")
 
 
 @pytest.fixture(scope="session")
 def executions(exec_log):
     """``executions(since=0.0, **match)``: the configurations the Ray workers trained since ``since`` (a
-    time.time()), from the side channel of tests/support/sitecustomize.py, filtered by the axis values in ``match``."""
+    time.time()), from the side channel of tests/support/workers/sitecustomize.py, filtered by the axis values in
+    ``match``."""
 
     def executions(since: float = 0.0, **match) -> list[dict]:
         rows = []
@@ -55,7 +69,7 @@ def ray_cluster(exec_log):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAYSWEEP_TEST_EXEC_LOG", str(exec_log))
         mp.setenv("PYTHONPATH", os.pathsep.join(
-            [str(SUPPORT), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+            [str(WORKERS), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         if "RAY_DEDUP_LOGS" not in os.environ:
             mp.setenv("RAY_DEDUP_LOGS", "0")
         ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False,

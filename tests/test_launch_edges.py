@@ -292,7 +292,7 @@ def test_a_saved_spec_that_does_not_read_back_is_named(ray_cluster, tmp_path):
 def test_retry_failed_runs_failures_outside_the_configuration_again_exactly_once(ray_cluster, exec_log, executions,
                                                                                  tmp_path):
     # B = 128 > 64 training samples: infeasible, the configuration's own failure; a fault injected into the next
-    # B = 16 bundle of this experiment (tests/support/sitecustomize.py) is a failure outside it
+    # B = 16 bundle of this experiment (tests/support/workers/sitecustomize.py) is a failure outside it
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({
         "name": "retry",
