@@ -1,9 +1,10 @@
 """The import graph of raysweep, from its source (ast, nothing imported): no import cycle, and no ``_private`` name
 taken across modules. A ``_``-prefixed module (``raysweep/data/_base.py``) may be imported only from inside its own
-package. Every import counts, at module level or inside a function; ``from raysweep.x import y`` is an edge to the
-submodule ``raysweep.x.y`` when there is one; importing ``raysweep.a.b`` also imports the package ``raysweep.a``
-(its ``__init__``), an edge too unless the importer lives inside ``raysweep.a`` (its package is then already being
-imported). The graph builder is checked on small packages written here.
+package (its subpackages included). Every import counts, at module level or inside a function;
+``from raysweep.x import y`` is an edge to the submodule ``raysweep.x.y`` when there is one; importing
+``raysweep.a.b`` also imports the package ``raysweep.a`` (its ``__init__``), an edge too unless the importer lives
+inside ``raysweep.a`` (its package is then already being imported). The graph builder is checked on small packages
+written here.
 
 Also: no test module imports another test module or a conftest (shared helpers are fixtures or live in
 ``tests/support``)."""
@@ -232,15 +233,20 @@ def test_no_private_name_crosses_a_module(raysweep_graph):
 
 
 def test_no_test_imports_another_test_module_or_a_conftest():
+    def is_test_module(dotted: str) -> bool:
+        return any(part == "conftest" or part.startswith("test_") for part in dotted.split("."))
+
     offending = []
     for path in sorted((ROOT / "tests").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            for name in names:
-                last = name.rpartition(".")[2]
-                if name.split(".")[0] == "tests" and (last == "conftest" or last.startswith("test_")):
-                    offending.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.split(".")[0] == "tests"]
+            elif isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "tests"):
+                source = "." * node.level + (node.module or "")
+                names = [source] if is_test_module(source) else [f"{source.rstrip('.')}.{a.name}" for a in node.names]
+            else:
+                continue
+            offending += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if is_test_module(n)]
     assert not offending, "\n".join(offending)
 
 
