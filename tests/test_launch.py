@@ -236,6 +236,7 @@ def test_sigkill_then_relaunch_runs_each_config_exactly_once(ray_cluster, execut
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    proc.stderr.close()
     before = set(read_trials(storage / "crash").column("config_key").to_pylist())
     assert 3 <= len(before) < len(etas), "kill the driver mid-sweep"
     etas_before = {r["eta"] for r in read_trials(storage / "crash").to_pylist()}

@@ -97,6 +97,7 @@ def test_optuna_dashboard_serves_the_journal(asha_sweep):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        proc.stderr.close()
 
 
 def test_one_study_per_grid_cell_records_eta_star(ray_cluster, tmp_path, run_cli):
@@ -140,6 +141,7 @@ def test_sigkill_mid_study_then_relaunch_finishes_each_study_exactly(ray_cluster
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    proc.stderr.close()
     n_rows_before = read_trials(sweep).num_rows
     assert 3 <= n_rows_before < 2 * n_trials, "kill the driver mid-study"
     before = load_studies(sweep / "optuna.journal")
