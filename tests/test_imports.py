@@ -83,7 +83,7 @@ def import_graph(root: Path) -> ImportGraph:
             if not may_import_private_module(name, target):
                 graph.private.append(f"{where}:{line}: imports the private module {target}")
 
-        for node in ast.walk(tree):
+        for node in sorted(ast.walk(tree), key=lambda n: getattr(n, "lineno", 0)):  # first import: smallest line
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.split(".")[0] == top:
