@@ -3,12 +3,16 @@ with ``--address`` so that each launch does not pay Ray's start-up."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.support import ROOT, WORKERS
 
 # tests are timed on 2 loaded cores: one thread per process avoids oversubscription (and matches a Ray trial)
 torch.set_num_threads(1)
@@ -19,50 +23,71 @@ def _one_torch_thread():
     """Back to one thread before every test: an in-process trial sets torch's threads to its cpus_per_trial."""
     torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[1]
-SUPPORT = Path(__file__).resolve().parent / "support"
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """What a test changes in os.environ, or the code it runs in-process (``launch.main`` sets Tune's variables),
+    is undone after it."""
+    before = dict(os.environ)
+    yield
+    for name in set(os.environ) - set(before):
+        del os.environ[name]
+    for name, value in before.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
 def exec_log(tmp_path_factory) -> Path:
-    """A folder where Ray workers log every configuration they train (see tests/support/sitecustomize.py)."""
+    """A folder where Ray workers log every configuration they train (see tests/support/workers/sitecustomize.py)."""
     return tmp_path_factory.mktemp("exec-log")
 
 
-def executions(exec_log: Path, since: float = 0.0, **match) -> list[dict]:
-    """Configurations the Ray workers trained since ``since`` (a time.time()), from the side channel of
-    tests/support/sitecustomize.py, filtered by the axis values in ``match``."""
-    import json
+@pytest.fixture(scope="session")
+def executions(exec_log):
+    """``executions(since=0.0, **match)``: the configurations the Ray workers trained since ``since`` (a
+    time.time()), from the side channel of tests/support/workers/sitecustomize.py, filtered by the axis values in
+    ``match``."""
 
-    rows = []
-    for f in exec_log.glob("exec-*.jsonl"):
-        for line in f.read_text().splitlines():
-            row = json.loads(line)
-            if row["t"] >= since and all(row.get(k) == v for k, v in match.items()):
-                rows.append(row)
-    return rows
+    def executions(since: float = 0.0, **match) -> list[dict]:
+        rows = []
+        for f in exec_log.glob("exec-*.jsonl"):
+            for line in f.read_text().splitlines():
+                row = json.loads(line)
+                if row["t"] >= since and all(row.get(k) == v for k, v in match.items()):
+                    rows.append(row)
+        return rows
+
+    return executions
 
 
 @pytest.fixture(scope="session")
 def ray_cluster(exec_log):
-    """The session's Ray: yields its address. Workers get the execution side channel through PYTHONPATH."""
+    """The session's Ray: yields its address. Workers get the execution side channel through PYTHONPATH; the
+    environment is restored when the session ends."""
     ray = pytest.importorskip("ray")
-    os.environ["RAYSWEEP_TEST_EXEC_LOG"] = str(exec_log)
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(SUPPORT), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAYSWEEP_TEST_EXEC_LOG", str(exec_log))
+        mp.setenv("PYTHONPATH", os.pathsep.join(
+            [str(WORKERS), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        if "RAY_DEDUP_LOGS" not in os.environ:
+            mp.setenv("RAY_DEDUP_LOGS", "0")
+        ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
 
 
-def run_cli(module: str, *args: str, timeout: float = 600, env: dict | None = None):
-    """Run ``python -m module args`` in a subprocess; return the CompletedProcess (text)."""
-    import subprocess
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(module, *args, timeout=600, env=None)``: run ``python -m module args`` from the repository in a
+    subprocess (the test's environment plus ``env``); return the CompletedProcess (text)."""
 
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=ROOT)
+    def run_cli(module: str, *args: str, timeout: float = 600, env: dict | None = None):
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                              timeout=timeout, env=full_env, cwd=ROOT)
+
+    return run_cli

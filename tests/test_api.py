@@ -14,7 +14,7 @@ import pytest
 
 import raysweep
 from raysweep.errors import NotASweepError, OptionError, SpecError
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 SPEC = {
     "name": "api",

@@ -26,7 +26,7 @@ import yaml
 
 from raysweep.results import read_curves, read_trials
 from raysweep.schema import TIMING_COLUMNS
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.ray]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 from raysweep import driver
-from tests.conftest import run_cli
 
 
 def test_placement_says_which_host_and_node_or_which_job():
@@ -22,7 +21,7 @@ def test_placement_says_which_host_and_node_or_which_job():
     assert driver.placement_text("auto", "w", False, "{}") == "on a worker node as a Ray job"
 
 
-def test_ray_client_addresses_are_refused_before_ray_starts(tmp_path):
+def test_ray_client_addresses_are_refused_before_ray_starts(tmp_path, run_cli):
     proc = run_cli("raysweep.launch", "search_spaces/quickstart.yaml", "--storage", str(tmp_path),
                    "--address", "ray://127.0.0.1:10001")
     assert proc.returncode == 1 and "Ray Client (ray://) is not supported" in proc.stderr

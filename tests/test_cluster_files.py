@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 LAUNCH = ROOT / "launch"
 

@@ -20,7 +20,7 @@ import yaml
 from raysweep.results import read_curves, read_trials
 from raysweep.space import load_spec
 from raysweep.schema import CURVES_SCHEMA, STATUSES, TRIALS_SCHEMA
-from tests.conftest import ROOT, executions, run_cli
+from tests.support import ROOT
 
 pytestmark = pytest.mark.ray
 
@@ -35,7 +35,7 @@ def write_space(path: Path, name: str, **space) -> Path:
     return path
 
 
-def test_quickstart_lands_tables_every_reader_agrees_on(ray_cluster, tmp_path):
+def test_quickstart_lands_tables_every_reader_agrees_on(ray_cluster, tmp_path, run_cli):
     proc = run_cli("raysweep.launch", "search_spaces/quickstart.yaml", "--storage", str(tmp_path),
                    "--address", ray_cluster)
     assert proc.returncode == 0, proc.stderr
@@ -73,7 +73,7 @@ def test_quickstart_lands_tables_every_reader_agrees_on(ray_cluster, tmp_path):
     assert df[df.status == "completed"].final_train_loss.notna().all()
 
 
-def test_diverged_and_failed_trials_land_with_their_reason(ray_cluster, tmp_path):
+def test_diverged_and_failed_trials_land_with_their_reason(ray_cluster, tmp_path, run_cli):
     spec = {
         "name": "mixed",
         "experiment": {"family": "poly_fixed", "dim": 8, "n_train": 64, "epochs": 3, "report_every": 2},
@@ -113,7 +113,7 @@ BAD_SPECS = {
 }
 
 
-def test_bad_specs_exit_2_naming_the_field_without_starting_ray(tmp_path):
+def test_bad_specs_exit_2_naming_the_field_without_starting_ray(tmp_path, run_cli):
     paths = {}
     for label, (text, _) in BAD_SPECS.items():
         paths[label] = tmp_path / f"{label}.yaml"
@@ -152,7 +152,7 @@ def test_bad_specs_exit_2_naming_the_field_without_starting_ray(tmp_path):
     assert (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) < 1.5
 
 
-def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, run_cli):
     path = write_space(tmp_path / "s.yaml", "dry", eta=[0.1, 0.2, 0.4])
     proc = run_cli("raysweep.launch", str(path), "--storage", str(tmp_path / "r"), "--dry-run")
     assert proc.returncode == 0, proc.stderr
@@ -200,7 +200,7 @@ def test_embedded_ray_stops_when_the_launcher_returns_and_an_attached_one_stays(
     assert ray.is_initialized() and read_trials(tmp_path / "r2" / "embedded").num_rows == 2
 
 
-def test_sigkill_then_relaunch_runs_each_config_exactly_once(ray_cluster, exec_log, tmp_path):
+def test_sigkill_then_relaunch_runs_each_config_exactly_once(ray_cluster, executions, tmp_path):
     etas = [2.0**-k for k in range(12)]
     common = {"batch_size": [8], "width": 32, "seed": [0]}
     small = write_space(tmp_path / "small.yaml", "crash", eta=etas, **common)
@@ -236,6 +236,7 @@ def test_sigkill_then_relaunch_runs_each_config_exactly_once(ray_cluster, exec_l
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    proc.stderr.close()
     before = set(read_trials(storage / "crash").column("config_key").to_pylist())
     assert 3 <= len(before) < len(etas), "kill the driver mid-sweep"
     etas_before = {r["eta"] for r in read_trials(storage / "crash").to_pylist()}
@@ -245,7 +246,7 @@ def test_sigkill_then_relaunch_runs_each_config_exactly_once(ray_cluster, exec_l
     assert subprocess.run(args, cwd=ROOT, capture_output=True, timeout=400).returncode == 0
     after = read_trials(storage / "crash").to_pandas()
     assert len(after) == len(etas) and after.config_key.is_unique
-    rerun = [r["eta"] for r in executions(exec_log, mark, dim=9)]
+    rerun = [r["eta"] for r in executions(mark, dim=9)]
     assert not etas_before & set(rerun), "a config with a row ran again"
     curves = read_curves(storage / "crash").to_pandas()
     assert not curves.duplicated(["config_key", "step"]).any()
@@ -257,14 +258,14 @@ def test_sigkill_then_relaunch_runs_each_config_exactly_once(ray_cluster, exec_l
     small.write_text(yaml.safe_dump(bigger))
     mark = time.time()
     assert subprocess.run(args, cwd=ROOT, capture_output=True, timeout=400).returncode == 0
-    assert sorted(r["eta"] for r in executions(exec_log, mark, dim=9)) == [2.0**-13, 2.0**-12]
+    assert sorted(r["eta"] for r in executions(mark, dim=9)) == [2.0**-13, 2.0**-12]
     assert read_trials(storage / "crash").num_rows == len(etas) + 2
     stop.set()
     thread.join()
     assert not reader_errors, reader_errors[:3]
 
 
-def test_changed_experiment_in_the_same_sweep_is_refused(ray_cluster, tmp_path):
+def test_changed_experiment_in_the_same_sweep_is_refused(ray_cluster, tmp_path, run_cli):
     path = write_space(tmp_path / "s.yaml", "same")
     assert run_cli("raysweep.launch", str(path), "--storage", str(tmp_path), "--address", ray_cluster).returncode == 0
     spec = yaml.safe_load(path.read_text())

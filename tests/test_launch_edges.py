@@ -25,7 +25,7 @@ from raysweep import launch
 from raysweep.analyze.load import find_sweeps
 from raysweep.errors import NotASweepError
 from raysweep.results import read_curves, read_trials
-from tests.conftest import ROOT, executions, run_cli
+from tests.support import ROOT
 
 pytestmark = pytest.mark.ray
 
@@ -108,7 +108,7 @@ def _wait_for_rows(sweep: Path, n: int, proc, timeout: float = 240) -> None:
     raise AssertionError(f"fewer than {n} rows landed (driver exit code {proc.poll()})")
 
 
-def test_sigint_and_sigterm_land_what_finished_and_exit_130_and_143(ray_cluster, exec_log, tmp_path):
+def test_sigint_and_sigterm_land_what_finished_and_exit_130_and_143(ray_cluster, executions, tmp_path):
     etas = [2.0**-k for k in range(10)]
     path = write_space(tmp_path / "s.yaml", "signals", {"steps": 6000, "report_every": 2000, "dim": 12},
                        batch_size=[8], width=32, eta=etas)
@@ -143,7 +143,7 @@ def test_sigint_and_sigterm_land_what_finished_and_exit_130_and_143(ray_cluster,
     assert subprocess.run(args, cwd=ROOT, capture_output=True, timeout=400).returncode == 0
     after = read_trials(sweep).to_pandas()
     assert len(after) == len(etas) and after.config_key.is_unique and before <= set(after.config_key)
-    assert not etas_before & {r["eta"] for r in executions(exec_log, mark, dim=12)}, "a config with a row ran again"
+    assert not etas_before & {r["eta"] for r in executions(mark, dim=12)}, "a config with a row ran again"
     curves = read_curves(sweep).to_pandas()
     assert not curves.duplicated(["config_key", "step"]).any() and set(curves.config_key) == set(after.config_key)
 
@@ -289,9 +289,10 @@ def test_a_saved_spec_that_does_not_read_back_is_named(ray_cluster, tmp_path):
     assert not (sweep / "trials").exists()
 
 
-def test_retry_failed_runs_failures_outside_the_configuration_again_exactly_once(ray_cluster, exec_log, tmp_path):
+def test_retry_failed_runs_failures_outside_the_configuration_again_exactly_once(ray_cluster, exec_log, executions,
+                                                                                 tmp_path):
     # B = 128 > 64 training samples: infeasible, the configuration's own failure; a fault injected into the next
-    # B = 16 bundle of this experiment (tests/support/sitecustomize.py) is a failure outside it
+    # B = 16 bundle of this experiment (tests/support/workers/sitecustomize.py) is a failure outside it
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({
         "name": "retry",
@@ -318,7 +319,7 @@ def test_retry_failed_runs_failures_outside_the_configuration_again_exactly_once
     mark = time.time()
     rc, err = run_main(*common, "--retry-failed")
     assert rc == 0 and "--retry-failed: 1 failed configurations run again" in err
-    ran = executions(exec_log, mark, dim=11)
+    ran = executions(mark, dim=11)
     assert [(r["batch_size"], r["eta"]) for r in ran] == [(16, faulted.iloc[0].eta)]
     after = read_trials(sweep).to_pandas()
     assert len(after) == 4 and after.config_key.is_unique
@@ -340,7 +341,7 @@ def test_retry_failed_is_refused_for_guided_searches(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ 7. hangs
-def test_a_trial_larger_than_every_node_of_an_embedded_ray_is_refused_with_both_numbers(tmp_path):
+def test_a_trial_larger_than_every_node_of_an_embedded_ray_is_refused_with_both_numbers(tmp_path, run_cli):
     path = write_space(tmp_path / "s.yaml", "big")
     spec = yaml.safe_load(path.read_text())
     spec["resources"] = {"cpus_per_trial": 3}
@@ -370,7 +371,7 @@ def test_resources_that_fit_no_node_are_named():
     assert unfit_resources([{"cpu": 1}], []) is not None
 
 
-def test_unreachable_cluster_and_storage_fail_within_seconds(tmp_path):
+def test_unreachable_cluster_and_storage_fail_within_seconds(tmp_path, run_cli):
     path = write_space(tmp_path / "s.yaml", "unreachable")
     with socket.socket() as s:  # a port where nothing listens
         s.bind(("127.0.0.1", 0))
@@ -393,7 +394,7 @@ def test_unreachable_cluster_and_storage_fail_within_seconds(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ 8. corrupt files
-def test_corrupt_and_foreign_result_files_are_named_and_quarantined(ray_cluster, tmp_path):
+def test_corrupt_and_foreign_result_files_are_named_and_quarantined(ray_cluster, tmp_path, run_cli):
     path = write_space(tmp_path / "s.yaml", "corrupt", eta=[0.125, 0.25, 0.5])
     spec = yaml.safe_load(path.read_text())
     spec["fusion"] = {"enabled": False}

@@ -31,9 +31,8 @@ from raysweep.space import config_key, parse_spec
 from raysweep.seeds import init_seed, noise_seed
 from raysweep.step import draw_samples, loss_coefficients
 from raysweep.train import train, train_bundle
-from tests.conftest import run_cli
-from tests.test_train import point as train_point
-from tests.test_train import task_for
+from tests.support.training import point as train_point
+from tests.support.training import task_for
 
 DT = torch.float64
 
@@ -468,7 +467,7 @@ def test_training_validates_a_hand_made_experiment_too():
 
 
 @pytest.mark.ray
-def test_launch_writes_the_columns_when_on_and_nulls_when_off(ray_cluster, tmp_path):
+def test_launch_writes_the_columns_when_on_and_nulls_when_off(ray_cluster, tmp_path, run_cli):
     from raysweep.results import read_curves
 
     for name, option in (("gns_on", {"batches": 4}), ("gns_off", None)):

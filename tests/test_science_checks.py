@@ -17,7 +17,7 @@ from raysweep.analyze import checks
 from raysweep.analyze.__main__ import main as analyze_main
 from raysweep.analyze.synthetic import make_rows, write_sweep
 
-from tests.conftest import ROOT, run_cli
+from tests.support import ROOT
 
 WIDTHS = [64, 128, 256, 512, 1024]
 
@@ -272,7 +272,7 @@ def test_the_sweep_is_found_by_study_name_or_given(tmp_path):
     ("science_transfer.yaml", "transfer"),          # ~35 s on 2 cores
     ("science_temperature.yaml", "temperature"),    # ~60-90 s on 2 cores
 ])
-def test_shipped_study_passes_its_check(tmp_path, ray_cluster, space, study):
+def test_shipped_study_passes_its_check(tmp_path, ray_cluster, space, study, run_cli):
     """Launch the shipped search space on the session's Ray, then run its check from the Parquet tables."""
     launched = run_cli("raysweep.launch", str(ROOT / "search_spaces" / space), "--address", ray_cluster,
                        "--storage", str(tmp_path), "--quiet")

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from raysweep import limits
 from raysweep.errors import SpecError
 from raysweep.space import load_spec, parse_spec
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def spec(experiment=None, **space) -> dict:

@@ -22,7 +22,7 @@ from raysweep.results import CURVES, TRIALS, ResultsWriter, read_curves, read_tr
 from raysweep.schema import CURVES_SCHEMA
 from raysweep.space import load_spec
 from raysweep.storage import Location, StorageError
-from tests.conftest import ROOT, run_cli
+from tests.support import ROOT
 
 
 def row(key: str, **extra) -> dict:
@@ -121,7 +121,7 @@ def test_dry_run_says_where_results_go_and_what_the_storage_guarantees(tmp_path)
     assert not (tmp_path / "r").exists()
 
 
-def test_file_uri_end_to_end(ray_cluster, tmp_path):
+def test_file_uri_end_to_end(ray_cluster, tmp_path, run_cli):
     path = small_space(tmp_path / "s.yaml", "fileuri")
     uri = f"file://{tmp_path}/store"
     proc = run_cli("raysweep.launch", str(path), "--storage", uri, "--address", ray_cluster)
@@ -216,7 +216,7 @@ def test_s3_spec_is_saved_and_a_changed_experiment_refused(s3):
         driver.check_saved_spec(sweep, changed)
 
 
-def test_s3_sweep_end_to_end_exactly_once(ray_cluster, s3, s3_server, tmp_path):
+def test_s3_sweep_end_to_end_exactly_once(ray_cluster, s3, s3_server, tmp_path, run_cli):
     path = small_space(tmp_path / "s.yaml", "s3sweep", etas=(0.125, 0.25, 0.5))
     env = {**s3_server, "RAYSWEEP_LOCAL_DIR": str(tmp_path / "local")}
     proc = run_cli("raysweep.launch", str(path), "--storage", s3, "--address", ray_cluster, env=env)

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from raysweep import model
-from raysweep.data import build_task
 from raysweep.errors import InfeasibleError
 from raysweep.step import update
 from raysweep.train import (
@@ -30,6 +29,7 @@ from raysweep.train import (
     train,
     train_bundle,
 )
+from tests.support.training import point, task_for
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -44,17 +44,6 @@ def experiment(family: str = "poly_online", **overrides) -> dict:
         exp.update(SYNTH)
     exp.update(overrides)
     return exp
-
-
-def point(**overrides) -> dict:
-    p = {"batch_size": 16, "eta": 0.05, "width": 32, "gamma": 1.0, "depth": 3, "seed": 0,
-         "parametrization": "muP", "optimizer": "SGD", "loss": "mse", "lr_rule": "study"}
-    p.update(overrides)
-    return p
-
-
-def task_for(exp: dict):
-    return build_task(exp, dtype=torch.float64 if exp.get("dtype") == "float64" else torch.float32)
 
 
 def run(exp: dict, p: dict):

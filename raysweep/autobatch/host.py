@@ -110,6 +110,7 @@ class _SubprocessHost:
         if self.proc is not None:
             self.proc.stdin.close()
             self.proc.wait(30)
+            self.proc.stdout.close()
             self.stderr.close()
 
 

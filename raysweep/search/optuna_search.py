@@ -1,6 +1,6 @@
 """Optuna-guided searches as a Ray Tune searcher that keeps Optuna's meaning: one study per cell, in a journal.
 
-Why not Ray's ``OptunaSearch`` (ray 2.60, optuna 5.0; pinned by tests/test_search_units.py): it tells a trial
+Why not Ray's ``OptunaSearch`` (ray 2.60, optuna 5.0; pinned by tests/search/test_units.py): it tells a trial
 that a scheduler stopped as COMPLETE (the last result has a value); a diverged trial is PRUNED (no value) or,
 if the value is NaN, ``tell`` fails and the trial stays RUNNING forever; its intermediate values miss the result
 a scheduler stopped on (Tune does not pass that result to ``on_trial_result``) and are indexed by

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 TINY = {"family": "poly_online", "dim": 8, "n_train": 256, "steps": 200, "report_every": 20}
 

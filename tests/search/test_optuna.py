@@ -16,8 +16,8 @@ import urllib.request
 import pytest
 
 from raysweep.results import read_curves, read_trials
-from tests.conftest import ROOT, run_cli
-from tests.search_support import counted, load_studies, write_spec
+from tests.support import ROOT
+from tests.support.search import counted, load_studies, write_spec
 
 pytestmark = pytest.mark.ray
 
@@ -26,7 +26,7 @@ STATE_OF_STATUS = {"completed": "COMPLETE", "pruned": "PRUNED", "diverged": "FAI
 
 
 @pytest.fixture(scope="module")
-def asha_sweep(ray_cluster, tmp_path_factory):
+def asha_sweep(ray_cluster, tmp_path_factory, run_cli):
     """30 Optuna trials over eta in [2^-8, 2^6] (the top etas diverge) with ASHA, on the tiny poly teacher."""
     tmp = tmp_path_factory.mktemp("optuna-asha")
     search = {"algorithm": "optuna", "n_trials": N_TRIALS, "seed": 3, "sampler": "tpe", "diverged_as": "fail",
@@ -97,9 +97,10 @@ def test_optuna_dashboard_serves_the_journal(asha_sweep):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        proc.stderr.close()
 
 
-def test_one_study_per_grid_cell_records_eta_star(ray_cluster, tmp_path):
+def test_one_study_per_grid_cell_records_eta_star(ray_cluster, tmp_path, run_cli):
     search = {"algorithm": "optuna", "n_trials": 2, "seed": 0, "optuna_axes": ["eta"], "diverged_as": "fail"}
     path = write_spec(tmp_path / "cells.yaml", "cells", search, experiment={"steps": 60},
                       batch_size=[8, 32], width=[8, 16], eta=[2.0**-5, 2.0**0])
@@ -140,6 +141,7 @@ def test_sigkill_mid_study_then_relaunch_finishes_each_study_exactly(ray_cluster
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    proc.stderr.close()
     n_rows_before = read_trials(sweep).num_rows
     assert 3 <= n_rows_before < 2 * n_trials, "kill the driver mid-study"
     before = load_studies(sweep / "optuna.journal")

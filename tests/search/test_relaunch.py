@@ -15,8 +15,8 @@ from raysweep.results import read_trials
 from raysweep.search import studies
 from raysweep.search.remaining import nothing_to_run
 from raysweep.space import AXES, load_spec
-from tests.conftest import ROOT, run_cli
-from tests.search_support import write_spec
+from tests.support import ROOT
+from tests.support.search import write_spec
 
 pytestmark = pytest.mark.ray
 
@@ -32,7 +32,7 @@ MORE = {"grid": ({}, {"eta": [0.05, 0.1, 0.2]}), "scan": ({"stability_depth": 2}
 
 
 @pytest.mark.parametrize("kind", list(SEARCHES))
-def test_relaunching_a_finished_sweep_never_starts_ray(ray_cluster, tmp_path, kind):
+def test_relaunching_a_finished_sweep_never_starts_ray(ray_cluster, tmp_path, kind, run_cli):
     search, space = SEARCHES[kind]
     path = write_spec(tmp_path / f"{kind}.yaml", kind, search, experiment={"steps": 40}, **space)
     first = run_cli("raysweep.launch", str(path), "--storage", str(tmp_path), "--address", ray_cluster, "--quiet")
@@ -55,7 +55,7 @@ def test_relaunching_a_finished_sweep_never_starts_ray(ray_cluster, tmp_path, ki
     assert nothing_to_run(load_spec(bigger), sweep) is None
 
 
-def test_a_trial_left_running_in_the_journal_is_not_finished(ray_cluster, tmp_path):
+def test_a_trial_left_running_in_the_journal_is_not_finished(ray_cluster, tmp_path, run_cli):
     search, space = SEARCHES["optuna"]
     path = write_spec(tmp_path / "o.yaml", "o", search, experiment={"steps": 40}, **space)
     proc = run_cli("raysweep.launch", str(path), "--storage", str(tmp_path), "--address", ray_cluster, "--quiet")

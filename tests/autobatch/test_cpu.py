@@ -26,7 +26,6 @@ from raysweep.autobatch.device import CpuRssCounters
 from raysweep.autobatch.host import format_record
 from raysweep.autobatch.probe import ProcessExecutor, fit_model, run_probe
 from raysweep.space import parse_spec
-from tests.conftest import run_cli
 
 
 def spec_of(space: dict, *, name="ab", device="auto", **experiment):
@@ -123,7 +122,7 @@ def seeded_storage(tmp_path, spec) -> None:
     ModelCache(tmp_path / spec.name).store(cache_key(request_from_spec(spec, AutobatchConfig()), info), model)
 
 
-def test_cli_sizes_every_fraction_and_mode(tmp_path):
+def test_cli_sizes_every_fraction_and_mode(tmp_path, run_cli):
     space = {"batch_size": [16, 64], "width": [64, 256], "depth": [3]}
     spec = spec_of(space, name="cli", device="cpu")
     seeded_storage(tmp_path, spec)
@@ -159,7 +158,7 @@ def test_cli_sizes_every_fraction_and_mode(tmp_path):
     (["{spec}", "--modes", "train,test"], "--modes"),
     (["{spec}", "--output", "x.txt"], "--output"),
 ])
-def test_cli_bad_input_exits_2(tmp_path, args, match):
+def test_cli_bad_input_exits_2(tmp_path, args, match, run_cli):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "experiment": {"family": "poly_online", "steps": 5},
                                     "space": {"batch_size": [8], "eta": [0.1], "width": [8]}}))
@@ -168,7 +167,7 @@ def test_cli_bad_input_exits_2(tmp_path, args, match):
     assert out.returncode == 2 and match in out.stderr
 
 
-def test_cli_invalid_spec_exits_2_naming_the_field(tmp_path):
+def test_cli_invalid_spec_exits_2_naming_the_field(tmp_path, run_cli):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "experiment": {"family": "poly_online", "steps": 5},
                                     "space": {"batch_size": [0], "eta": [0.1], "width": [8]}}))

@@ -3,7 +3,7 @@ its memory; the launcher resolves ``batch_size: auto`` in CPU mode, caches the m
 cannot fit land as failed rows (``infeasible: fail``) or stop the launch (``refuse``); ``--dry-run`` shows the plan.
 
 The GPU part runs on the session's logical GPUs (no CUDA): the model is fitted from the FAKE device of
-``test_autobatch_probe`` and only the CUDA calls of the memory cap are mocked, inside each trial.
+``tests/support/fake_device.py`` and only the CUDA calls of the memory cap are mocked, inside each trial.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from raysweep.autobatch import (
 from raysweep.results import read_trials
 from raysweep.schema import TRIALS_SCHEMA
 from raysweep.space import config_key, parse_spec
-from tests.conftest import executions, run_cli
-from tests.test_autobatch_probe import GiB, MiB, FakeDevice, probe_fake
+from tests.support.fake_device import FakeDevice, GiB, MiB, probe_fake
 
 pytestmark = pytest.mark.ray
 
@@ -162,7 +161,7 @@ def write_spec(path: Path, spec: dict) -> Path:
 
 
 @pytest.mark.slow  # the probe: ~20 real steps, each in a fresh process (about a minute on 2 loaded cores)
-def test_cli_cpu_mode_resolves_auto_caches_the_model_and_reuses_it(ray_cluster, exec_log, tmp_path):
+def test_cli_cpu_mode_resolves_auto_caches_the_model_and_reuses_it(ray_cluster, executions, run_cli, tmp_path):
     spec = {
         "name": "abcpu",
         # dim 7 tags this test's executions in the side channel
@@ -197,7 +196,7 @@ def test_cli_cpu_mode_resolves_auto_caches_the_model_and_reuses_it(ray_cluster, 
     second = run_cli("raysweep.launch", *args)
     assert second.returncode == 0, second.stderr
     assert "probed" not in second.stderr and "cached memory model" in second.stderr, second.stderr
-    ran = executions(exec_log, mark, dim=7)
+    ran = executions(mark, dim=7)
     assert sorted((r["eta"], r["batch_size"]) for r in ran) == [(0.4, 16), (0.4, 4096)]
     df = read_trials(sweep).to_pandas()
     assert len(df) == 6 and df.config_key.is_unique and df.batch_size.notna().all()
@@ -256,7 +255,7 @@ def launch_in_process(ray_cluster, monkeypatch, capsys):
     return run
 
 
-def test_infeasible_fail_lands_failed_rows_and_runs_the_rest(launch_in_process, exec_log, tmp_path):
+def test_infeasible_fail_lands_failed_rows_and_runs_the_rest(launch_in_process, executions, tmp_path):
     spec_dict = infeasible_spec("abfail", infeasible="fail")
     path = write_spec(tmp_path / "abfail.yaml", spec_dict)
     spec = parse_spec(spec_dict)
@@ -276,11 +275,11 @@ def test_infeasible_fail_lands_failed_rows_and_runs_the_rest(launch_in_process, 
     assert bad.batch_size.isna().sum() == 2 and (bad.steps == 0).all()
     assert (good.status == "completed").all() and sorted(good.batch_size) == [16, 16, 1024, 1024]
     assert good.memory_bytes.notna().all() and bad.memory_bytes.isna().all()
-    ran = executions(exec_log, mark, dim=6)
+    ran = executions(mark, dim=6)
     assert sorted((r["width"], r["batch_size"]) for r in ran) == [(16, 16)] * 2 + [(16, 1024)] * 2
 
 
-def test_infeasible_refuse_exits_1_listing_them_and_runs_nothing(launch_in_process, exec_log, tmp_path):
+def test_infeasible_refuse_exits_1_listing_them_and_runs_nothing(launch_in_process, executions, tmp_path):
     spec_dict = infeasible_spec("abrefuse")  # infeasible: refuse is the default
     path = write_spec(tmp_path / "abrefuse.yaml", spec_dict)
     storage = tmp_path / "results"
@@ -292,7 +291,7 @@ def test_infeasible_refuse_exits_1_listing_them_and_runs_nothing(launch_in_proce
     assert err.count("(width=2048 depth=3") == 2 and "width=16 " not in err  # both width-2048 bundles are listed
     assert "batch_size=auto" in err and "batch_size=16" in err
     assert read_trials(storage / "abrefuse").num_rows == 0
-    assert not executions(exec_log, mark, dim=6)
+    assert not executions(mark, dim=6)
 
 
 def test_dry_run_shows_the_autobatch_plan(launch_in_process, tmp_path):

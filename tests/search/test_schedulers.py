@@ -9,8 +9,7 @@ import math
 import pytest
 
 from raysweep.results import read_curves, read_trials
-from tests.conftest import run_cli
-from tests.search_support import write_spec
+from tests.support.search import write_spec
 
 pytestmark = pytest.mark.ray
 
@@ -20,7 +19,7 @@ GOOD, TINY_ETAS, NAN_ETAS = [0.25], [1e-4, 2e-4], [1e6, 1e5]
 @pytest.mark.parametrize("scheduler", [{"type": "asha", "grace_period": 20, "reduction_factor": 2},
                                        {"type": "median", "grace_period": 20, "min_samples_required": 1}],
                          ids=["asha", "median"])
-def test_scheduler_prunes_bad_finite_trials_and_nan_trials_diverge(ray_cluster, tmp_path, scheduler):
+def test_scheduler_prunes_bad_finite_trials_and_nan_trials_diverge(ray_cluster, tmp_path, scheduler, run_cli):
     # one trial at a time, the good eta first: the scheduler has its numbers before the bad ones report
     search = {"max_concurrent": 1, "scheduler": scheduler}
     path = write_spec(tmp_path / "s.yaml", "sched", search, eta=GOOD + TINY_ETAS + NAN_ETAS)

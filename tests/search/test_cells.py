@@ -153,11 +153,10 @@ CASE = {
 }
 
 
-def _sweep(ray_cluster, tmp_path, name: str, batch_sizes: list[int]):
+def _sweep(run_cli, ray_cluster, tmp_path, name: str, batch_sizes: list[int]):
     import yaml
 
     from raysweep.results import read_trials
-    from tests.conftest import run_cli
 
     spec = {**CASE, "name": name, "space": {**CASE["space"], "batch_size": batch_sizes}}
     path = tmp_path / f"{name}.yaml"
@@ -175,16 +174,16 @@ def _log2_eta_star(rows) -> float:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_each_cell_finds_the_eta_star_it_finds_alone(ray_cluster, tmp_path):
+def test_each_cell_finds_the_eta_star_it_finds_alone(ray_cluster, run_cli, tmp_path):
     """Optuna (TPE) over eta, batch sizes 8, 32, 128 as cells, ASHA (grace 50, reduction 3), poly teacher D = 16,
     muP SGD, width 64, 400 steps, 20 trials per cell: every cell's eta* within one octave of the cell run alone.
     With one scheduler for all cells (before), this very run's B = 8 cell ended with 1 completed trial (13 pruned)
     and eta* = 2^-7.43 = 0.0058, 4.7 octaves from its 2^-2.73 = 0.151 alone (the issue's numbers: 0.0058, 0.157);
     on search seeds 0, 1, 2: 0, 2.15 and 0.69 octaves off."""
-    together = _sweep(ray_cluster, tmp_path, "together", [8, 32, 128])
+    together = _sweep(run_cli, ray_cluster, tmp_path, "together", [8, 32, 128])
     assert len(together) == 60 and together.config_key.is_unique
     for b in (8, 32, 128):
-        alone = _sweep(ray_cluster, tmp_path, f"alone{b}", [b])
+        alone = _sweep(run_cli, ray_cluster, tmp_path, f"alone{b}", [b])
         mine = together[together.batch_size == b]
         star, star_alone = _log2_eta_star(mine), _log2_eta_star(alone)
         print(f"\nB = {b}: log2 eta* {star:.2f} in the sweep, {star_alone:.2f} alone; "
