@@ -7,9 +7,10 @@ minibatch)::
     M(N, L, B, K) = static + c_overhead + c_param K P s + c_sample S B D s + c_hidden K B (L-1) N s
                     + c_readout K B R s,        R = N for a scalar readout (out = 1), else out
 
-- ``static`` is exact, from the shapes: ``K P s * (1 weights + 1 grads + 1 initial copy for centring
-  + 2 Adam moments)`` (no moments for SGD), ``s`` the dtype's item size. Eval mode keeps the same state (a trial
-  evaluates with its gradients and moments alive).
+- ``static``, from the shapes: ``K P s * (1 weights + 1 grads + 1 initial copy for centring + 2 Adam moments)``
+  (no moments for SGD), ``s`` the dtype's item size. The trainer's step (:mod:`raysweep.step`) holds a gradient only
+  for the members of its current step group, so the gradient term is an upper bound; the fitted terms absorb the
+  rest. Eval mode keeps the same state (a trial evaluates with its moments alive).
 - the five ``c`` are fitted to measured peaks (relative least squares, all >= 0): ``c_overhead`` for allocator
   rounding and library workspaces, ``c_param`` for per-weight transients (optimizer-update temporaries on a GPU,
   the float64 init on a CPU), and the bytes per sample ``a + b * widths`` split by where they live: the input
