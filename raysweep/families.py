@@ -27,7 +27,7 @@ from raysweep import fields as f
 from raysweep import limits
 
 __all__ = [
-    "CLASSIFICATION", "EVAL_CAP", "FAMILIES", "KINDS", "REGISTRY", "REGRESSION", "REQUIRED",
+    "CLASSIFICATION", "EVAL_CAP", "FAMILIES", "KINDS", "MAX_SPECTRUM_DECAY", "REGISTRY", "REGRESSION", "REQUIRED",
     "TEACHER_PARAMETRIZATIONS", "Family", "Key", "check_params", "get", "is_online", "n_eval", "n_train", "params",
     "shape",
 ]  # fmt: skip
@@ -36,6 +36,10 @@ REQUIRED = f.Marker("<required>")  # a key without a default: the spec must give
 KINDS = ("regression", "classification")
 TEACHER_PARAMETRIZATIONS = ("SP", "muP")
 MAX_LABEL_NOISE = 1e6  # label noise std, against targets of order one
+# linear families: the spectrum's decay alpha, lambda_i = i^-alpha. At alpha <= 32 the smallest variance D^-alpha is a
+# normal float64 for every D <= limits.MAX_DIM (32 ln(2^31) = 688 < 1022 ln 2 = 708), so the spectrum, the teacher
+# (w*_i <= i^(alpha/2)) and y are finite
+MAX_SPECTRUM_DECAY = 32.0
 EVAL_CAP = 10_000  # MNIST families: a null eval_samples evaluates the test set, capped at this many samples
 DIGITS_SAMPLES = 1797  # sklearn's bundled digits
 MNIST_TRAIN, MNIST1M_TRAIN = 60_000, 1_000_000  # training-set sizes (MNIST-1M: an upper bound of the converter's)
@@ -106,6 +110,14 @@ _SYNTHETIC = {
     "noise": Key(0.0, lambda p, v: f.as_float(p, v, ge=0, le=MAX_LABEL_NOISE)),
 }
 _DEGREE = Key(2, lambda p, v: f.as_int(p, v, ge=1, le=limits.MAX_DEGREE))
+# the power-law linear teacher (raysweep.data.linear); the published settings D = 500, alpha = 2, beta = 0.25
+_LINEAR = {
+    "dim": Key(500, _size),
+    "n_train": Key(4096, _size),
+    "online": Key(True, f.as_bool),
+    "alpha": Key(2.0, lambda p, v: f.as_float(p, v, ge=0, le=MAX_SPECTRUM_DECAY)),
+    "beta": Key(0.25, f.as_float),
+}
 _PATH = Key(REQUIRED, f.as_str)
 
 
@@ -138,6 +150,10 @@ REGISTRY: dict[str, Family] = {fam.name: fam for fam in (
         "teacher_normalize": Key(True, f.as_bool),
         "online": Key(True, f.as_bool),
     }, lambda p: bool(p["online"])),
+    _synthetic("linear", "raysweep.data.synthetic:build_linear", _LINEAR, lambda p: bool(p["online"]), noisy=False),
+    _synthetic("noisy_linear", "raysweep.data.synthetic:build_linear",
+               {**_LINEAR, "rho": Key(0.25, lambda p, v: f.as_float(p, v, ge=0, lt=1))}, lambda p: bool(p["online"]),
+               noisy=True),
     Family(
         "digits", "classification", "raysweep.data.digits:build_digits",
         {"test_fraction": Key(0.2, lambda p, v: f.as_float(p, v, gt=0, lt=1))},
@@ -209,7 +225,7 @@ def shape(experiment) -> tuple[int, int]:
 
 
 def is_online(experiment) -> bool:
-    """True when training draws fresh samples (poly_online; mlp_teacher with online: true)."""
+    """True when training draws fresh samples (poly_online; mlp_teacher, linear, noisy_linear with online: true)."""
     return _family(experiment).online(params(experiment))
 
 

@@ -5,11 +5,12 @@ The format (every key is checked; an unknown key is an error that suggests the c
     name: quickstart            # required; [A-Za-z0-9_.-]+, not starting with '.'; names <storage>/<name>/
     description: "..."          # optional free text
     experiment:                 # required
-      family: poly_online       # required: poly_online | poly_fixed | mlp_teacher | digits | mnist | mnist1m
-                                #           | mnist1m_sampled
+      family: poly_online       # required: poly_online | poly_fixed | mlp_teacher | linear | noisy_linear
+                                #           | digits | mnist | mnist1m | mnist1m_sampled
       steps: 300                # training length, int > 0 ...
-      epochs: null              # ... or epochs, int > 0. Online families (poly_online; mlp_teacher with
-                                # online: true) take steps only; fixed-data families take exactly one of the two.
+      epochs: null              # ... or epochs, int > 0. Online families (poly_online; mlp_teacher, linear,
+                                # noisy_linear with online: true) take steps only; fixed-data families take exactly
+                                # one of the two.
       report_every: 50          # steps between reports, int > 0 (default 50)
       eval_samples: 2048        # int > 0; default 2048 for synthetic families. Classification families also take
                                 # null (the default): the full test set, capped at 10000 samples.
@@ -29,6 +30,9 @@ The format (every key is checked; an unknown key is an error that suggests the c
       #   mlp_teacher: dim (32), n_train (4096), noise (0.0), teacher_width (64), teacher_depth (2),
       #                teacher_gamma (> 0, 1.0), teacher_parametrization (SP | muP, muP),
       #                teacher_normalize (true: see raysweep.data), online (true)
+      #   linear: dim (500), alpha (0 <= alpha <= 32, 2.0), beta (0.25), online (true), n_train (4096).
+      #           x ~ N(0, diag(i^-alpha)), y = w*.x, w*_i ~ i^-(1/2 + alpha (beta - 1) / 2), Var y = 1.
+      #   noisy_linear: the same and rho (0 <= rho < 1, 0.25): y = sqrt(1 - rho) w*.x + sqrt(rho) N(0, 1).
       #   digits: test_fraction (0 < f < 1, 0.2)          sklearn's bundled digits: runs offline
       #   mnist, mnist1m: path (required; a local file, nothing is downloaded)
       #   mnist1m_sampled: path (required), max_train_samples (required, int > 0)
@@ -227,7 +231,7 @@ class Experiment(f.ShortRepr):
 
     @property
     def online(self) -> bool:
-        """True when training draws fresh samples (poly_online; mlp_teacher with online: true)."""
+        """True when training draws fresh samples (poly_online; mlp_teacher, linear, noisy_linear with online: true)."""
         return families.is_online(self)
 
     @classmethod

@@ -12,6 +12,10 @@ poly_fixed          dim (32), n_train (1024), degree (2), noise (0.0)           
 mlp_teacher         dim (32), n_train (4096), noise (0.0), teacher_width (64), teacher_depth    mlp_teacher(D=32,N=64,L=2,
                     (2), teacher_gamma (1.0), teacher_parametrization ("muP"),                  muP,gamma=1)
                     teacher_normalize (true), online (true)
+linear              dim (500), alpha (2.0), beta (0.25), online (true), n_train (4096):         linear(D=500,alpha=2,
+                    x ~ N(0, diag(i^-alpha)), y = w*.x, w*_i ~ i^-(1/2 + alpha (beta - 1) / 2)  beta=0.25)
+noisy_linear        the same and rho (0.25): y = sqrt(1 - rho) w*.x + sqrt(rho) N(0, 1)         noisy_linear(D=500,...,
+                                                                                                rho=0.25)
 digits              test_fraction (0.2)                                                         digits
 mnist               path (required)                                                             mnist
 mnist1m             path (required)                                                             mnist1m

@@ -1,8 +1,10 @@
-"""Synthetic teachers: the polynomial teacher (online and fixed-data) and the MLP teacher.
+"""Synthetic teachers: the polynomial teacher (online and fixed-data), the MLP teacher, and the power-law linear
+teacher (``linear``, ``noisy_linear``; its closed forms live in :mod:`raysweep.data.linear`).
 
 Every random quantity comes from its own CPU stream, all in float64 and then cast to the requested dtype:
 
-- the teacher from ``data_seed`` (stream "teacher"): the same for every trial of a sweep;
+- the teacher from ``data_seed`` (stream "teacher"): the same for every trial of a sweep (the linear teacher has no
+  random part: it is fixed by ``(dim, alpha, beta)``);
 - the eval set from ``data_seed`` (stream "eval"), the fixed training set from ``data_seed`` (stream "train");
 - online blocks from the generator the trainer passes to `Task.draw_block` (seeded from the trial's seed).
 
@@ -11,12 +13,14 @@ A block draws ``x`` first, then the label noise (always drawn, so the ``x`` stre
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from raysweep import families, model
+from raysweep.data import linear
 from raysweep.data._base import Options, Task, generator
 from raysweep.errors import DataError
 from raysweep.seeds import derive_seed
@@ -57,7 +61,22 @@ class MLPSampler:
         return x, self.f(x) / self.y_scale + self.noise * eps
 
 
-def _build(family: str, label: str, sampler: PolySampler | MLPSampler, teacher: Any, opts: Options,
+@dataclass(frozen=True)
+class LinearSampler:
+    """``x = z * scale``, ``z ~ N(0, I_D)``, ``scale = sqrt(lambda)``; ``y = sqrt(1 - rho) (x . w) + sqrt(rho) eps``,
+    ``eps ~ N(0, 1)``, shape ``[n, 1]``; float64, CPU."""
+
+    scale: torch.Tensor
+    w: torch.Tensor
+    rho: float
+
+    def __call__(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, self.w.shape[0], generator=gen, dtype=torch.float64) * self.scale
+        eps = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+        return x, math.sqrt(1.0 - self.rho) * (x @ self.w).unsqueeze(1) + math.sqrt(self.rho) * eps
+
+
+def _build(family: str, label: str, sampler: PolySampler | MLPSampler | LinearSampler, teacher: Any, opts: Options,
            seed: int, n_train: int, online: bool, device, dtype) -> Task:
     n_eval = opts.optional_int("eval_samples", families.get(family).eval_default)
     x_eval, y_eval = sampler(generator(seed, "eval"), n_eval)
@@ -145,3 +164,33 @@ def build_mlp_teacher(experiment, *, device="cpu", dtype=torch.float32) -> Task:
         "" if normalize else ",raw") + ")"
     teacher = tuple(w.to(device=device, dtype=dtype, copy=True) for w in weights)
     return _build("mlp_teacher", label, sampler, teacher, opts, seed, n_train, online, device, dtype)
+
+
+def build_linear(experiment, *, noisy: bool, device="cpu", dtype=torch.float32) -> Task:
+    """Power-law linear teacher: ``x ~ N(0, diag(i^-alpha))``, ``y = w*.x`` (``linear``) or
+    ``y = sqrt(1 - rho) w*.x + sqrt(rho) N(0, 1)`` (``noisy_linear``; ``Var y = 1`` either way).
+
+    ``w*`` and the spectrum are the closed forms of :mod:`raysweep.data.linear` (fixed by ``dim``, ``alpha``,
+    ``beta``; no seed). ``linear`` is ``noisy_linear`` at ``rho = 0``, bit for bit: the noise is always drawn, after
+    ``x``, so the ``x`` stream does not depend on ``rho``. ``online`` (default true): fresh blocks of ``n_train``
+    samples; false: one fixed set of ``n_train``. ``task.teacher`` is ``w*``, shape ``[D]``.
+    Labels: ``linear(D=500,alpha=2,beta=0.25)``, ``noisy_linear(D=500,alpha=2,beta=0.25,rho=0.25)``, plus ``,P=1024``
+    when fixed.
+    """
+    family = "noisy_linear" if noisy else "linear"
+    opts = Options(experiment, family)
+    seed = opts.seed()
+    d = families.get(family).defaults
+    dim = opts.int("dim", d["dim"])
+    n_train = opts.int("n_train", d["n_train"])
+    online = opts.bool("online", d["online"])
+    alpha = opts.float("alpha", d["alpha"], max_value=families.MAX_SPECTRUM_DECAY)
+    beta = opts.float("beta", d["beta"], min_value=-math.inf)
+    rho = opts.float("rho", d["rho"], max_value=1.0, open_max=True) if noisy else 0.0
+
+    w = torch.from_numpy(linear.teacher(dim, alpha, beta))
+    scale = torch.from_numpy(linear.spectrum(dim, alpha)).sqrt()
+    label = f"{family}(D={dim},alpha={alpha:g},beta={beta:g}" + (f",rho={rho:g}" if noisy else "") + (
+        "" if online else f",P={n_train}") + ")"
+    teacher = w.to(device=device, dtype=dtype, copy=True)
+    return _build(family, label, LinearSampler(scale, w, rho), teacher, opts, seed, n_train, online, device, dtype)
