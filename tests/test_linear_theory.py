@@ -33,7 +33,8 @@ def sample_x(rng, lam, shape):
 
 def full_map(lam, eta, B):
     """The second-moment map on row-major vec(A), [D^2, D^2], from Kronecker products:
-    vec(S A T) = (S kron T^T) vec(A); tr(A Sigma) Sigma = vec(Sigma) vec(Sigma)^T vec(A)."""
+    vec(S A T) = (S kron T^T) vec(A); tr(A Sigma) Sigma = vec(Sigma) vec(Sigma)^T vec(A). Written for symmetric A
+    and extended to all D^2 entries: the symmetric matrices are invariant and carry the same eigenvalues."""
     S, I = np.diag(lam), np.eye(lam.size)
     s = S.reshape(-1)
     return (np.eye(lam.size ** 2) - eta * (np.kron(S, I) + np.kron(I, S))
