@@ -156,10 +156,10 @@ def test_second_moment_map_simulated_sgd_step_with_label_noise(convention):
     """One SGD step of the trainer's gradient (c_df / 1 of loss_coefficients: 1/B or 2/B) on noisy labels, from an
     error e ~ N(0, A): E[e' e'^T] over 4 * 10^5 simulated steps."""
     rng = np.random.default_rng(20 + len(convention))
-    dim, B, eta, rho = 4, 3, 0.2, 0.5
+    dim, B, eta, rho = 4, 3, 0.5, 0.5
     _, c_df = loss_coefficients("mse", convention, B, 1)
     lam = rng.uniform(0.3, 1.0, dim)
-    A = random_spd(rng, dim)
+    A = 0.02 * random_spd(rng, dim)  # small: the label-noise term eta^2 rho Sigma / B weighs as much as A's
     chol = np.linalg.cholesky(A)
     w_t = rng.standard_normal(dim)
     total, total_sq, n = np.zeros((dim, dim)), np.zeros((dim, dim)), 0
