@@ -110,7 +110,7 @@ _SYNTHETIC = {
     "noise": Key(0.0, lambda p, v: f.as_float(p, v, ge=0, le=MAX_LABEL_NOISE)),
 }
 _DEGREE = Key(2, lambda p, v: f.as_int(p, v, ge=1, le=limits.MAX_DEGREE))
-# the power-law linear teacher (raysweep.data.linear); the published settings D = 500, alpha = 2, beta = 0.25
+# the power-law linear teacher (raysweep.linear_theory); the published settings D = 500, alpha = 2, beta = 0.25
 _LINEAR = {
     "dim": Key(500, _size),
     "n_train": Key(4096, _size),

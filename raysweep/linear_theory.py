@@ -59,6 +59,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# |1 + alpha beta| is clipped before it multiplies log i (<= 21.5 for D <= 2**31 - 1), so that the product stays
+# finite; beyond it the normalised power is already a single feature (i = 1 or i = D) in float64: no number changes
+POWER_EXPONENT_CLIP = 1e15
 CONVENTIONS = ("half_sum", "study")  # raysweep.space.MSE_CONVENTIONS, for a single output
 
 
@@ -89,12 +92,21 @@ def spectrum(dim: int, alpha: float) -> np.ndarray:
     return np.arange(1, int(dim) + 1, dtype=np.float64) ** -float(alpha)
 
 
+def teacher_power(dim: int, alpha: float, beta: float) -> np.ndarray:
+    """``lambda_i w*_i^2``, proportional to ``i^-(1 + alpha beta)`` and summing to 1: the teacher's share of
+    ``Var y`` on each feature (the source condition: a larger beta, a teacher easier to learn from the top of the
+    spectrum), float64 ``[dim]``, computed from logarithms so that no term overflows."""
+    exponent = min(max(1.0 + float(alpha) * float(beta), -POWER_EXPONENT_CLIP), POWER_EXPONENT_CLIP)
+    log_power = -exponent * np.log(np.arange(1, int(dim) + 1, dtype=np.float64))
+    power = np.exp(log_power - log_power.max())
+    return power / power.sum()
+
+
 def teacher(dim: int, alpha: float, beta: float) -> np.ndarray:
-    """The teacher ``w*_i ~ i^-(1/2 + alpha (beta - 1) / 2)``, positive, normalised to
-    ``sum_i lambda_i w*_i^2 = Var(w*.x) = 1`` (``lambda`` = :func:`spectrum`)."""
-    lam = spectrum(dim, alpha)
-    w = np.arange(1, lam.size + 1, dtype=np.float64) ** -(0.5 + alpha * (beta - 1.0) / 2.0)
-    return w / np.sqrt(np.sum(lam * w * w))
+    """The teacher ``w*_i ~ i^-(1/2 + alpha (beta - 1) / 2)``, every entry >= 0, normalised to
+    ``sum_i lambda_i w*_i^2 = Var(w*.x) = 1`` (``lambda`` = :func:`spectrum`). Depends on ``(dim, alpha, beta)``
+    only, never on a seed; the data builder (:func:`raysweep.data.synthetic.build_linear`) samples from it."""
+    return np.sqrt(teacher_power(dim, alpha, beta) / spectrum(dim, alpha))
 
 
 def critical_batch(lambdas) -> float:

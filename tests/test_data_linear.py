@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from raysweep import families
-from raysweep.data import Task, build_task, linear
+from raysweep import linear_theory as linear
+from raysweep.data import Task, build_task
 from raysweep.errors import DataError, SpecError
 from raysweep.space import parse_spec
 from raysweep.train import data_seed, train, train_bundle

@@ -1,5 +1,5 @@
 """Synthetic teachers: the polynomial teacher (online and fixed-data), the MLP teacher, and the power-law linear
-teacher (``linear``, ``noisy_linear``; its closed forms live in :mod:`raysweep.data.linear`).
+teacher (``linear``, ``noisy_linear``; its closed forms live in :mod:`raysweep.linear_theory`).
 
 Every random quantity comes from its own CPU stream, all in float64 and then cast to the requested dtype:
 
@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from raysweep import families, model
-from raysweep.data import linear
+from raysweep import families, linear_theory, model
 from raysweep.data._base import Options, Task, generator
 from raysweep.errors import DataError
 from raysweep.seeds import derive_seed
@@ -170,7 +169,7 @@ def build_linear(experiment, *, noisy: bool, device="cpu", dtype=torch.float32) 
     """Power-law linear teacher: ``x ~ N(0, diag(i^-alpha))``, ``y = w*.x`` (``linear``) or
     ``y = sqrt(1 - rho) w*.x + sqrt(rho) N(0, 1)`` (``noisy_linear``; ``Var y = 1`` either way).
 
-    ``w*`` and the spectrum are the closed forms of :mod:`raysweep.data.linear` (fixed by ``dim``, ``alpha``,
+    ``w*`` and the spectrum are the closed forms of :mod:`raysweep.linear_theory` (fixed by ``dim``, ``alpha``,
     ``beta``; no seed). ``linear`` is ``noisy_linear`` at ``rho = 0``, bit for bit: the noise is always drawn, after
     ``x``, so the ``x`` stream does not depend on ``rho``. ``online`` (default true): fresh blocks of ``n_train``
     samples; false: one fixed set of ``n_train``. ``task.teacher`` is ``w*``, shape ``[D]``.
@@ -188,8 +187,8 @@ def build_linear(experiment, *, noisy: bool, device="cpu", dtype=torch.float32) 
     beta = opts.float("beta", d["beta"], min_value=-math.inf)
     rho = opts.float("rho", d["rho"], max_value=1.0, open_max=True) if noisy else 0.0
 
-    w = torch.from_numpy(linear.teacher(dim, alpha, beta))
-    scale = torch.from_numpy(linear.spectrum(dim, alpha)).sqrt()
+    w = torch.from_numpy(linear_theory.teacher(dim, alpha, beta))
+    scale = torch.from_numpy(linear_theory.spectrum(dim, alpha)).sqrt()
     label = f"{family}(D={dim},alpha={alpha:g},beta={beta:g}" + (f",rho={rho:g}" if noisy else "") + (
         "" if online else f",P={n_train}") + ")"
     teacher = w.to(device=device, dtype=dtype, copy=True)
