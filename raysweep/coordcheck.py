@@ -42,6 +42,8 @@ from raysweep.scaling import learning_rates
 from raysweep.seeds import init_seed
 from raysweep.space import load_spec
 
+# torch and matplotlib load when a check runs, so that --help and spec errors answer at once
+
 DEFAULT_WIDTHS = (64, 128, 256, 512, 1024)
 COMBO_KEYS = ("parametrization", "optimizer", "lr_rule", "loss", "depth", "gamma", "eta")
 FLAT, SLOPE_WARN = 0.1, 0.35  # |slope| below FLAT: width-independent; beyond SLOPE_WARN: clearly width-dependent

@@ -26,6 +26,8 @@ from raysweep.search import build_search
 from raysweep.space import parse_spec
 from raysweep.trial import tune_trainable
 
+# Ray is imported inside the functions that start or use it: --dry-run and option checks run without Ray
+
 ADDRESS_TIMEOUT_S = 5.0  # how long a TCP connection to --address may take before the launch stops
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})$")
 

@@ -32,6 +32,8 @@ from raysweep.plan import Bundle, Plan
 from raysweep.scaling import learning_rates, temperature
 from raysweep.space import AUTO, Experiment
 
+# torch and Ray load in the worker; the driver imports this module (tune_trainable) without either
+
 _LR_ARGS = ("eta", "gamma", "width", "depth", "parametrization", "optimizer", "lr_rule")
 
 

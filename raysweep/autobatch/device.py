@@ -22,6 +22,8 @@ import platform
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+# torch is imported inside the functions that measure a device: the driver describes devices without it
+
 KINDS = ("cuda", "cpu")
 LABELS = {"cuda": "cuda", "cpu": "cpu-rss"}  # the measurement mode recorded with every model
 

@@ -10,6 +10,8 @@ import ctypes
 import ctypes.util
 import sys
 
+# torch is imported inside the functions a trial calls: the driver imports this module without it
+
 # Messages of allocation failures that do not come as a typed torch.OutOfMemoryError (cuBLAS / cuDNN handles and
 # workspaces, raw CUDA errors, the CPU allocator).
 OOM_MESSAGES = (

@@ -24,6 +24,8 @@ from raysweep.autobatch.probe import ProbeRequest, ProcessExecutor, fit_model, r
 from raysweep.autobatch.sizing import request_from_spec
 from raysweep.errors import RaysweepError
 
+# torch loads in the probe process only, Ray only when the probe runs in an actor: the driver needs neither
+
 
 class ProbeHost:
     """Runs in the probe process (actor or subprocess): picks the device, describes it, probes it."""

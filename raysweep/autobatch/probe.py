@@ -37,6 +37,8 @@ from raysweep.autobatch.guard import apply_malloc_policy, is_oom
 from raysweep.autobatch.memory import ITEMSIZE, MemoryModel, fit_mode, static_bytes, widths_of
 from raysweep.errors import NothingFitsError, RaysweepError
 
+# torch loads in the probe's child processes only (the driver fits and sizes without it)
+
 PROBE_VERSION = 2  # bump when the step or the design changes: cached models then miss
 POINT_TIMEOUT_S = 600.0
 # The largest probe batch holds at least this many activation bytes at the largest shape, so that the per-sample

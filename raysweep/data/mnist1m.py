@@ -32,6 +32,8 @@ from raysweep.data._base import stratified_choice
 from raysweep.errors import DataError
 from raysweep.seeds import derive_seed
 
+# PIL is needed only to convert the raw zips, once; reading the .npz never imports it
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 SIDE = 28
 LAYOUT = ("expected one zip per class named by its digit (0.zip ... 9.zip, or e.g. class_3.zip, 3_images.zip), "

@@ -22,6 +22,8 @@ from raysweep.plan import run_order
 from raysweep.search.cells import describe as describe_scheduler  # not schedulers: no Ray here
 from raysweep.space import AXES, config_key
 
+# Ray Tune loads when the Tuner's search is built, never for --dry-run
+
 __all__ = ["build_search", "describe_search", "planned_spec"]
 
 

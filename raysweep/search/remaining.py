@@ -17,6 +17,8 @@ from __future__ import annotations
 from raysweep.search.scan import columns, rule_of, scan_column
 from raysweep.space import AXES, config_key
 
+# optuna loads only for an Optuna search that has a journal to read
+
 __all__ = ["nothing_to_run"]
 
 
