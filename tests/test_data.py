@@ -17,11 +17,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raysweep import model
+from raysweep import families, model
 from raysweep.data import (
     FAMILIES,
-    FAMILY_DEFAULTS,
-    FAMILY_KEYS,
     Task,
     build_task,
     clear_cache,
@@ -85,10 +83,11 @@ def _fresh_cache():
 
 
 def test_family_tables_are_consistent():
-    assert set(FAMILIES) == set(FAMILY_KEYS) == set(FAMILY_DEFAULTS)
-    assert FAMILY_KEYS["poly_online"] == {"dim", "n_train", "degree", "noise"}
-    assert {"path", "max_train_samples"} <= FAMILY_KEYS["mnist1m_sampled"]
-    assert "online" in FAMILY_KEYS["mlp_teacher"]
+    registry = families.REGISTRY
+    assert set(FAMILIES) == set(registry) == {name for name, fam in registry.items() if fam.defaults is not None}
+    assert set(registry["poly_online"].keys) == {"dim", "n_train", "degree", "noise"}
+    assert {"path", "max_train_samples"} <= set(registry["mnist1m_sampled"].keys)
+    assert "online" in registry["mlp_teacher"].keys
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -42,10 +42,8 @@ from raysweep.data.mnist import Arrays, clear_cache, load_mnist, load_mnist1m
 from raysweep.errors import DataError
 from raysweep.seeds import derive_seed
 
-# Views of the registry (raysweep.families): the family names, each family's keys with a default, and all its keys.
+# the family names, from the registry (raysweep.families)
 FAMILIES: tuple[str, ...] = families.FAMILIES
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {name: fam.defaults for name, fam in families.REGISTRY.items()}
-FAMILY_KEYS: dict[str, frozenset[str]] = {name: frozenset(fam.keys) for name, fam in families.REGISTRY.items()}
 
 
 def build_task(experiment: Mapping[str, Any], *, device: torch.device | str = "cpu",
@@ -91,7 +89,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "FAMILIES", "FAMILY_DEFAULTS", "FAMILY_KEYS",
+    "FAMILIES",
     "Arrays", "DataError", "Task", "build_task", "check_source", "clear_cache", "convert_mnist1m", "derive_seed",
     "eval_indices",
     "load_mnist", "load_mnist1m", "stratified_choice",
