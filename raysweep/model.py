@@ -13,6 +13,9 @@ The rule (L = depth = number of weight matrices, widths ``[D] + [N] * (L - 1) + 
   predictor whatever its gamma. Callers hold ``f(x; theta_0)`` (see ``raysweep.train``) so that it is computed
   once per sample, not once per step.
 
+The linear student (:func:`linear_student`) is the depth-1 stack with zero weights and readout multiplier 1,
+``f(x) = w.x``: the same forward, backward and updates serve it.
+
 Pure: no Ray, no I/O.
 """
 
@@ -55,6 +58,14 @@ def init_weights(
         torch.stack([member[l] for member in per_member]).to(device=device, dtype=dtype)
         for l in range(len(widths) - 1)
     ]
+
+
+def linear_student(dim: int, n_out: int, members: int, *, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """The linear student ``f(x) = w.x``: one weight stack ``[K, D, out]`` of zeros, trained with readout
+    multiplier 1 (:func:`forward` of depth 1). At step 0 it is the zero predictor, so ``f(x; theta_0) = 0`` and the
+    centring changes nothing; it has no seed, width, gamma or parametrization."""
+    return [torch.zeros(members, dim, n_out, dtype=dtype, device=device)]
 
 
 def readout_multiplier(width: int, gamma: torch.Tensor, parametrization: str) -> torch.Tensor:

@@ -16,6 +16,7 @@ TRIALS_SCHEMA = pa.schema(
         ("config_key", pa.string()),
         ("family", pa.string()),
         ("dataset", pa.string()),
+        ("model", pa.string()),  # mlp | linear; null for sweeps made before the linear student
         ("parametrization", pa.string()),
         ("optimizer", pa.string()),
         ("lr_rule", pa.string()),

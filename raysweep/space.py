@@ -21,6 +21,10 @@ The format (every key is checked; an unknown key is an error that suggests the c
                                 # its initial loss (the zero-predictor loss: the trained function is centred)
       data_seed: 0              # int >= 0: fixes the teacher, the data split and the eval set
       device: auto              # auto | cpu | cuda
+      model: mlp                # mlp (default): the bias-free MLP of raysweep.model | linear: the student
+                                # f(x) = w.x, w = 0 at step 0 (raysweep.model); a linear student takes no width,
+                                # depth, gamma, parametrization or lr_rule axis (its rate is eta), and on the linear
+                                # families its eval loss is the exact population loss
       grad_noise_scale: null    # off (null/false, default) | true | {batches: 8, batch_size: null}: measure the
                                 # gradient noise scale at every report (raysweep.noise; batches: chunks m >= 2,
                                 # batch_size: chunk size b > 0, null for the trial's batch size)
@@ -111,7 +115,8 @@ from raysweep.search_spec import ALGORITHMS, Scheduler, Search
 
 __all__ = [  # closed sets first, then the types and functions
     "ALGORITHMS", "AUTO", "AXES", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "EXPERIMENT_DEFAULTS", "FAMILIES",
-    "LOSSES", "LR_RULES", "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS", "REGRESSION_FAMILIES",
+    "LINEAR_STUDENT_AXES", "LOSSES", "LR_RULES", "MODELS", "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS",
+    "REGRESSION_FAMILIES",
     "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key", "config_keys",
     "grad_noise_option", "setting",
     "check_name", "load_spec", "parse_spec",
@@ -130,6 +135,11 @@ LR_RULES = ("study", "mup_adam", "raw")
 MSE_CONVENTIONS = ("half_sum", "study")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
+MODELS = ("mlp", "linear")  # raysweep.model: the MLP, or the linear student f(x) = w.x
+# A linear student has one weight matrix [D, out], zero at step 0 and no multiplier: it has no hidden width, depth,
+# richness or parametrization, and trains every rule at eta. Its configurations carry these fixed values (the
+# columns keep their types; README "Linear teachers").
+LINEAR_STUDENT_AXES = {"width": 1, "depth": 1, "gamma": 1.0, "parametrization": "SP", "lr_rule": "raw"}
 GRAD_NOISE_KEYS = ("batches", "batch_size")
 DEFAULT_NOISE_BATCHES = 8  # raysweep.noise.DEFAULT_BATCHES (this module imports no torch)
 
@@ -143,7 +153,7 @@ _batch = lambda p, v: AUTO if isinstance(v, str) and v.strip().lower() == AUTO e
 # setting(), which takes the typed Experiment or a flat experiment mapping.
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "steps": None, "epochs": None, "report_every": 50, "mse_convention": "half_sum", "dtype": "float32",
-    "divergence_factor": 100.0, "data_seed": 0, "device": "auto", "grad_noise_scale": None,
+    "divergence_factor": 100.0, "data_seed": 0, "device": "auto", "grad_noise_scale": None, "model": "mlp",
 }
 # Axis -> (kind, check of one value).
 _AXIS_RULES = {
@@ -151,7 +161,7 @@ _AXIS_RULES = {
     "eta": ("float", lambda p, v: f.as_float(p, v, gt=0)),
     "width": ("int", _size),
     "gamma": ("float", lambda p, v: f.as_float(p, v, gt=0)),
-    "depth": ("int", lambda p, v: f.as_int(p, v, ge=2, le=limits.MAX_DEPTH)),
+    "depth": ("int", lambda p, v: f.as_int(p, v, ge=1, le=limits.MAX_DEPTH)),  # >= 2 for an MLP: SweepSpec
     "seed": ("int", _seed),
     "parametrization": ("enum", lambda p, v: f.as_choice(p, v, PARAMETRIZATIONS)),
     "optimizer": ("enum", lambda p, v: f.as_choice(p, v, OPTIMIZERS)),
@@ -175,6 +185,7 @@ class Experiment(f.ShortRepr):
     ``eval_samples`` is 2048 for synthetic families when not given and None (the full test set, capped at 10000)
     for classification families.
     ``grad_noise_scale``: None (off) or ``{"batches": m, "batch_size": b or None}`` (see :func:`grad_noise_option`).
+    ``model``: ``mlp`` or ``linear`` (the student ``f(x) = w.x`` from ``w = 0``; :data:`LINEAR_STUDENT_AXES`).
     """
 
     family: str
@@ -188,6 +199,7 @@ class Experiment(f.ShortRepr):
     data_seed: int = EXPERIMENT_DEFAULTS["data_seed"]
     device: str = EXPERIMENT_DEFAULTS["device"]
     grad_noise_scale: Any = EXPERIMENT_DEFAULTS["grad_noise_scale"]
+    model: str = EXPERIMENT_DEFAULTS["model"]
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -202,6 +214,7 @@ class Experiment(f.ShortRepr):
         f.set_field(self, "data_seed", _seed("experiment.data_seed", self.data_seed))
         f.set_field(self, "device", f.as_choice("experiment.device", self.device, DEVICES))
         f.set_field(self, "grad_noise_scale", grad_noise_option(self.grad_noise_scale))
+        f.set_field(self, "model", f.as_choice("experiment.model", self.model, MODELS))
         self._check_length()
         if self.eval_samples is _FAMILY_DEFAULT:
             f.set_field(self, "eval_samples", families.get(family).eval_samples)
@@ -252,6 +265,8 @@ class Experiment(f.ShortRepr):
         noise = common.pop("grad_noise_scale")
         if noise is not None:
             common["grad_noise_scale"] = dict(noise)
+        if common["model"] == EXPERIMENT_DEFAULTS["model"]:
+            del common["model"]  # the MLP: absent, so that the config keys of every MLP sweep stay as they were
         return {**common, **self.params}
 
     def _shown(self) -> dict:
@@ -410,6 +425,7 @@ class SweepSpec(f.ShortRepr):
         if "mup_adam" in space.lr_rule and "Adam" not in space.optimizer:
             raise f.fail("space.lr_rule", "mup_adam is the per-layer muP Adam rule: space.optimizer must include "
                          "Adam", space.lr_rule, f" with optimizer {f.show(space.optimizer)}")
+        _check_model(self.experiment, space)
         search_spec.check(self.search, space, self.experiment, AXES)
         _check_size(self)
         _check_arithmetic(self)
@@ -455,6 +471,19 @@ class SweepSpec(f.ShortRepr):
     def to_yaml(self) -> str:
         """:meth:`to_dict` as YAML (block mappings, flow lists); ``load_spec`` reads it back to an equal spec."""
         return yaml.dump(self.to_dict(), Dumper=f.Dumper, sort_keys=False, allow_unicode=True, width=120)
+
+
+def _check_model(experiment: Experiment, space: Space) -> None:
+    """An MLP has a hidden layer (depth >= 2); a linear student has exactly :data:`LINEAR_STUDENT_AXES`."""
+    if experiment.model == "linear":
+        for axis, value in LINEAR_STUDENT_AXES.items():
+            if getattr(space, axis) != (value,):
+                raise f.fail(f"space.{axis}", f"must be [{value}] with experiment.model linear", getattr(space, axis))
+        return
+    for i, depth in enumerate(space.depth):
+        if depth < 2:
+            raise f.fail(f"space.depth[{i}]", "must be an integer >= 2", depth,
+                         " (an MLP has a hidden layer; experiment.model linear is the depth-1 student)")
 
 
 def _check_size(spec: SweepSpec) -> None:
@@ -557,6 +586,13 @@ def _parse(mapping: Any, source: str) -> SweepSpec:
     exp = f.section(mapping, "experiment", _COMMON_KEYS + all_family_keys, required=True)
     experiment = Experiment.from_dict(exp)
     axes = f.section(mapping, "space", AXES, required=True)
+    if experiment.model == "linear":
+        for axis, value in LINEAR_STUDENT_AXES.items():
+            # a saved spec (spec.yaml) holds the fixed values: those are accepted, any other is an error
+            if axis in axes and (axes[axis] if isinstance(axes[axis], list) else [axes[axis]]) != [value]:
+                raise f.fail(f"space.{axis}", "must not be given with experiment.model linear (f(x) = w.x has no "
+                             "width, depth, gamma, parametrization or lr_rule; its rate is eta)", axes[axis])
+        axes = {**axes, **{axis: [value] for axis, value in LINEAR_STUDENT_AXES.items()}}
     for axis in ("batch_size", "eta", "width"):
         if axis not in axes:
             raise f.fail(f"space.{axis}", "is required (a value, a list or a range form)", f.NOTHING)

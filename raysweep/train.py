@@ -30,6 +30,10 @@ recovers leaves it); ``Report.active_fraction`` is, per member, the smallest fra
 active on some eval sample. Detection only flags: a dead member keeps training, and every training number is the
 same with it or without it (its ops run inside the report's no-grad eval forward and write only their own tensors).
 
+The linear student (``experiment.model: linear``): the depth-1 stack ``f(x) = w.x`` from ``w = 0`` with readout
+multiplier 1 (:func:`raysweep.model.linear_student`), trained by the same step; on a task with a known population
+law (``task.population``: the linear families) its eval loss and initial loss are the exact population losses.
+
 Gradient noise scale (``experiment.grad_noise_scale``, off by default): at every report, at the current weights,
 each member's ``grad_trace_cov`` (tr(Sigma)), ``grad_sq`` (|G|^2) and ``grad_noise_scale`` (B_simple) from a noise
 batch of ``m`` chunks of ``b`` samples (:mod:`raysweep.noise`). The noise batches come from a generator of their
@@ -248,15 +252,22 @@ def train_bundle(
     mse_convention = setting(experiment, "mse_convention")
     dtype = torch.float64 if setting(experiment, "dtype") == "float64" else torch.float32
     total_steps = steps_for(experiment, task, batch_size)
+    linear = setting(experiment, "model") == "linear"
+    # a linear student of a linear-Gaussian task is scored by its exact population loss, not on a sample
+    population = task.population if linear and loss_name == "mse" else None
     report_every = int(setting(experiment, "report_every"))
     factor = float(setting(experiment, "divergence_factor"))
     started = time.perf_counter()
 
     # --- model: stacked weights, per-member readout multiplier and per-layer learning rates --------------------
-    widths = model.layer_widths(task.dim, width, depth, task.n_out)
-    weights = model.init_weights(widths, [init_seed(p["seed"]) for p in points], dtype=dtype, device=device)
     gamma = torch.tensor([float(p["gamma"]) for p in points], dtype=dtype, device=device)
-    out_mult = model.readout_multiplier(width, gamma, first["parametrization"])
+    if linear:  # f(x) = w.x from w = 0 (raysweep.model.linear_student)
+        weights = model.linear_student(task.dim, task.n_out, len(points), dtype=dtype, device=device)
+        out_mult = torch.ones(len(points), 1, 1, dtype=dtype, device=device)
+    else:
+        widths = model.layer_widths(task.dim, width, depth, task.n_out)
+        weights = model.init_weights(widths, [init_seed(p["seed"]) for p in points], dtype=dtype, device=device)
+        out_mult = model.readout_multiplier(width, gamma, first["parametrization"])
     rates = [learning_rates(**{k: p[k] for k in _LR_ARGS}, dim=task.dim) for p in points]
     lrs = [torch.tensor([r.per_layer[l] for r in rates], dtype=dtype, device=device).reshape(-1, 1, 1)
            for l in range(depth)]
@@ -274,7 +285,10 @@ def train_bundle(
     x_eval = task.x_eval.to(device=device, dtype=dtype)
     y_eval = targets(task.y_eval.to(device), loss_name, task.n_out, dtype)
     f0_eval = forward_chunked(init, x_eval)[feed.stream] * out_mult
-    initial_loss = loss_per_member(torch.zeros_like(f0_eval), y_eval, loss_name, mse_convention)
+    if population is None:
+        initial_loss = loss_per_member(torch.zeros_like(f0_eval), y_eval, loss_name, mse_convention)
+    else:
+        initial_loss = population.loss(torch.zeros_like(weights[0][:, :, 0]), mse_convention)
     noise, option = None, grad_noise_option(setting(experiment, "grad_noise_scale"))
     if option is not None:
         noise = NoiseFeed(task, seeds, init, option["batches"], option["batch_size"] or batch_size, loss_name,
@@ -307,13 +321,16 @@ def train_bundle(
         losses = torch.stack(window, 1)  # [K, steps in the window]
         units = torch.zeros(len(alive), depth - 1, width, dtype=torch.bool, device=device)
         with torch.no_grad():
-            f_eval = forward_chunked(weights, x_eval, active=units).mul_(out_mult).sub_(f0_eval)
-            eval_loss = loss_per_member(f_eval, y_eval, loss_name, mse_convention)
-            acc = (
-                (f_eval.argmax(-1) == task.y_eval.to(device)).to(dtype).mean(1)
-                if task.kind == "classification"
-                else None
-            )
+            if population is not None:  # regression, depth 1: no accuracy, no hidden unit
+                eval_loss, acc = population.loss(weights[0][:, :, 0], mse_convention), None
+            else:
+                f_eval = forward_chunked(weights, x_eval, active=units).mul_(out_mult).sub_(f0_eval)
+                eval_loss = loss_per_member(f_eval, y_eval, loss_name, mse_convention)
+                acc = (
+                    (f_eval.argmax(-1) == task.y_eval.to(device)).to(dtype).mean(1)
+                    if task.kind == "classification"
+                    else None
+                )
         finite = torch.isfinite(losses)
         first_bad = (~finite).to(torch.int8).argmax(1) + (step - len(window) + 1)  # first non-finite step
         bad_np = torch.where(finite.all(1), -1, first_bad).cpu().numpy()

@@ -50,6 +50,7 @@ def trial_row(
         "config_key": bundle.keys[index],
         "family": exp.family,
         "dataset": dataset,
+        "model": exp.model,
         **{k: p[k] for k in ("parametrization", "optimizer", "lr_rule", "loss")},
         "loss_convention": exp.mse_convention if p["loss"] == "mse" else "mean",
         **{k: p[k] for k in ("batch_size", "eta", "width", "depth", "gamma", "seed")},

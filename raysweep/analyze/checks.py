@@ -26,6 +26,13 @@ tolerance | pass``, and exits 1 on any miss. The studies and their search spaces
   (:func:`~raysweep.analyze.critical.fit_critical_batch`), with B_crit inside the swept B range and S_min at least
   three report intervals (so that it is resolved).
 
+- ``linear_edge``: the linear student's SGD stability edge (:mod:`raysweep.analyze.linear`). At every B the
+  measured edge (the smallest eta at which a seed diverged) is at most one eta grid step below the exact
+  mean-square edge ``eta_edge(B)`` of :mod:`raysweep.linear_theory` and at most half an octave above it (a run can
+  survive a little past the mean-square edge); below ``B_crit / 2`` the slope of log2 edge against log2 B is
+  1 +- 0.25, above ``2 B_crit`` it is 0 +- 0.25 and the edge sits within half an octave of ``2 / lambda_max``. The
+  largest gap, and the study's approximation's largest gap below the exact edge, are info rows.
+
 A check passes when no row fails; ``info`` and ``skipped`` rows never fail it. Each check expects one configuration
 group per parametrization (transfer) or per depth (gamma_eta), as the shipped search spaces give.
 
@@ -49,13 +56,16 @@ import pandas as pd
 from raysweep import space
 from raysweep.analyze.critical import default_targets, fit_critical_batch, seed_mean_curves, steps_to_target
 from raysweep.analyze.gamma import gamma_slopes, gamma_table
+from raysweep.analyze.linear import (
+    ABOVE_OCTAVES, BELOW_STEPS, SATURATION_TOL, SLOPE_TOL, LinearSetting, grid_step, read_setting, theory_table,
+)
 from raysweep.analyze.load import ensure_prepared, find_sweeps, load
 from raysweep.analyze.optimum import config_table, eta_max, fit_eta_power_law, fit_line, optimal_eta
 from raysweep.analyze.temperature import temperature_collapse
 from raysweep.analyze.transfer import transfer_slope, transfer_table
 from raysweep.errors import NoResultsError
 
-STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch")
+STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch", "linear_edge")
 PASS, FAIL, SKIPPED, INFO = "pass", "FAIL", "skipped", "info"
 
 
@@ -358,6 +368,61 @@ def check_critical_batch(trials: pd.DataFrame, curves: pd.DataFrame, *, target: 
     return rows
 
 
+# ------------------------------------------------------------------------------------------------- linear_edge
+
+
+def check_linear_edge(trials: pd.DataFrame, setting: LinearSetting | None) -> list[Row]:
+    """The measured SGD edge of the linear student against the exact mean-square edge (module docstring)."""
+    if setting is None:
+        return [Row("linear theory", "none", "a linear student (experiment.model: linear) on linear or "
+                    "noisy_linear", "-", FAIL, note="the sweep's spec.yaml has no such experiment")]
+    table = theory_table(trials, setting)
+    table = table[np.isfinite(table["eta_edge"].to_numpy(float))].sort_values("batch_size")
+    if table.empty:
+        return [Row("linear theory", "no SGD rows", "SGD on MSE", "-", FAIL)]
+    step = grid_step(trials["eta"])
+    below = BELOW_STEPS * step
+    rows: list[Row] = []
+    for _, r in table.iterrows():
+        b, exact, measured = float(r["batch_size"]), float(r["eta_edge"]), float(r["eta_diverge_min"])
+        gap = math.log2(measured / exact) if np.isfinite(measured) else math.nan
+        ok = np.isfinite(gap) and -below - 1e-9 <= gap <= ABOVE_OCTAVES + 1e-9
+        text = f"{_fmt(math.log2(measured))} (gap {gap:+.2f} oct)" if np.isfinite(gap) else \
+            "nan (no seed diverged: widen the eta grid)"
+        rows.append(_row(f"log2 edge at B={b:g}", math.log2(measured) if np.isfinite(measured) else math.nan,
+                         f"{_fmt(math.log2(exact))} (exact)", f"-{below:.2f} .. +{ABOVE_OCTAVES} oct", ok,
+                         measured=text))
+    gaps = table.assign(gap=np.log2(table["eta_diverge_min"].to_numpy(float) / table["eta_edge"].to_numpy(float)))
+    if gaps["gap"].notna().any():
+        worst = gaps.loc[gaps["gap"].abs().idxmax()]
+        rows.append(_info("largest gap, measured - exact", float(worst["gap"]),
+                          measured=f"{float(worst['gap']):+.2f} oct at B={float(worst['batch_size']):g}"))
+    worst = table.loc[table["approx_gap_octaves"].idxmax()]
+    rows.append(_info("approximation below exact, largest", float(worst["approx_gap_octaves"]),
+                      measured=f"{float(worst['approx_gap_octaves']):.2f} oct at B={float(worst['batch_size']):g}"))
+    b = table["batch_size"].to_numpy(float)
+    log_measured = np.log2(table["eta_diverge_min"].to_numpy(float))
+    log_exact = np.log2(table["eta_edge"].to_numpy(float))
+    for label, keep, expected in (("B <= B_crit / 2", b <= setting.b_crit / 2, 1.0),
+                                  ("B >= 2 B_crit", b >= 2 * setting.b_crit, 0.0)):
+        if keep.sum() < 2:
+            rows.append(Row(f"slope of log2 edge, {label}", "too few B", f"{expected:g}", "-", FAIL,
+                            note=f"needs two batch sizes there (B_crit = {setting.b_crit:.3g})"))
+            continue
+        slope = fit_line(np.log2(b[keep]), log_measured[keep])[0]
+        exact_slope = fit_line(np.log2(b[keep]), log_exact[keep])[0]
+        rows.append(_row(f"slope of log2 edge, {label} (B_crit = {setting.b_crit:.3g})", slope,
+                         f"{expected:g} (exact edge: {_fmt(exact_slope)})", f"+-{SLOPE_TOL}",
+                         abs(slope - expected) <= SLOPE_TOL))
+    big = b >= 2 * setting.b_crit
+    if big.any():
+        level = float(np.mean(log_measured[big]))
+        rows.append(_row("log2 edge above 2 B_crit (mean)", level,
+                         f"{_fmt(math.log2(setting.saturation()))} (2 / lambda_max)", f"+-{SATURATION_TOL} oct",
+                         abs(level - math.log2(setting.saturation())) <= SATURATION_TOL))
+    return rows
+
+
 # --------------------------------------------------------------------------------------------------- dispatcher
 
 
@@ -391,6 +456,8 @@ def run_check(results_dir, study: str, *, sweep: str | None = None, target: floa
         rows = check_gamma_eta(trials)
     elif study == "temperature":
         rows = check_temperature(trials)
+    elif study == "linear_edge":
+        rows = check_linear_edge(trials, read_setting(folder))
     else:
         rows = check_critical_batch(trials, curves, target=target)
     return CheckResult(study, folder.name, rows)

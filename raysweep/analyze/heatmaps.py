@@ -4,7 +4,8 @@ Cells hold the seed-mean final metric (log10 colour, one scale per figure; the c
 where any seed diverged is drawn hatched grey, one where a seed died (and none diverged) hatched light, and both are
 masked (NaN) in :class:`HeatmapGrid`: an unstable config never gets a finite colour. Cells where every trial failed
 are dotted (missing data, no edge); cells where nothing ran stay blank. The eta* ridge, eta_max and eta_diverge_min
-(the edge: diverged or dead) are drawn on top.
+(the edge: diverged or dead) are drawn on top. For a linear-student sweep the (B, eta) heatmaps also draw the exact
+mean-square SGD edge, the study's approximation of it and a vertical line at B_crit (:mod:`raysweep.analyze.linear`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import Normalize
 
 from raysweep.analyze._figures import CMAP, figure, finish, fmt, match, panels_of, shown_title
+from raysweep.analyze.linear import LinearSetting, theory_lines
 from raysweep.analyze.load import ensure_prepared, group_columns, metric_label, metric_of
 from raysweep.analyze.optimum import iter_groups
 
@@ -142,9 +144,24 @@ def _lines(ax, eta_star: pd.DataFrame, edge: pd.DataFrame, x: str, shear: bool, 
         ax.legend(fontsize=6, loc="lower right", framealpha=0.6)
 
 
-def plot_heatmap(trials, eta_star, edge, *, x="batch_size", temperature=False, max_panels=9):
+def _theory(ax, setting: LinearSetting, xs: np.ndarray, shear: bool, legend: bool) -> None:
+    """The exact SGD edge, the study's approximation and B_crit of a linear student, over the panel's B range."""
+    lines = theory_lines(setting, float(xs.min()), float(xs.max()))
+    lx = np.log2(lines["batch_size"].to_numpy(float))
+    for column, style, label in (("eta_edge", "-", "exact SGD edge"), ("eta_edge_approx", "--", "approximation")):
+        ly = np.log2(lines[column].to_numpy(float))
+        ax.plot(ly - lx if shear else lx, ly, style, color="cyan", lw=1.2, label=label)
+    if not shear and xs.min() <= setting.b_crit <= xs.max():
+        ax.axvline(np.log2(setting.b_crit), color="cyan", ls=":", lw=1, label=f"B_crit = {setting.b_crit:.3g}")
+    if legend:  # upper left: above the edge, where the cells are diverged
+        ax.legend(fontsize=5, loc="upper left", framealpha=0.7)
+
+
+def plot_heatmap(trials, eta_star, edge, *, x="batch_size", temperature=False, max_panels=9,
+                 theory: LinearSetting | None = None):
     """Final loss over (log2 x, log2 eta), or over (log2 eta/x, log2 eta) with ``temperature``; the eta* ridge and
-    the stability edges on top."""
+    the stability edges on top, and with ``theory`` (a linear student, x the batch size) the exact SGD edge, the
+    study's approximation and B_crit."""
     t = trials.dropna(subset=[x, "eta"])
     if t.empty:
         return None
@@ -160,7 +177,10 @@ def plot_heatmap(trials, eta_star, edge, *, x="batch_size", temperature=False, m
         Y, Xb = np.meshgrid(ye, xe, indexing="ij")
         X = Y - Xb if temperature else Xb
         mesh = _draw_grid(ax, grid, X, Y, norm) or mesh
-        _lines(ax, match(eta_star, labels), match(edge, labels), x, temperature, legend=n == 0)
+        _lines(ax, match(eta_star, labels), match(edge, labels), x, temperature, legend=n == 0 and theory is None)
+        if theory is not None and x == "batch_size" and (sub.get("optimizer", pd.Series(["SGD"])) == "SGD").all():
+            _theory(ax, theory, grid.xs, temperature, legend=n == 0)
+            ax.set_ylim(ye.min(), ye.max())
         ax.set(xlabel=xlabel, ylabel="log2 eta")
         finish(ax, title, legend=False)
     _colorbar(fig, axes, mesh, metric)

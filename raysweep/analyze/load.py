@@ -50,6 +50,7 @@ CONFIG_COLUMNS = (
     "sweep",
     "family",
     "dataset",
+    "model",
     "parametrization",
     "optimizer",
     "lr_rule",

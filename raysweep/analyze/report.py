@@ -29,6 +29,7 @@ from raysweep.analyze import plots
 from raysweep.analyze.critical import fit_critical_batch, seed_mean_curves, steps_to_target
 from raysweep.analyze.gamma import gamma_slopes, gamma_table
 from raysweep.analyze.heatmaps import grid_fill
+from raysweep.analyze.linear import read_setting, theory_table
 from raysweep.analyze.load import (
     CONFIG_COLUMNS,
     ensure_prepared,
@@ -112,10 +113,11 @@ def _n(trials: pd.DataFrame, column: str) -> int:
 def analyze_frames(trials: pd.DataFrame, curves: pd.DataFrame, *, name: str = "sweep", targets=None,
                    window_samples: float | None = None, n_boot: int = 200, seed: int = 0, lazy_max: float = 1 / 8,
                    rich_min: float = 4.0, max_panels: int = 9, make_plots: bool = True,
-                   strict: bool = False, metric: str | None = None) -> Analysis:
+                   strict: bool = False, metric: str | None = None, linear=None) -> Analysis:
     """All tables (and figures) the data supports, for trials from :func:`~raysweep.analyze.load.load`, on
     ``metric`` (default: the one the trials were prepared for, else eval_loss). ``strict`` re-raises a failing plot
-    instead of noting it in the report."""
+    instead of noting it in the report. ``linear`` (a :class:`~raysweep.analyze.linear.LinearSetting`, for a linear
+    student) adds the ``linear_theory`` table and draws the exact SGD edge on the (B, eta) heatmaps."""
     trials = ensure_prepared(trials, metric)
     out = Analysis(name, trials, curves)
     tables, notes = out.tables, out.notes
@@ -132,6 +134,8 @@ def analyze_frames(trials: pd.DataFrame, curves: pd.DataFrame, *, name: str = "s
         if eta_star["interval_note"].str.startswith("no interval:").any() and n_boot > 0:
             notes.append(f"No bootstrap interval of eta* where fewer than {MIN_SEEDS_INTERVAL} seeds have a usable "
                          "value (interval_note).")
+        if linear is not None:
+            tables["linear_theory"] = theory_table(trials, linear)
         temp = temperature_table(trials)
         if n_b >= 2:
             tables["eta_power_law"] = fit_eta_power_law(eta_star, x="batch_size")
@@ -182,9 +186,9 @@ def analyze_frames(trials: pd.DataFrame, curves: pd.DataFrame, *, name: str = "s
             notes.append(f"Only {fill:.0%} of the (B, eta) grid ran (a guided search?): no heatmaps; the loss-vs-eta "
                          "plot shows every trial.")
         else:
-            jobs["heatmap"] = lambda: plots.plot_heatmap(trials, eta_star, edge, max_panels=max_panels)
+            jobs["heatmap"] = lambda: plots.plot_heatmap(trials, eta_star, edge, max_panels=max_panels, theory=linear)
             jobs["heatmap_temperature"] = lambda: plots.plot_heatmap(trials, eta_star, edge, temperature=True,
-                                                                     max_panels=max_panels)
+                                                                     max_panels=max_panels, theory=linear)
         jobs["loss_vs_eta"] = lambda: plots.plot_loss_vs_eta(trials, eta_star, max_panels=max_panels)
         jobs["eta_star"] = lambda: plots.plot_eta_star(eta_star, tables.get("eta_power_law", pd.DataFrame()),
                                                        max_panels=max_panels)
@@ -338,7 +342,8 @@ def _analyses(results_dir, sweep=None, metric=None, **kwargs) -> list[Analysis]:
     for folder in folders:
         trials, curves = load_sweep(folder, metric)
         if len(trials):
-            found.append(analyze_frames(trials, curves, name=folder.name, metric=metric, **kwargs))
+            found.append(analyze_frames(trials, curves, name=folder.name, metric=metric, linear=read_setting(folder),
+                                        **kwargs))
     if not found:
         where = f"sweep {sweep!r} under {results_dir}" if sweep else str(results_dir)
         raise NoResultsError(

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from raysweep import families
-from raysweep.data._base import Task, eval_indices, stratified_choice
+from raysweep.data._base import Population, Task, eval_indices, stratified_choice
 from raysweep.data.mnist import Arrays, clear_cache, load_mnist, load_mnist1m
 from raysweep.errors import DataError
 from raysweep.seeds import derive_seed
@@ -90,7 +90,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "FAMILIES",
-    "Arrays", "DataError", "Task", "build_task", "check_source", "clear_cache", "convert_mnist1m", "derive_seed",
+    "Arrays", "DataError", "Population", "Task", "build_task", "check_source", "clear_cache", "convert_mnist1m", "derive_seed",
     "eval_indices",
     "load_mnist", "load_mnist1m", "stratified_choice",
 ]

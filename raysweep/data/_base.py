@@ -22,6 +22,25 @@ KINDS = ("regression", "classification")
 Sampler = Callable[[torch.Generator, int], "tuple[torch.Tensor, torch.Tensor]"]
 
 
+@dataclass(frozen=True, eq=False)
+class Population:
+    """The population law of a linear-Gaussian task, ``x ~ N(0, diag(lambdas))``, ``y = w_t.x + sqrt(noise_var)
+    eps``: what makes the loss of a linear student exact (:mod:`raysweep.linear_theory`). Tensors on the task's
+    device and dtype."""
+
+    lambdas: torch.Tensor  # [D], the feature variances
+    w_t: torch.Tensor  # [D], the effective teacher
+    noise_var: float  # Var of the label noise (rho)
+
+    def loss(self, w: torch.Tensor, mse_convention: str) -> torch.Tensor:
+        """The expected loss of each student ``f(x) = w_k.x``, ``w`` ``[K, D]``: half_sum
+        ``((w - w_t)^T Sigma (w - w_t) + rho) / 2``, study twice that (:func:`raysweep.linear_theory.population_loss`,
+        batched over members)."""
+        e = w - self.w_t
+        half = 0.5 * ((e * e * self.lambdas).sum(-1) + self.noise_var)
+        return half if mse_convention == "half_sum" else 2.0 * half
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class Task:
     """The data of one trial: a fixed eval set, and either a fixed training set or an online sample stream.
@@ -32,6 +51,7 @@ class Task:
     tuple, each ``[1, fan_in, fan_out]``) on the task's device/dtype, else None. ``params`` holds the resolved
     family options (defaults applied, ``data_seed`` included) and derived numbers such as the MLP teacher's
     ``y_scale``. ``sampler`` is internal: how `draw_block` draws (float64, CPU), None for fixed data sets.
+    ``population`` is the exact law of a linear-Gaussian task (the linear families), else None.
     """
 
     dataset: str
@@ -46,6 +66,7 @@ class Task:
     teacher: Any = None
     params: Mapping[str, Any] = field(default_factory=dict)
     sampler: Sampler | None = None
+    population: Population | None = None
 
     def __post_init__(self) -> None:
         # Internal invariants: a builder that breaks them is a bug, reported with the data set's name.

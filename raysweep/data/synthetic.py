@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from raysweep import families, linear_theory, model
-from raysweep.data._base import Options, Task, generator
+from raysweep.data._base import Options, Population, Task, generator
 from raysweep.errors import DataError
 from raysweep.seeds import derive_seed
 
@@ -76,7 +76,7 @@ class LinearSampler:
 
 
 def _build(family: str, label: str, sampler: PolySampler | MLPSampler | LinearSampler, teacher: Any, opts: Options,
-           seed: int, n_train: int, online: bool, device, dtype) -> Task:
+           seed: int, n_train: int, online: bool, device, dtype, population: Population | None = None) -> Task:
     n_eval = opts.optional_int("eval_samples", families.get(family).eval_default)
     x_eval, y_eval = sampler(generator(seed, "eval"), n_eval)
     train = {}
@@ -90,7 +90,7 @@ def _build(family: str, label: str, sampler: PolySampler | MLPSampler | LinearSa
         dataset=label, kind="regression", dim=x_eval.shape[1], n_out=1,
         x_eval=x_eval.to(device=device, dtype=dtype), y_eval=y_eval.to(device=device, dtype=dtype),
         teacher=teacher, params={"family": family, "data_seed": seed, **opts.resolved},
-        sampler=sampler if online else None, **train,
+        sampler=sampler if online else None, population=population, **train,
     )
 
 
@@ -174,7 +174,8 @@ def build_linear(experiment, *, noisy: bool, device="cpu", dtype=torch.float32) 
     ``x``, so the ``x`` stream does not depend on ``rho``. ``online`` (default true): fresh blocks of ``n_train``
     samples; false: one fixed set of ``n_train``. ``task.teacher`` is ``w*``, shape ``[D]``.
     Labels: ``linear(D=500,alpha=2,beta=0.25)``, ``noisy_linear(D=500,alpha=2,beta=0.25,rho=0.25)``, plus ``,P=1024``
-    when fixed.
+    when fixed. ``task.population`` holds the exact law (spectrum, effective teacher ``sqrt(1 - rho) w*``, ``rho``):
+    a linear student's eval loss is its population loss, not a sample.
     """
     family = "noisy_linear" if noisy else "linear"
     opts = Options(experiment, family)
@@ -188,8 +189,15 @@ def build_linear(experiment, *, noisy: bool, device="cpu", dtype=torch.float32) 
     rho = opts.float("rho", d["rho"], max_value=1.0, open_max=True) if noisy else 0.0
 
     w = torch.from_numpy(linear_theory.teacher(dim, alpha, beta))
-    scale = torch.from_numpy(linear_theory.spectrum(dim, alpha)).sqrt()
+    lambdas = torch.from_numpy(linear_theory.spectrum(dim, alpha))
+    scale = lambdas.sqrt()
     label = f"{family}(D={dim},alpha={alpha:g},beta={beta:g}" + (f",rho={rho:g}" if noisy else "") + (
         "" if online else f",P={n_train}") + ")"
     teacher = w.to(device=device, dtype=dtype, copy=True)
-    return _build(family, label, LinearSampler(scale, w, rho), teacher, opts, seed, n_train, online, device, dtype)
+    population = Population(
+        lambdas=lambdas.to(device=device, dtype=dtype),
+        w_t=(math.sqrt(1.0 - rho) * w).to(device=device, dtype=dtype),
+        noise_var=rho,
+    )
+    return _build(family, label, LinearSampler(scale, w, rho), teacher, opts, seed, n_train, online, device, dtype,
+                  population)
