@@ -65,7 +65,7 @@ def check_saved_spec(sweep_dir, spec) -> None:
     back is a SpecError naming it."""
     from raysweep import storage  # pyarrow: the launcher imports this module
 
-    saved = storage.resolve(sweep_dir).join("spec.yaml")
+    saved = storage.resolve(sweep_dir).join(storage.SPEC_FILE)
     if not saved.exists():
         return
     try:
@@ -86,7 +86,7 @@ def save_spec(sweep_dir, spec) -> None:
     """``<sweep>/spec.yaml``, atomically (a local path, a URI or a :class:`raysweep.storage.Location`)."""
     from raysweep import storage  # pyarrow: the launcher imports this module
 
-    storage.write_bytes_atomic(storage.resolve(sweep_dir).join("spec.yaml"), spec.to_yaml().encode())
+    storage.write_bytes_atomic(storage.resolve(sweep_dir).join(storage.SPEC_FILE), spec.to_yaml().encode())
 
 
 class StopSignals:

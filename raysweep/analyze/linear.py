@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 
 from raysweep import linear_theory, space
+from raysweep.storage import SPEC_FILE
 from raysweep.analyze.load import ensure_prepared
 from raysweep.analyze.optimum import eta_max
 from raysweep.errors import SpecError
 
 THEORY_FAMILIES = ("linear", "noisy_linear")
-SPEC_FILE = "spec.yaml"  # the validated spec a sweep folder keeps (README "storage layout")
 CURVE_POINTS = 64  # points per octave-spanning theory line on a heatmap
 # the check's tolerances (module docstring)
 BELOW_STEPS = 1.0  # grid steps the measured edge may sit below the exact one
