@@ -1,4 +1,4 @@
-"""Reproduce the science end to end: launch the four shipped studies and run their checks, with timings.
+"""Reproduce the science end to end: launch the shipped studies and run their checks, with timings.
 
     python benchmarks/science.py [--storage DIR] [--studies transfer,gamma_eta,temperature,critical_batch]
                                  [--address ADDR] [--num-cpus N]
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch")
+STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch", "linear_edge")
 
 
 def spec_for(study: str) -> Path:
