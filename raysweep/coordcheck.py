@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         widths = [int(v) for v in args.widths.split(",") if v.strip()]
         if len(widths) < 2 or min(widths) < 1 or args.steps < 1 or args.seeds < 1 or args.batch_size < 1:
             raise SpecError("--widths needs 2 or more positive widths; --steps, --seeds, --batch-size must be >= 1")
+        if spec.experiment.model != "mlp":
+            raise SpecError(f"experiment.model: a coord check scales an MLP's width; {args.space} trains the "
+                            f"{spec.experiment.model} student, which has none")
     except (SpecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -73,3 +73,13 @@ def test_bad_input_exits_2(space, tmp_path, capsys):
     assert main([str(tmp_path / "missing.yaml")]) == 2
     assert main([str(space), "--widths", "64"]) == 2
     assert "--widths" in capsys.readouterr().err
+
+
+def test_a_linear_student_spec_has_no_width_to_check(tmp_path, capsys):
+    path = tmp_path / "lin.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "lin", "experiment": {"family": "linear", "model": "linear", "dim": 16, "steps": 10},
+        "space": {"batch_size": [8], "eta": [0.5]},
+    }))
+    assert main([str(path)]) == 2
+    assert "experiment.model: a coord check scales an MLP's width" in capsys.readouterr().err
