@@ -22,10 +22,13 @@ numbers do not depend on the other members of its bundle.
   & Yang 2016).
 
 Operators are callables ``matvec(vectors) -> vectors`` on lists of ``[K, ...]`` tensors shaped like the weights.
-Random probes come from the ``generator`` argument: one ``torch.Generator`` for the bundle, or a sequence of K
-generators, one per member (member k draws only from its own: its numbers are then the same alone and in any
-bundle). Probes are drawn on the CPU in float64 and cast, so a generator gives the same probes on any device. No
-training stream is touched.
+Random probes come from the ``generator`` argument (required: the global generator is never drawn from): one
+``torch.Generator`` for the bundle, or a sequence of K generators, one per member. With K generators member k draws
+only from its own, each probe one ``torch.randn(n, dtype=torch.float64)`` (Gaussian) or ``torch.randint(0, 2, (n,))``
+(Rademacher) in order, ``n`` the member's parameter count: its numbers are then the same alone and in any bundle.
+With one generator a probe is one ``[K, n]`` draw. Probes are drawn on the CPU in float64 and cast, so a generator
+gives the same probes on any device. Eigenvalues, traces and quadratures are returned in float64; the Krylov basis
+of Lanczos is kept in the weights' dtype (``K * steps * n`` numbers).
 
 Pure: torch, :mod:`raysweep.model` and :mod:`raysweep.step`; no Ray, no I/O.
 """
@@ -38,7 +41,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from raysweep import model
-from raysweep.step import loss_per_member
+from raysweep.step import ADAM_BETAS, ADAM_EPS, loss_per_member
 
 # --- the loss ------------------------------------------------------------------------------------------------------
 
@@ -87,8 +90,10 @@ def hessian_matvec(loss_fn: Callable, weights: Sequence[torch.Tensor], *, kind: 
     ``loss_fn(weights) -> [K]``. ``kind="exact"``: the Hessian, by double backward of ``sum_k loss_k`` (Pearlmutter
     1994); the Hessian is block-diagonal across members, so one product serves all K. ``kind="ggn"``: the
     generalised Gauss-Newton matrix ``J^T H_out J`` (Schraudolph 2002; ``J`` the Jacobian of the output, ``H_out``
-    the Hessian of the loss in the output), ``J v`` by forward-mode differentiation of a vector-Jacobian product;
-    ``loss_fn`` must then have ``output`` and ``loss_of_output`` (a :class:`MemberLoss`). ``weights`` are only read.
+    the Hessian of the loss in the output), ``J v`` as the derivative in ``u`` of ``(J^T u) . v`` (a Jacobian-vector
+    product from two vector-Jacobian products); ``loss_fn`` must then have ``output`` and ``loss_of_output`` (a
+    :class:`MemberLoss`). ``weights`` are only read; the operator holds their autograd graph until it is dropped
+    (an in-place update of the weights in between makes the next product fail loudly, never silently).
     """
     if kind not in ("exact", "ggn"):
         raise ValueError(f"kind must be 'exact' or 'ggn', got {kind!r}")
@@ -158,7 +163,8 @@ def lanczos_top(matvec: Callable, shapes_like: Sequence[torch.Tensor], k_members
 def sharpness(loss_fn: Callable, weights: Sequence[torch.Tensor], *, steps: int = 20, generator,
               kind: str = "exact") -> torch.Tensor:
     """``lambda_max(H)`` of each member's loss, ``[K]``: :func:`lanczos_top` with ``top_k=1`` on
-    :func:`hessian_matvec` (Cohen et al. 2021: full-batch GD at rate ``eta`` settles at ``lambda_max = 2 / eta``)."""
+    :func:`hessian_matvec` (Cohen et al. 2021: full-batch GD at rate ``eta`` settles at ``lambda_max = 2 / eta``);
+    ``kind="ggn"`` gives the Gauss-Newton sharpness."""
     op = hessian_matvec(loss_fn, weights, kind=kind)
     return lanczos_top(op, weights, weights[0].shape[0], top_k=1, steps=steps, generator=generator)[:, 0]
 
@@ -168,7 +174,6 @@ def adam_preconditioner(adam: Sequence[tuple[torch.Tensor, torch.Tensor]], step:
     """Adam's diagonal preconditioner ``P = sqrt(v_hat) + eps`` per layer from the optimizer state ``adam`` (per
     layer ``(m, v)``, as :func:`raysweep.step.update` keeps it) after ``step`` steps; ``v_hat = v / (1 - beta2^step)``,
     ``eps`` defaults to :data:`raysweep.step.ADAM_EPS`. Adam's step is ``lr / (1 - beta1^step) * P^-1 m``."""
-    from raysweep.step import ADAM_BETAS, ADAM_EPS
     eps = ADAM_EPS if eps is None else eps
     c2 = 1 - ADAM_BETAS[1] ** step
     return [torch.sqrt(v).div_(math.sqrt(c2)).add_(eps) for _, v in adam]  # raysweep.step.update's denominator
@@ -237,8 +242,8 @@ def slq_density(matvec: Callable, shapes_like: Sequence[torch.Tensor], k_members
     For each of ``probes`` normalised Gaussian probes ``v``, ``steps`` Lanczos steps give ``T = U diag(theta) U^T``;
     the Ritz values ``theta_i`` with weights ``U[0, i]^2`` are the Gaussian quadrature of the measure
     ``sum_j (v . u_j)^2 delta(t - lambda_j)``, exact for polynomials of degree ``< 2 steps``. Returns ``(nodes,
-    weights)``, each ``[K, probes * steps]``: the nodes of every probe, weights divided by ``probes`` (each member's
-    sum to 1). A probe whose Krylov space is exhausted early pads its nodes with weight 0. With ``grid`` (``[G]`` or
+    weights)``, float64, each ``[K, probes * min(steps, n)]``: the nodes of every probe in order, weights divided by
+    ``probes`` (each member's sum to 1). A probe whose Krylov space is exhausted early pads its nodes with weight 0. With ``grid`` (``[G]`` or
     ``[K, G]``) also the broadened density, ``(nodes, weights, density_on_grid(nodes, weights, grid, sigma))``.
     """
     flat_op, n = _flat_operator(matvec, shapes_like, k_members)
@@ -315,6 +320,8 @@ def _generators(generator, k_members: int) -> list:
     if isinstance(generator, torch.Generator):
         return [generator]
     gens = list(generator)
+    if len(gens) == 1 == k_members:
+        return gens
     if len(gens) != k_members or not all(isinstance(g, torch.Generator) for g in gens):
         raise ValueError(f"generator must be a torch.Generator or {k_members} of them, one per member")
     return gens
@@ -331,10 +338,10 @@ def _draw(gens: list, k_members: int, n: int, kind: str, dtype, device, members=
     """Probes ``[len(members), n]`` (all K by default): row k from member k's generator, or every row from the one
     bundle generator."""
     members = range(k_members) if members is None else members
-    if len(gens) == 1 and k_members > 1:
+    if len(gens) == 1:
         out = _draw_one(gens[0], (len(members), n), kind)
     else:
-        out = torch.stack([_draw_one(gens[k] if len(gens) > 1 else gens[0], (n,), kind) for k in members])
+        out = torch.stack([_draw_one(gens[k], (n,), kind) for k in members])
     return out.to(device=device, dtype=dtype)
 
 
