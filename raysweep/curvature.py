@@ -210,7 +210,7 @@ def batch_sharpness(loss_fn_of_batch: Callable, weights: Sequence[torch.Tensor],
         ratios.append(torch.where(g_g > 0, g_h_g / g_g, float("nan")))
     if not ratios:
         raise ValueError("batch_sharpness needs at least one batch")
-    return torch.stack(ratios).nanmean(0)
+    return torch.stack([r.nanmean() for r in torch.stack(ratios, 1)])  # member by member
 
 
 # --- trace and density ---------------------------------------------------------------------------------------------
@@ -229,10 +229,13 @@ def hutchinson_trace(matvec: Callable, shapes_like: Sequence[torch.Tensor], k_me
     values = []
     for _ in range(samples):
         z = _draw(gens, k_members, n, "rademacher", dtype, device)
-        values.append(torch.linalg.vecdot(z, flat_op(z)).to(torch.float64))
-    values = torch.stack(values)  # [samples, K]
-    stderr = values.std(0) / math.sqrt(samples) if samples > 1 else torch.full_like(values[0], float("nan"))
-    return values.mean(0), stderr
+        az = flat_op(z)
+        values.append(torch.stack([torch.dot(z[k], az[k]) for k in range(k_members)]).to(torch.float64))
+    values = torch.stack(values, 1)  # [K, samples]
+    mean = torch.stack([v.mean() for v in values])  # member by member: the same reductions alone and in a bundle
+    if samples == 1:
+        return mean, torch.full_like(mean, float("nan"))
+    return mean, torch.stack([v.std() for v in values]) / math.sqrt(samples)
 
 
 def slq_density(matvec: Callable, shapes_like: Sequence[torch.Tensor], k_members: int, *, probes: int = 4,
@@ -277,10 +280,12 @@ def density_on_grid(nodes: torch.Tensor, weights: torch.Tensor, grid: torch.Tens
         spread = nodes.amax(1) - nodes.amin(1)
         spread = torch.where(spread > 0, spread, nodes.abs().amax(1))
         sigma = 0.01 * torch.where(spread > 0, spread, torch.ones_like(spread))
-    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=nodes.device).reshape(-1, 1, 1)
-    z = (grid[:, :, None] - nodes[:, None, :]) / sigma  # [K, G, M]
-    kernel = torch.exp(-0.5 * z.square()) / (math.sqrt(2 * math.pi) * sigma)
-    return (kernel * weights[:, None, :]).sum(-1)
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=nodes.device).expand(nodes.shape[0])
+    out = []
+    for t, node, weight, sd in zip(grid, nodes, weights, sigma):  # member by member: [G, M] at a time
+        z = (t[:, None] - node[None, :]) / sd
+        out.append((torch.exp(-0.5 * z.square()) * weight).sum(1) / (math.sqrt(2 * math.pi) * sd))
+    return torch.stack(out)
 
 
 # --- internals -----------------------------------------------------------------------------------------------------
@@ -297,8 +302,9 @@ def _grad(outputs, inputs, grad_outputs) -> list[torch.Tensor]:
 
 
 def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``sum_l <a_l, b_l>`` per member, float64 ``[K]``."""
-    return sum(torch.linalg.vecdot(x.flatten(1), y.flatten(1)).to(torch.float64) for x, y in zip(a, b))
+    """``sum_l <a_l, b_l>`` per member, float64 ``[K]``, member by member (the same calls alone and in a bundle)."""
+    return torch.stack([sum(torch.dot(x[k].reshape(-1), y[k].reshape(-1)).to(torch.float64) for x, y in zip(a, b))
+                        for k in range(a[0].shape[0])])
 
 
 def _flat_operator(matvec: Callable, shapes_like: Sequence[torch.Tensor], k_members: int):
@@ -351,61 +357,62 @@ def _default_tol(dtype) -> float:
 
 
 def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """``w`` minus its projection on the rows of ``basis`` (``[K, j, n]``), twice ("twice is enough")."""
+    """One member's ``w`` ``[n]`` minus its projection on the rows of ``basis`` ``[j, n]``, twice ("twice is
+    enough", classical Gram-Schmidt)."""
     for _ in range(2):
-        w = w - torch.bmm(torch.bmm(basis, w.unsqueeze(2)).transpose(1, 2), basis).squeeze(1)
+        w = w - torch.mv(basis.T, torch.mv(basis, w))
     return w
 
 
 def _lanczos(op: Callable, q0: torch.Tensor, steps: int, tol: float, restart_gens):
-    """Batched Lanczos with full reorthogonalisation from start vectors ``q0`` ``[K, n]``: ``(alpha [K, steps],
-    beta [K, steps], size [K])``, float64 on the CPU; member k's tridiagonal is ``alpha[k, :size[k]]`` with
+    """Lanczos with full reorthogonalisation from start vectors ``q0`` ``[K, n]``, the products of all members in
+    one call of ``op``, the vector algebra member by member (the same calls alone and in a bundle): ``(alpha,
+    beta, size)``, float64 on the CPU; member k's tridiagonal has diagonal ``alpha[k, :size[k]]`` and
     off-diagonal ``beta[k, :size[k] - 1]``.
 
     When a member's Krylov space is exhausted (``beta <= tol * |T|``) it restarts from a fresh probe of
     ``restart_gens`` orthogonal to its basis (``beta = 0``: the tridiagonal splits into blocks), or stops when
-    ``restart_gens`` is None; its later products are computed on zero vectors and not recorded.
+    ``restart_gens`` is None; a stopped member's later products are taken of zero vectors and not recorded.
     """
     k_members, n = q0.shape
     basis = torch.zeros(k_members, steps, n, dtype=q0.dtype, device=q0.device)
     alpha = torch.zeros(k_members, steps, dtype=torch.float64)
     beta = torch.zeros(k_members, steps, dtype=torch.float64)
-    size = torch.zeros(k_members, dtype=torch.int64)
-    active = torch.ones(k_members, dtype=torch.bool)
-    norm_t = torch.zeros(k_members, dtype=torch.float64)  # running estimate of |T|, for the breakdown test
-    q = q0 / torch.linalg.vector_norm(q0, dim=1, keepdim=True)
+    size = [0] * k_members
+    norm_t = [0.0] * k_members  # running estimate of |T|, for the breakdown test
+    active = [True] * k_members
+    q = torch.stack([v / torch.linalg.vector_norm(v) for v in q0])
     for j in range(steps):
         basis[:, j] = q
         w = op(q)
-        a = torch.linalg.vecdot(q, w)
-        w = _orthogonalize(w, basis[:, :j + 1])  # the three-term recurrence, and full reorthogonalisation
-        b = torch.linalg.vector_norm(w, dim=1)
-        a64, b64 = a.to(torch.float64).cpu(), b.to(torch.float64).cpu()
-        alpha[active, j] = a64[active]
-        size += active
-        norm_t = torch.maximum(norm_t, a64.abs() + b64 + (beta[:, j - 1] if j else 0.0))
-        if j + 1 == steps:
-            break
-        exhausted = active & (b64 <= tol * norm_t)
-        beta[active & ~exhausted, j] = b64[active & ~exhausted]
-        q = w / torch.where(b > 0, b, 1.0).unsqueeze(1)
-        q[~active.to(q.device)] = 0.0
-        dead = exhausted.nonzero().flatten().tolist()
-        if dead and restart_gens is not None:
-            fresh = _draw(restart_gens, k_members, n, "gaussian", q.dtype, q.device, members=dead)
-            before = torch.linalg.vector_norm(fresh, dim=1)
-            fresh = _orthogonalize(fresh, basis[dead, :j + 1])
-            norms = torch.linalg.vector_norm(fresh, dim=1)
-            for i, k in enumerate(dead):
-                if norms[i] > tol * before[i]:
-                    q[k] = fresh[i] / norms[i]
+        q = torch.zeros_like(q)
+        for k in range(k_members):
+            if not active[k]:
+                continue
+            a = float(torch.dot(basis[k, j], w[k]))
+            # the three-term recurrence is the projection on the last two vectors: full reorthogonalisation does it
+            wk = _orthogonalize(w[k], basis[k, :j + 1])
+            b = float(torch.linalg.vector_norm(wk))
+            alpha[k, j] = a
+            size[k] += 1
+            norm_t[k] = max(norm_t[k], abs(a) + b + float(beta[k, j - 1] if j else 0.0))
+            if j + 1 == steps:
+                continue
+            if b > tol * norm_t[k]:
+                beta[k, j] = b
+                q[k] = wk / b
+            elif restart_gens is None:
+                active[k] = False
+            else:  # exhausted: a fresh direction orthogonal to the basis (beta stays 0)
+                fresh = _draw(restart_gens, k_members, n, "gaussian", q.dtype, q.device, members=[k])[0]
+                before = float(torch.linalg.vector_norm(fresh))
+                fresh = _orthogonalize(fresh, basis[k, :j + 1])
+                norm = float(torch.linalg.vector_norm(fresh))
+                if norm > tol * before:
+                    q[k] = fresh / norm
                 else:  # the basis spans the whole space
-                    q[k] = 0.0
                     active[k] = False
-        elif dead:
-            q[exhausted.to(q.device)] = 0.0
-            active &= ~exhausted
-    return alpha, beta, size
+    return alpha, beta, torch.tensor(size)
 
 
 def _tridiagonal(alpha: torch.Tensor, beta: torch.Tensor, size: int) -> torch.Tensor:
