@@ -246,8 +246,9 @@ def slq_density(matvec: Callable, shapes_like: Sequence[torch.Tensor], k_members
     the Ritz values ``theta_i`` with weights ``U[0, i]^2`` are the Gaussian quadrature of the measure
     ``sum_j (v . u_j)^2 delta(t - lambda_j)``, exact for polynomials of degree ``< 2 steps``. Returns ``(nodes,
     weights)``, float64, each ``[K, probes * min(steps, n)]``: the nodes of every probe in order, weights divided by
-    ``probes`` (each member's sum to 1). A probe whose Krylov space is exhausted early pads its nodes with weight 0. With ``grid`` (``[G]`` or
-    ``[K, G]``) also the broadened density, ``(nodes, weights, density_on_grid(nodes, weights, grid, sigma))``.
+    ``probes`` (each member's sum to 1). A probe whose Krylov space is exhausted early pads its nodes with weight 0.
+    With ``grid`` (``[G]`` or ``[K, G]``) also the broadened density, ``(nodes, weights, density_on_grid(nodes,
+    weights, grid, sigma))``.
     """
     flat_op, n = _flat_operator(matvec, shapes_like, k_members)
     dtype, device = shapes_like[0].dtype, shapes_like[0].device
@@ -312,7 +313,8 @@ def _flat_operator(matvec: Callable, shapes_like: Sequence[torch.Tensor], k_memb
     shapes = [tuple(t.shape[1:]) for t in shapes_like]
     sizes = [math.prod(sh) for sh in shapes]
     if any(t.shape[0] != k_members for t in shapes_like):
-        raise ValueError(f"shapes_like must hold [K={k_members}, ...] tensors, got {[tuple(t.shape) for t in shapes_like]}")
+        got = [tuple(t.shape) for t in shapes_like]
+        raise ValueError(f"shapes_like must hold [K={k_members}, ...] tensors, got {got}")
 
     def op(flat: torch.Tensor) -> torch.Tensor:
         parts = [p.reshape(k_members, *sh) for p, sh in zip(flat.split(sizes, 1), shapes)]

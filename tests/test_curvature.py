@@ -406,7 +406,9 @@ def test_fused_equals_solo(shared_x):
             return curvature.member_loss(ws, xb, yb, c.a[members], model.forward([t[members] for t in c.w0], xb,
                                          c.a[members]), loss="xent", mse_convention="half_sum")
 
-        g = lambda seed: [torch.Generator().manual_seed(seed + i) for i in range(members.start, members.stop)]  # noqa: E731,E501
+        def g(seed):
+            return [torch.Generator().manual_seed(seed + i) for i in range(members.start, members.stop)]
+
         return {
             "loss": fn(w),
             "hvp": torch.cat([t.flatten(1) for t in curvature.hvp(fn, w, [t[members] for t in v])], 1),
