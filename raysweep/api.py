@@ -29,8 +29,9 @@ from raysweep.plan import build_plan, describe
 from raysweep.search import describe_search, planned_spec
 from raysweep.search.remaining import nothing_to_run
 from raysweep.space import AUTO, check_name, parse_spec
+from raysweep.status import SweepStatus
 
-__all__ = ["RunOptions", "Summary", "load_spec", "read_curves", "read_trials", "run"]
+__all__ = ["RunOptions", "Summary", "SweepStatus", "load_spec", "read_curves", "read_trials", "run", "sweep_status"]
 
 
 @dataclass(frozen=True)
@@ -361,3 +362,15 @@ def read_curves(sweep, name: str | None = None):
     from raysweep import results  # pyarrow
 
     return results.read_curves(_sweep_of(sweep, name)).to_pandas()
+
+
+def sweep_status(results="results", name: str | None = None) -> list[SweepStatus]:
+    """Where each sweep at ``results`` stands, as ``python -m raysweep.status`` prints it: one
+    :class:`~raysweep.status.SweepStatus` per sweep (planned, landed by status, missing, in progress, the best
+    trial, the last launch; ``.text()`` is the printed block). ``results``: a :class:`Summary`, a sweep folder or a
+    storage root (a path or a URI); ``name`` keeps the sweep of that name. Reads only, from the sweep folder alone
+    (its saved ``spec.yaml`` and ``manifest.json``). :class:`~raysweep.errors.NoResultsError`, saying where it
+    looked, when there is no sweep there."""
+    from raysweep import status  # pyarrow, when a sweep is read
+
+    return status.read_status(results.sweep if isinstance(results, Summary) else results, name)
