@@ -267,7 +267,7 @@ def _run(spec, options: RunOptions, stop) -> Summary:
             optuna = spec.search.algorithm == "optuna"
             n_total = None if optuna else n_done + n_todo
             if not n_todo and not optuna:  # Optuna's studies, not the grid, say what is left
-                launch.end()
+                _end_launch(launch)
                 return Summary(**base, text=f"sweep {spec.name}: all {n_done} configurations already have a row; "
                                             "nothing to run", configurations=n_total, rows_before=n_done)
             total = "" if optuna else f" of {n_total}"
@@ -287,8 +287,7 @@ def _run(spec, options: RunOptions, stop) -> Summary:
             outcome = driver.run_tuner(spec, plan, writer, address=address, max_concurrent=options.max_concurrent,
                                        num_cpus=options.num_cpus, num_gpus=options.num_gpus, quiet=options.quiet)
             writer.flush()  # the rows this launch landed, before the manifest counts them
-            launch.end(where=outcome.where, devices=driver.cluster_devices(),
-                       interrupted=signal.Signals(stop.signum).name if stop.signum is not None else None)
+            _end_launch(launch, interrupted=signal.Signals(stop.signum).name if stop.signum is not None else None)
         except BaseException as exc:
             if launch.entry["end"] is None:
                 _end_after(launch, writer, exc, stop)
