@@ -287,7 +287,8 @@ def _run(spec, options: RunOptions, stop) -> Summary:
             outcome = driver.run_tuner(spec, plan, writer, address=address, max_concurrent=options.max_concurrent,
                                        num_cpus=options.num_cpus, num_gpus=options.num_gpus, quiet=options.quiet)
             writer.flush()  # the rows this launch landed, before the manifest counts them
-            _end_launch(launch, interrupted=signal.Signals(stop.signum).name if stop.signum is not None else None)
+            _end_launch(launch, where=outcome.where,
+                        interrupted=signal.Signals(stop.signum).name if stop.signum is not None else None)
         except BaseException as exc:
             if launch.entry["end"] is None:
                 _end_after(launch, writer, exc, stop)
@@ -303,10 +304,10 @@ def _run(spec, options: RunOptions, stop) -> Summary:
     return Summary(**common, text=f"sweep {spec.name}: {line}; results in {sweep}")
 
 
-def _end_launch(launch, **how) -> None:
+def _end_launch(launch, where: str | None = None, **how) -> None:
     """Complete the launch's manifest entry; a failure to write it is a warning, never the launch's outcome."""
     try:
-        launch.end(where=driver.placement(), devices=driver.cluster_devices(), **how)
+        launch.end(where=where or driver.placement(), devices=driver.cluster_devices(), **how)
     except Exception as exc:  # noqa: BLE001 - the manifest is a record: the rows and the exit code come first
         print(f"warning: {launch.sweep}/manifest.json: not updated ({type(exc).__name__}: {exc})", file=sys.stderr)
 
