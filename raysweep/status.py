@@ -27,6 +27,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import re
 import sys
 from collections import Counter
@@ -360,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     except (RaysweepError, OSError) as exc:  # a corrupt results file, storage that does not answer
         print(f"raysweep.status: {exc}", file=sys.stderr)
         return 1
-    print("\n\n".join(s.text(missing=args.missing) for s in statuses))
+    try:
+        print("\n\n".join(s.text(missing=args.missing) for s in statuses), flush=True)
+    except BrokenPipeError:  # `... --missing | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
     return 0
 
 
