@@ -14,7 +14,7 @@ from raysweep.errors import (
     SpecError,
 )
 
-_API = ("RunOptions", "Summary", "load_spec", "read_curves", "read_trials", "run")
+_API = ("RunOptions", "Summary", "SweepStatus", "load_spec", "read_curves", "read_trials", "run", "sweep_status")
 
 __all__ = [
     "CorruptFileError",
@@ -27,11 +27,13 @@ __all__ = [
     "RunOptions",
     "SpecError",
     "Summary",
+    "SweepStatus",
     "__version__",
     "load_spec",
     "read_curves",
     "read_trials",
     "run",
+    "sweep_status",
 ]
 
 

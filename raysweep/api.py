@@ -22,15 +22,16 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from raysweep import driver, space
+from raysweep import driver, manifest, space
 from raysweep.driver import check_address
-from raysweep.errors import OptionError, RaysweepError, SpecError
+from raysweep.errors import Interrupted, OptionError, RaysweepError, SpecError
 from raysweep.plan import build_plan, describe
 from raysweep.search import describe_search, planned_spec
 from raysweep.search.remaining import nothing_to_run
 from raysweep.space import AUTO, check_name, parse_spec
+from raysweep.status import SweepStatus
 
-__all__ = ["RunOptions", "Summary", "load_spec", "read_curves", "read_trials", "run"]
+__all__ = ["RunOptions", "Summary", "SweepStatus", "load_spec", "read_curves", "read_trials", "run", "sweep_status"]
 
 
 @dataclass(frozen=True)
@@ -259,28 +260,39 @@ def _run(spec, options: RunOptions, stop) -> Summary:
         if writer.retried:
             print(f"--retry-failed: {len(writer.retried)} failed configurations run again", file=sys.stderr)
         driver.save_spec(sweep, spec)
-        plan, n_done = build_plan(planned_spec(spec), writer.keys)  # under the lock: the keys are final
-        n_todo = sum(len(b.points) for b in plan.bundles.values())
-        optuna = spec.search.algorithm == "optuna"
-        n_total = None if optuna else n_done + n_todo
-        if not n_todo and not optuna:  # Optuna's studies, not the grid, say what is left
-            return Summary(**base, text=f"sweep {spec.name}: all {n_done} configurations already have a row; "
-                                        "nothing to run", configurations=n_total, rows_before=n_done)
-        total = "" if optuna else f" of {n_total}"
+        launch = manifest.Launch(sweep, spec, address=address, keys_before=writer.keys).begin()
+        try:
+            plan, n_done = build_plan(planned_spec(spec), writer.keys)  # under the lock: the keys are final
+            n_todo = sum(len(b.points) for b in plan.bundles.values())
+            optuna = spec.search.algorithm == "optuna"
+            n_total = None if optuna else n_done + n_todo
+            if not n_todo and not optuna:  # Optuna's studies, not the grid, say what is left
+                _end_launch(launch)
+                return Summary(**base, text=f"sweep {spec.name}: all {n_done} configurations already have a row; "
+                                            "nothing to run", configurations=n_total, rows_before=n_done)
+            total = "" if optuna else f" of {n_total}"
 
-        def interrupted() -> str:
-            n_rows = read_table(sweep).num_rows
-            return (f"interrupted ({signal.Signals(stop.signum).name}): {n_rows}{total} configurations have a row, "
-                    f"{n_rows - n_done} of them landed by this launch; relaunch the same command to continue")
+            def interrupted() -> str:
+                n_rows = read_table(sweep).num_rows
+                return (f"interrupted ({signal.Signals(stop.signum).name}): {n_rows}{total} configurations have a "
+                        f"row, {n_rows - n_done} of them landed by this launch; relaunch the same command to continue")
 
-        def force() -> None:  # the Tuner did not stop within the grace period: land what we hold and go
-            writer.flush(timeout_s=5.0)
-            print(interrupted(), file=sys.stderr, flush=True)
-            os._exit(stop.exit_code)
+            def force() -> None:  # the Tuner did not stop within the grace period: land what we hold and go
+                writer.flush(timeout_s=5.0)
+                _end_launch(launch, interrupted=signal.Signals(stop.signum).name)
+                print(interrupted(), file=sys.stderr, flush=True)
+                os._exit(stop.exit_code)
 
-        stop.force = force
-        outcome = driver.run_tuner(spec, plan, writer, address=address, max_concurrent=options.max_concurrent,
-                                   num_cpus=options.num_cpus, num_gpus=options.num_gpus, quiet=options.quiet)
+            stop.force = force
+            outcome = driver.run_tuner(spec, plan, writer, address=address, max_concurrent=options.max_concurrent,
+                                       num_cpus=options.num_cpus, num_gpus=options.num_gpus, quiet=options.quiet)
+            writer.flush()  # the rows this launch landed, before the manifest counts them
+            _end_launch(launch, where=outcome.where,
+                        interrupted=signal.Signals(stop.signum).name if stop.signum is not None else None)
+        except BaseException as exc:
+            if launch.entry["end"] is None:
+                _end_after(launch, writer, exc, stop)
+            raise
     c = outcome.counts
     counts = {k: c[k] for k in ("completed", "diverged", "failed", "pruned")}
     common = dict(base, configurations=n_total, rows_before=n_done, where=outcome.where, **counts)
@@ -290,6 +302,29 @@ def _run(spec, options: RunOptions, stop) -> Summary:
             f"{c['failed']} failed, {c['pruned']} pruned){'; ' + outcome.note if outcome.note else ''}; "
             f"driver {outcome.where}")
     return Summary(**common, text=f"sweep {spec.name}: {line}; results in {sweep}")
+
+
+def _end_launch(launch, where: str | None = None, **how) -> None:
+    """Complete the launch's manifest entry; a failure to write it is a warning, never the launch's outcome."""
+    try:
+        launch.end(where=where or driver.placement(), devices=driver.cluster_devices(), **how)
+    except Exception as exc:  # noqa: BLE001 - the manifest is a record: the rows and the exit code come first
+        print(f"warning: {launch.sweep}/manifest.json: not updated ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
+def _end_after(launch, writer, exc: BaseException, stop) -> None:
+    """The manifest entry of a launch that ends with ``exc``: an interrupt outside the Tuner's loop (a second
+    signal) is recorded as interrupted, anything else as the error it is."""
+    try:
+        writer.flush(timeout_s=5.0)
+    except Exception:  # noqa: BLE001 - the writer's own error propagates when it closes
+        pass
+    if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        _end_launch(launch, interrupted=signal.Signals(signum).name)
+    else:
+        name = signal.Signals(stop.signum).name if stop.signum is not None else None
+        _end_launch(launch, interrupted=name, error=exc)
 
 
 def _may_use_gpus(spec) -> bool:
@@ -327,3 +362,15 @@ def read_curves(sweep, name: str | None = None):
     from raysweep import results  # pyarrow
 
     return results.read_curves(_sweep_of(sweep, name)).to_pandas()
+
+
+def sweep_status(results="results", name: str | None = None) -> list[SweepStatus]:
+    """Where each sweep at ``results`` stands, as ``python -m raysweep.status`` prints it: one
+    :class:`~raysweep.status.SweepStatus` per sweep (planned, landed by status, missing, in progress, the best
+    trial, the last launch; ``.text()`` is the printed block). ``results``: a :class:`Summary`, a sweep folder or a
+    storage root (a path or a URI); ``name`` keeps the sweep of that name. Reads only, from the sweep folder alone
+    (its saved ``spec.yaml`` and ``manifest.json``). :class:`~raysweep.errors.NoResultsError`, saying where it
+    looked, when there is no sweep there."""
+    from raysweep import status  # pyarrow, when a sweep is read
+
+    return status.read_status(results.sweep if isinstance(results, Summary) else results, name)

@@ -180,6 +180,7 @@ def describe_storage(sweep, shared: bool) -> str:
 
 _WHERE: str | None = None  # where start_ray connected this process, for the progress and summary lines
 _EMBEDDED = False  # start_ray started an embedded local Ray, which stop_ray stops
+_DEVICES: dict | None = None  # what the Ray that start_ray connected to holds, for the manifest
 
 
 def start_ray(address: str | None, *, num_cpus: int | None, num_gpus: float | None) -> str:
@@ -191,10 +192,12 @@ def start_ray(address: str | None, *, num_cpus: int | None, num_gpus: float | No
     A later call in the same process returns the first one's answer ("in-process Ray" when something else
     initialised Ray).
     """
-    global _WHERE, _EMBEDDED
+    global _WHERE, _EMBEDDED, _DEVICES
     import ray
 
     if ray.is_initialized():
+        if _WHERE is None:  # a Ray someone else started: it may differ from the last one seen
+            _DEVICES = _cluster_devices()
         return _WHERE or "in-process Ray"
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=True)
     if address:
@@ -213,7 +216,32 @@ def start_ray(address: str | None, *, num_cpus: int | None, num_gpus: float | No
                  _system_config={"prestart_worker_first_driver": False}, **common)
         STOP.install()  # ray.init replaced the SIGTERM handler
         _WHERE, _EMBEDDED = f"embedded local Ray on host {socket.gethostname()}", True
+    _DEVICES = _cluster_devices()
     return _WHERE
+
+
+def placement() -> str | None:
+    """Where :func:`start_ray` connected this process (the progress line's words), or None before."""
+    return _WHERE
+
+
+def cluster_devices() -> dict | None:
+    """What the Ray cluster held when :func:`start_ray` connected (None before): alive ``nodes``, total ``CPU`` and
+    ``GPU``, and the GPU models Ray names (``accelerators``, e.g. ``["H100"]``). Read then, never later: a SIGTERM
+    sent to the process group may have stopped the embedded Ray by the time a launch records how it ended."""
+    return _DEVICES
+
+
+def _cluster_devices() -> dict:
+    import ray
+
+    total = ray.cluster_resources()
+    return {
+        "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+        "CPU": total.get("CPU", 0.0),
+        "GPU": total.get("GPU", 0.0),
+        "accelerators": sorted(k.split(":", 1)[1] for k in total if k.startswith("accelerator_type:")),
+    }
 
 
 def stop_ray() -> None:
@@ -224,7 +252,7 @@ def stop_ray() -> None:
     monitor goes first: it answers SIGTERM by reporting to the GCS, which ``ray.shutdown`` has already stopped,
     so it would sit out Ray's 1 s grace period. A one-node local cluster has nothing to autoscale.
     """
-    global _WHERE, _EMBEDDED
+    global _WHERE, _EMBEDDED, _DEVICES
     if not _EMBEDDED:
         return
     import ray
@@ -234,7 +262,7 @@ def stop_ray() -> None:
     if kill_monitor is not None:
         kill_monitor(check_alive=False)
     ray.shutdown()
-    _WHERE, _EMBEDDED = None, False
+    _WHERE, _EMBEDDED, _DEVICES = None, False, None
 
 
 def _driver_placement(address: str) -> str:

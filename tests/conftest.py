@@ -91,3 +91,14 @@ def run_cli():
                               timeout=timeout, env=full_env, cwd=ROOT)
 
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def quickstart_sweep(ray_cluster, tmp_path_factory, run_cli):
+    """``(proc, sweep)``: ``python -m raysweep.launch search_spaces/quickstart.yaml`` run once for the session on its
+    Ray, and the sweep folder it landed in (``<storage>/quickstart``). Tests read it and never change it (copy it
+    first)."""
+    storage = tmp_path_factory.mktemp("quickstart")
+    proc = run_cli("raysweep.launch", "search_spaces/quickstart.yaml", "--storage", str(storage),
+                   "--address", ray_cluster)
+    return proc, storage / "quickstart"

@@ -35,11 +35,9 @@ def write_space(path: Path, name: str, **space) -> Path:
     return path
 
 
-def test_quickstart_lands_tables_every_reader_agrees_on(ray_cluster, tmp_path, run_cli):
-    proc = run_cli("raysweep.launch", "search_spaces/quickstart.yaml", "--storage", str(tmp_path),
-                   "--address", ray_cluster)
+def test_quickstart_lands_tables_every_reader_agrees_on(quickstart_sweep):
+    proc, sweep = quickstart_sweep
     assert proc.returncode == 0, proc.stderr
-    sweep = tmp_path / "quickstart"
     assert (sweep / "spec.yaml").exists()
     trials = read_trials(sweep)
     assert trials.num_rows == load_spec(ROOT / "search_spaces" / "quickstart.yaml").n_points()

@@ -135,6 +135,9 @@ def test_sigint_and_sigterm_land_what_finished_and_exit_130_and_143(ray_cluster,
         assert trials.config_key.is_unique and set(trials.status) <= {"completed", "diverged"}, trials.status
         assert landed < len(trials) < len(etas), "the signal must land mid-sweep"
         assert f"{len(trials)} of {len(etas)} configurations have a row" in message
+        entry = json.loads((sweep / "manifest.json").read_text())["launches"][-1]  # the launch records its end
+        assert entry["interrupted"] == sig.name and entry["end"] and entry["error"] is None
+        assert sum(entry["counts"].values()) == len(trials) - landed
         landed = len(trials)
     before = set(read_trials(sweep).column("config_key").to_pylist())
     etas_before = {r["eta"] for r in read_trials(sweep).to_pylist()}
@@ -170,6 +173,8 @@ def test_sigterm_to_the_process_group_of_an_embedded_ray_still_lands_and_exits_1
     assert err.strip().splitlines()[-1].startswith("interrupted (SIGTERM): ")
     trials = read_trials(sweep).to_pandas()
     assert len(trials) >= 1 and trials.config_key.is_unique and set(trials.status) <= {"completed", "diverged"}
+    entry = json.loads((sweep / "manifest.json").read_text())["launches"][-1]  # recorded before the forced exit
+    assert entry["interrupted"] == "SIGTERM" and entry["end"] and sum(entry["counts"].values()) <= len(trials)
 
 
 # ------------------------------------------------------------------------------------------- 5. flags, data

@@ -226,6 +226,11 @@ def test_s3_sweep_end_to_end_exactly_once(ray_cluster, s3, s3_server, tmp_path, 
     assert sorted(trials.eta) == [0.125, 0.25, 0.5] and trials.config_key.is_unique
     assert set(read_curves(f"{s3}/s3sweep").to_pandas().config_key) == set(trials.config_key)
     assert "spec.yaml" in _objects(storage.resolve(f"{s3}/s3sweep"))
+    from raysweep.status import read_status  # the manifest is one PUT there, and the status reads the store
+
+    (status,) = read_status(s3, name="s3sweep")
+    assert (status.planned, status.n_landed, status.missing, status.launches) == (3, 3, 0, 1)
+    assert status.last_launch["end"] is not None and sum(status.last_launch["counts"].values()) == 3
     proc = run_cli("raysweep.launch", str(path), "--storage", s3, "--address", ray_cluster, env=env)
     assert proc.returncode == 0 and "all 3 configurations already have a row" in proc.stdout, proc.stderr
     out = io.StringIO()
