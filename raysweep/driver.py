@@ -95,8 +95,7 @@ class StopSignals:
     While the Tuner runs (``tuning``), the first signal only records itself: Tune's loop sees it (through a
     ``ray.tune.Stopper``), stops every trial, and the trials that finished are landed; a second signal stops at
     once. Outside the loop a signal raises :class:`Interrupted`. If the Tuner has not returned ``grace_s`` after the
-    first signal (a SIGTERM sent to the whole process group also stops the embedded Ray's own processes, and Tune
-    then waits for them), ``force()`` lands what the driver holds and exits. Installed by
+    first signal (Ray's processes were killed, and Tune waits for them), ``force()`` lands what the driver holds and exits. Installed by
     :func:`install_stop_signals` (and again after Ray starts: ``ray.init`` sets its own SIGTERM handler), restored
     when the run returns.
     """
@@ -212,8 +211,16 @@ def start_ray(address: str | None, *, num_cpus: int | None, num_gpus: float | No
     else:
         # never a stray `ray start`; no prestarted idle workers: Tune starts its trainable actors in workers of
         # their own, so on a small machine the prestarted ones only take CPU from the start of the sweep
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
-                 _system_config={"prestart_worker_first_driver": False}, **common)
+        # A SIGTERM to the whole process group (a batch scheduler stopping the job) must reach the driver alone:
+        # the raylet's death makes Ray's core worker end the driver at once (exit 1), before it lands what it
+        # holds. Ray's processes inherit the driver's signal mask, so they start with SIGTERM blocked (Ray blocks
+        # SIGINT in them for the same reason: Ctrl-C reaches the whole group); stop_ray stops them.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                     _system_config={"prestart_worker_first_driver": False}, **common)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         STOP.install()  # ray.init replaced the SIGTERM handler
         _WHERE, _EMBEDDED = f"embedded local Ray on host {socket.gethostname()}", True
     _DEVICES = _cluster_devices()
@@ -227,8 +234,8 @@ def placement() -> str | None:
 
 def cluster_devices() -> dict | None:
     """What the Ray cluster held when :func:`start_ray` connected (None before): alive ``nodes``, total ``CPU`` and
-    ``GPU``, and the GPU models Ray names (``accelerators``, e.g. ``["H100"]``). Read then, never later: a SIGTERM
-    sent to the process group may have stopped the embedded Ray by the time a launch records how it ended."""
+    ``GPU``, and the GPU models Ray names (``accelerators``, e.g. ``["H100"]``). Read then, never later: Ray's
+    processes may be gone by the time a launch records how it ended."""
     return _DEVICES
 
 
@@ -250,17 +257,24 @@ def stop_ray() -> None:
 
     Explicitly rather than at interpreter exit, which pauses 0.5 s first; and the embedded node's autoscaler
     monitor goes first: it answers SIGTERM by reporting to the GCS, which ``ray.shutdown`` has already stopped,
-    so it would sit out Ray's 1 s grace period. A one-node local cluster has nothing to autoscale.
+    so it would sit out Ray's 1 s grace period. A one-node local cluster has nothing to autoscale. The other
+    processes start with SIGTERM blocked (:func:`start_ray`): once the driver has disconnected they are killed.
     """
     global _WHERE, _EMBEDDED, _DEVICES
     if not _EMBEDDED:
         return
     import ray
 
-    # Ray's own Node method, looked up rather than assumed: a private API that other Ray versions may lack
-    kill_monitor = getattr(getattr(ray._private.worker, "_global_node", None), "kill_monitor", None)
+    # Ray's own Node methods, looked up rather than assumed: a private API that other Ray versions may lack
+    node = getattr(ray._private.worker, "_global_node", None)
+    kill_monitor = getattr(node, "kill_monitor", None)
     if kill_monitor is not None:
         kill_monitor(check_alive=False)
+    kill_all = getattr(node, "kill_all_processes", None)
+    if kill_all is not None:
+        # the node's processes ignore SIGTERM (start_ray): after ray.shutdown has disconnected the driver, SIGKILL
+        # them at once rather than after Ray's 1 s grace for each
+        node.kill_all_processes = lambda **kw: kill_all(**{**kw, "allow_graceful": False})
     ray.shutdown()
     _WHERE, _EMBEDDED, _DEVICES = None, False, None
 
