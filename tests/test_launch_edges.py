@@ -152,8 +152,9 @@ def test_sigint_and_sigterm_land_what_finished_and_exit_130_and_143(ray_cluster,
 
 
 def test_sigterm_to_the_process_group_of_an_embedded_ray_still_lands_and_exits_143(tmp_path):
-    """SIGTERM to the whole group (what a batch scheduler sends) also stops the embedded Ray's own processes, so
-    Tune cannot stop gracefully: after a grace period the driver lands what it holds and exits 143 anyway."""
+    """SIGTERM to the whole group (what a batch scheduler sends) reaches the embedded Ray's processes too: they
+    ignore it (else the raylet's death would end the driver with Ray's exit 1), and the driver lands and exits
+    143."""
     path = write_space(tmp_path / "s.yaml", "group", {"steps": 4000, "report_every": 1000},
                        batch_size=[8], width=32, eta=[2.0**-k for k in range(8)])
     spec = yaml.safe_load(path.read_text())
