@@ -722,7 +722,7 @@ def find_batch_size(
     job = build_job(make_model, make_batch, loss_fn, optimizer, mode=mode, steps=steps, dtype=dtype)
     trials_on = device_for(job, device, threads=threads, timeout_s=timeout_s)
     try:
-        trials_on.check(min_batch_size)
+        trials_on.check(max(2, min_batch_size))  # 2: a per-sample loss of one sample would pass for a scalar
         return _search(trials_on, job.refs, **settings)
     finally:
         if hasattr(trials_on, "close"):
