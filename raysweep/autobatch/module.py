@@ -375,21 +375,23 @@ class SimulatedDevice:
 
 
 class CudaTrials:
-    """Trials in this process on one CUDA device (see the module docstring)."""
+    """Trials in this process on one CUDA device (see the module docstring). ``counters`` and ``device`` replace
+    the real CUDA counters and device in tests (a fake's ``release()`` stands for ``empty_cache``)."""
 
     label = "cuda"
 
-    def __init__(self, job: ModuleJob, index: int | None = None):
-        import torch  # heavy: only a CUDA search needs it
-
-        self.torch, self.job = torch, job
-        self.counters = CudaCounters(index)
-        self.device = f"cuda:{self.counters.index}"
+    def __init__(self, job: ModuleJob, index: int | None = None, *, counters=None, device: str | None = None):
+        self.job = job
+        self.counters = counters if counters is not None else CudaCounters(index)
+        self.device = device or f"cuda:{self.counters.index}"
 
     def _release(self) -> None:
         gc.collect()
-        self.torch.cuda.synchronize(self.counters.index)
-        self.torch.cuda.empty_cache()
+        if isinstance(self.counters, CudaCounters):
+            self.counters.torch.cuda.synchronize(self.counters.index)
+            self.counters.torch.cuda.empty_cache()
+        else:
+            self.counters.release()
 
     def describe(self) -> DeviceInfo:
         return self.counters.describe()

@@ -8,12 +8,14 @@ import json
 import math
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raysweep.autobatch import largest_fitting
 from raysweep.autobatch.__main__ import main
-from raysweep.autobatch.module import CACHE_FILE, SimulatedDevice, find_batch_size
+from raysweep.autobatch.device import DeviceInfo
+from raysweep.autobatch.module import CACHE_FILE, CudaTrials, SimulatedDevice, build_job, find_batch_size, run_steps
 from raysweep.autobatch.search import Grid
 from raysweep.errors import NothingFitsError, UserModelError
 
@@ -158,6 +160,77 @@ def test_arguments_and_callables_are_refused_before_measuring(tmp_path):
         find_batch_size(M + "make_model", M + "make_batch", M + "vector_loss", device="cpu")
     with pytest.raises(UserModelError, match=r"must return \(inputs, targets\), got Tensor"):
         find_batch_size(M + "make_model", M + "one_tensor", device="cpu")
+
+
+class ScriptedCuda:
+    """CUDA-like counters whose peaks a test's make_batch sets: reserved bytes, global free memory, a peak."""
+
+    kind, index = "cuda", 0
+
+    def __init__(self):
+        self.free, self.reserved, self.peak, self.released = 10**9, 4096, 4096, 0
+
+    def describe(self):
+        return DeviceInfo(kind="cuda", name="ScriptedGPU", total_bytes=2 * 10**9, torch_version="test")
+
+    def free_bytes(self):
+        return self.free
+
+    def current_bytes(self):
+        return self.reserved
+
+    def reset_peak(self):
+        self.peak = self.reserved
+
+    def peak_bytes(self):
+        return self.peak, self.peak
+
+    def release(self):  # empty_cache: what a trial left outside the allocator is gone again
+        self.free, self.released = 10**9, self.released + 1
+
+
+def test_cuda_trials_peak_is_reserved_growth_plus_growth_outside_the_allocator():
+    cuda = ScriptedCuda()
+
+    def make_batch(b):
+        if b > 256:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        cuda.peak = max(cuda.peak, cuda.reserved + 1000 * b)  # the allocator's segments at the step's peak
+        cuda.free -= 7  # a library handle outside the allocator, per step
+        return torch.zeros(b, 3), torch.zeros(b, 1)
+
+    job = build_job(lambda: torch.nn.Linear(3, 1), make_batch, "mse", "Adam", mode="train", steps=2)
+    trials = CudaTrials(job, counters=cuda, device="cpu")  # the steps run on the CPU, the counters are scripted
+    found = find_batch_size(None, None, device=trials, max_batch_size=1024, budget_bytes=10**6)
+    assert found.label == "cuda" and found.device.name == "ScriptedGPU"
+    # 1024 oom; 1 yes; 32 yes; 128 yes; 256 yes; 512 oom: answer 256 (need 1.05 * (1000 b + 14) <= 10**6)
+    assert found.sizes_tried == [1024, 1, 32, 128, 256, 512]
+    assert [t.status for t in found.trials] == ["oom", "ok", "ok", "ok", "ok", "oom"]
+    assert [t.peak_bytes for t in found.trials if t.status == "ok"] == [1000 * b + 14 for b in (1, 32, 128, 256)]
+    assert found.batch_size == 256 and all(t.context_bytes == 0 for t in found.trials)
+    assert cuda.released >= 2 * len(found.trials)  # freed before and after every trial, OOMs included
+
+
+@pytest.mark.parametrize("mode", ["train", "val"])
+def test_steps_run_the_user_module(mode):
+    seen = []
+
+    def make_batch(b):
+        seen.append(b)
+        return (torch.randn(b, 4), torch.randn(b, 4)), torch.randint(0, 3, (b,))
+
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+
+        def forward(self, x, y):
+            return self.a(x) + self.b(y)
+
+    job = build_job(Pair, make_batch, "cross_entropy", "AdamW" if mode == "train" else None, mode=mode, steps=3,
+                    dtype="float64")
+    run_steps(job, 5, "cpu")
+    assert seen == [5, 5, 5]  # a new batch every step
 
 
 @pytest.mark.slow
