@@ -28,7 +28,6 @@ from pathlib import Path
 
 from raysweep.autobatch.config import MODES, AutobatchConfig
 from raysweep.autobatch.host import format_record, probe_and_fit
-from raysweep.autobatch.memory import ITEMSIZE
 from raysweep.autobatch.module import find_batch_size
 from raysweep.autobatch.sizing import auto_batch_size, gpu_share, request_from_spec, trial_need
 from raysweep.errors import NothingFitsError, RaysweepError, SpecError, UserModelError
@@ -81,9 +80,6 @@ def module_main(args) -> int:
     try:
         if args.output and Path(args.output).suffix.lower() != ".json":
             raise SpecError(f"--output: with --model must end in .json, got {args.output!r}")
-        dtype = kwargs.get("dtype")
-        if dtype is not None and dtype not in ITEMSIZE:
-            raise SpecError(f"--dtype: must be one of {', '.join(ITEMSIZE)}, got {dtype!r}")
         found = find_batch_size(args.model, batch, args.loss or "mse", **kwargs,
                                 log=lambda line: print(line, flush=True))
     except UserModelError as exc:

@@ -77,7 +77,7 @@ from raysweep.autobatch.cache import key_hash, write_json_atomic
 from raysweep.autobatch.config import MODES
 from raysweep.autobatch.device import CpuRssCounters, CudaCounters, DeviceInfo, cpu_device_info, read_meminfo, read_status
 from raysweep.autobatch.guard import apply_malloc_policy, is_oom
-from raysweep.autobatch.memory import MIN_MARGIN
+from raysweep.autobatch.memory import ITEMSIZE, MIN_MARGIN
 from raysweep.autobatch.probe import measure
 from raysweep.autobatch.search import GRIDS, largest_fitting
 from raysweep.errors import NothingFitsError, RaysweepError, UserModelError
@@ -655,7 +655,7 @@ def module_cache_key(refs: dict, *, user_key: str | None, mode: str, dtype: str 
 
 
 def _check_numbers(mode, target_memory_fraction, min_batch_size, max_batch_size, steps, batch_grid, margin,
-                   budget_bytes) -> None:
+                   budget_bytes, dtype, threads) -> None:
     if mode not in MODES:
         raise UserModelError("mode", f"must be one of {MODES}, got {mode!r}")
     if not isinstance(target_memory_fraction, (int, float)) or not 0 < target_memory_fraction <= 1:
@@ -676,6 +676,10 @@ def _check_numbers(mode, target_memory_fraction, min_batch_size, max_batch_size,
         raise UserModelError("margin", f"must be a number >= {MIN_MARGIN}, got {margin!r}")
     if budget_bytes is not None and (not isinstance(budget_bytes, int) or budget_bytes < 1):
         raise UserModelError("budget_bytes", f"must be a positive integer, got {budget_bytes!r}")
+    if dtype is not None and dtype not in ITEMSIZE:
+        raise UserModelError("dtype", f"must be None or one of {', '.join(ITEMSIZE)}, got {dtype!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserModelError("threads", f"must be an integer >= 1, got {threads!r}")
 
 
 def find_batch_size(
@@ -712,7 +716,7 @@ def find_batch_size(
     """
     steps = DEFAULT_STEPS.get(mode, 1) if steps_per_trial is None else steps_per_trial
     _check_numbers(mode, target_memory_fraction, min_batch_size, max_batch_size, steps, batch_grid, margin,
-                   budget_bytes)
+                   budget_bytes, dtype, threads)
     settings = dict(mode=mode, target_memory_fraction=target_memory_fraction, min_batch_size=min_batch_size,
                     max_batch_size=max_batch_size, steps=steps, batch_grid=batch_grid, margin=margin,
                     budget_bytes=budget_bytes, dtype=dtype, threads=threads, cache_dir=cache_dir, cache_key=cache_key,

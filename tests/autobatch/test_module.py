@@ -140,7 +140,8 @@ def test_arguments_and_callables_are_refused_before_measuring(tmp_path):
     for kwargs, argument in [({"mode": "eval"}, "mode"), ({"steps_per_trial": 1}, "steps_per_trial"),
                              ({"target_memory_fraction": 0}, "target_memory_fraction"),
                              ({"min_batch_size": 8, "max_batch_size": 4}, "max_batch_size"),
-                             ({"margin": 0.01}, "margin"), ({"batch_grid": "odd"}, "batch_grid")]:
+                             ({"margin": 0.01}, "margin"), ({"batch_grid": "odd"}, "batch_grid"),
+                             ({"dtype": "int8"}, "dtype"), ({"threads": 0}, "threads")]:
         with pytest.raises(UserModelError) as err:
             find_batch_size(None, None, device=dev, **kwargs)
         assert err.value.argument == argument
@@ -283,6 +284,7 @@ def test_cli_model_errors_name_the_option_and_exit_2(capsys):
         (["--model", M + "make_model", "--batch", M + "one_tensor"], "--batch: make_batch(2) must return"),
         (["--model", M + "make_model", "--loss", M + "vector_loss"], "--loss: must return a scalar tensor"),
         (["--model", M + "make_model", "--optimizer", "Lion"], "--optimizer: must be one of"),
+        (["--model", M + "make_model", "--dtype", "int8"], "--dtype: must be None or one of"),
         (["--model", "raysweep.model:init_weights"], "--batch (not given: make_batch of the model's module)"),
         (["--model", M + "make_model", "--target-memory-fraction", "1.5"], "--target-memory-fraction: must be in"),
         (["--model", M + "make_model", "--fractions", "0.5"], "--fractions: only with SPACE.yaml"),
