@@ -75,7 +75,14 @@ from typing import Any, Protocol
 
 from raysweep.autobatch.cache import key_hash, write_json_atomic
 from raysweep.autobatch.config import MODES
-from raysweep.autobatch.device import CpuRssCounters, CudaCounters, DeviceInfo, cpu_device_info, read_meminfo, read_status
+from raysweep.autobatch.device import (
+    CpuRssCounters,
+    CudaCounters,
+    DeviceInfo,
+    cpu_device_info,
+    read_meminfo,
+    read_status,
+)
 from raysweep.autobatch.guard import apply_malloc_policy, is_oom
 from raysweep.autobatch.memory import ITEMSIZE, MIN_MARGIN
 from raysweep.autobatch.probe import measure
@@ -803,6 +810,7 @@ def format_trial(t: SizeTrial, budget: int) -> str:
     src = " (cached)" if t.cached else ""
     if t.status == "oom":
         return f"  batch {t.batch_size:>8}: out of memory{src} ({t.error})"
-    return (f"  batch {t.batch_size:>8}: peak {t.peak_bytes / mib:9.1f} MiB + context {(t.context_bytes or 0) / mib:7.1f}"
+    context = (t.context_bytes or 0) / mib
+    return (f"  batch {t.batch_size:>8}: peak {t.peak_bytes / mib:9.1f} MiB + context {context:7.1f}"
             f" MiB -> need {t.need_bytes / mib:9.1f} MiB {'<=' if t.fits else '>'} budget {budget / mib:.1f} MiB: "
             f"{'fits' if t.fits else 'does not fit'}{src}")

@@ -15,7 +15,15 @@ from hypothesis import strategies as st
 from raysweep.autobatch import largest_fitting
 from raysweep.autobatch.__main__ import main
 from raysweep.autobatch.device import DeviceInfo
-from raysweep.autobatch.module import CACHE_FILE, CudaTrials, SimulatedDevice, build_job, find_batch_size, run_steps
+from raysweep.autobatch.module import (
+    CACHE_FILE,
+    CpuRssTrials,
+    CudaTrials,
+    SimulatedDevice,
+    build_job,
+    find_batch_size,
+    run_steps,
+)
 from raysweep.autobatch.search import Grid
 from raysweep.errors import NothingFitsError, UserModelError
 
@@ -237,9 +245,16 @@ def test_steps_run_the_user_module(mode):
 @pytest.mark.slow
 def test_cpu_module_in_rss_mode_finds_the_largest_fitting_batch(tmp_path):
     """A real module on this CPU, one fresh process per size: the answer fitted, the next grid size did not, and
-    re-measured afresh it fits again; NothingFitsError when the smallest size does not fit (about 45 s)."""
-    kw = dict(make_model=M + "make_model", make_batch=M + "make_batch", loss_fn=M + "loss_fn", optimizer="SGD",
-              steps_per_trial=2, device="cpu")
+    re-measured afresh it fits again; NothingFitsError when the smallest size does not fit (about 35 s)."""
+    refs = dict(make_model=M + "make_model", make_batch=M + "make_batch", loss_fn=M + "loss_fn", optimizer="SGD")
+    trials = CpuRssTrials(build_job(*refs.values(), mode="train", steps=2))  # one trial server for every call
+    try:
+        _cpu_module_checks(dict(refs, steps_per_trial=2, device=trials), tmp_path)
+    finally:
+        trials.close()
+
+
+def _cpu_module_checks(kw, tmp_path):
     cached = dict(kw, cache_dir=tmp_path)
     small = find_batch_size(**cached, min_batch_size=64, max_batch_size=64).trials[0]
     large = find_batch_size(**cached, min_batch_size=4096, max_batch_size=4096).trials[0]
