@@ -82,6 +82,17 @@ class NothingFitsError(RaysweepError, RuntimeError):
         self.evidence = dict(evidence or {})
 
 
+class UserModelError(RaysweepError, ValueError):
+    """A user's model, batch, loss or optimizer (or another argument of
+    :func:`raysweep.autobatch.module.find_batch_size`) cannot be used as given. ``argument`` names it as the Python
+    API spells it (``make_model``, ``make_batch``, ``loss_fn``, ``optimizer``, ...); ``text`` says what must hold
+    and what was given. The standalone CLI prints it under its option name (``--model: ...``) and exits 2."""
+
+    def __init__(self, argument: str, text: str):
+        self.argument, self.text = argument, text
+        super().__init__(f"{argument}: {text}")
+
+
 class NoCachedModelError(RaysweepError):
     """Autobatch has no memory model of this sweep on this device yet (none cached): probe first."""
 

@@ -13,7 +13,11 @@ The stage, in data-flow order:
 3. :func:`apply_memory_cap` and :func:`is_oom` (inside each trial): cap the process to its share; recognise OOMs.
    CPU trials call :func:`apply_malloc_policy` so that their RSS behaves as the probe measured it.
 
-``python -m raysweep.autobatch SPACE.yaml`` is the standalone analysis (see ``__main__``).
+Outside a sweep, :func:`find_batch_size` (:mod:`raysweep.autobatch.module`) finds the largest batch size of any
+PyTorch module by measuring its real steps with the same search, margin and errors.
+
+``python -m raysweep.autobatch SPACE.yaml`` is the standalone analysis of a space, ``python -m raysweep.autobatch
+--model package.module:function`` that of one module (see ``__main__``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ _HOMES = {
     "DeviceInfo": "device", "cpu_device_info": "device",
     "apply_malloc_policy": "guard", "apply_memory_cap": "guard", "cap_fraction": "guard", "is_oom": "guard",
     "probe_and_fit": "host",
+    "BatchSizeResult": "module", "find_batch_size": "module",
     "MIN_MARGIN": "memory", "MemoryModel": "memory", "ModeFit": "memory", "static_bytes": "memory",
     "ProbeRequest": "probe",
     "Grid": "search", "SearchResult": "search", "largest_fitting": "search", "largest_under_budget": "search",
@@ -38,9 +43,9 @@ _HOMES = {
 }  # fmt: skip
 
 __all__ = [
-    "MIN_MARGIN", "AutobatchConfig", "DeviceInfo", "Grid", "MemoryModel", "ModeFit", "ModeSettings", "ModelCache",
+    "MIN_MARGIN", "AutobatchConfig", "BatchSizeResult", "DeviceInfo", "Grid", "MemoryModel", "ModeFit", "ModeSettings", "ModelCache",
     "ProbeRequest", "SearchResult", "apply_malloc_policy", "apply_memory_cap", "auto_batch_size", "cache_key",
-    "cap_fraction", "cpu_device_info", "data_bytes", "gpu_share", "is_oom", "largest_fitting", "largest_under_budget",
+    "cap_fraction", "cpu_device_info", "data_bytes", "find_batch_size", "gpu_share", "is_oom", "largest_fitting", "largest_under_budget",
     "max_concurrent_per_gpu", "next_batch_size", "plan_resources", "probe_and_fit", "raise_if_infeasible",
     "request_from_spec", "static_bytes", "trial_need",
 ]  # fmt: skip

@@ -1,12 +1,18 @@
 """``python -m raysweep.autobatch SPACE.yaml``: the standalone batch-size / GPU-share analysis of a space.
+``python -m raysweep.autobatch --model package.module:function``: the largest batch size of one PyTorch module.
 
 For every target fraction x mode x model shape of the space (optimizer, width, depth, the largest bundle K):
 the largest batch size that fits (searched on the grid up to ``max_batch_size``, NOT capped by the space's
 batch sizes), its predicted peak bytes, and in train mode the share each swept batch size would get (a number,
 or ``infeasible``). Then the device, the fit (margins, held-out errors) and the probe log.
 
-Exit codes: 0 done, 2 the spec or a flag is invalid (Ray is never started), 1 any other failure (e.g. nothing
-can be measured: NothingFitsError with its evidence).
+With ``--model`` (:func:`raysweep.autobatch.module.find_batch_size`): every batch size tried, its measured peak and
+whether it fitted, then the answer. ``--batch`` defaults to ``make_batch`` of the model's module, ``--loss`` to
+``mse``.
+
+Exit codes: 0 done, 2 the spec or a flag is invalid (Ray is never started; with ``--model``: an import path that
+does not import, is not callable or returns the wrong type, checked before measuring), 1 any other failure (e.g.
+nothing can be measured or nothing fits: NothingFitsError with its evidence).
 """
 
 from __future__ import annotations
@@ -22,22 +28,81 @@ from pathlib import Path
 
 from raysweep.autobatch.config import MODES, AutobatchConfig
 from raysweep.autobatch.host import format_record, probe_and_fit
+from raysweep.autobatch.module import find_batch_size
 from raysweep.autobatch.sizing import auto_batch_size, gpu_share, request_from_spec, trial_need
-from raysweep.errors import NothingFitsError, RaysweepError, SpecError
+from raysweep.errors import NothingFitsError, RaysweepError, SpecError, UserModelError
 from raysweep.space import load_spec
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m raysweep.autobatch", description=__doc__.splitlines()[0])
-    ap.add_argument("space", help="the search space YAML")
+    ap.add_argument("space", nargs="?", help="the search space YAML (or --model)")
     ap.add_argument("--fractions", default=None, help="target memory fractions, comma-separated (default: 0.8)")
-    ap.add_argument("--modes", default="train,val", help="train, val or both (default train,val)")
+    ap.add_argument("--modes", default=None, help="train, val or both (default train,val)")
     ap.add_argument("--output", help="write the rows to FILE.json or FILE.csv")
     ap.add_argument("--storage", default="results",
                     help="results root: the model cache is STORAGE/NAME/autobatch_cache.json (default ./results)")
     ap.add_argument("--no-ray", action="store_true", help="probe in a subprocess instead of a Ray actor")
     ap.add_argument("--refresh", action="store_true", help="probe again even when the cache has a model")
+    one = ap.add_argument_group("any PyTorch module (instead of SPACE.yaml)")
+    one.add_argument("--model", help="package.module:function returning a torch.nn.Module")
+    one.add_argument("--batch", help="package.module:function(batch_size) -> (inputs, targets) "
+                                     "(default: make_batch of the model's module)")
+    one.add_argument("--loss", help="mse, cross_entropy or package.module:function(outputs, targets) (default mse)")
+    one.add_argument("--optimizer", help="SGD, Adam, AdamW or package.module:function(params) (default SGD)")
+    one.add_argument("--mode", choices=("train", "val"), help="train (default) or val")
+    one.add_argument("--target-memory-fraction", type=float, help="share of free memory to use (default 0.8)")
+    one.add_argument("--min-batch-size", type=int, help="default 1")
+    one.add_argument("--max-batch-size", type=int, help="default 65536")
+    one.add_argument("--steps-per-trial", type=int, help="real steps per batch size (default 3 train, 2 val)")
+    one.add_argument("--batch-grid", help="pow2 (default) or multiple_of_8")
+    one.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    one.add_argument("--dtype", help="cast the model and floating inputs (e.g. bfloat16)")
+    one.add_argument("--cache-dir", help="keep the measurements in DIR/autobatch_modules.json (default: no cache)")
     return ap.parse_args(argv)
+
+
+MODULE_OPTIONS = {  # find_batch_size's argument -> the option that sets it
+    "make_model": "--model", "make_batch": "--batch", "loss_fn": "--loss", "optimizer": "--optimizer",
+    "mode": "--mode", "target_memory_fraction": "--target-memory-fraction", "min_batch_size": "--min-batch-size",
+    "max_batch_size": "--max-batch-size", "steps_per_trial": "--steps-per-trial", "batch_grid": "--batch-grid",
+    "device": "--device", "dtype": "--dtype", "cache_dir": "--cache-dir", "cache_key": "--cache-dir",
+}  # fmt: skip
+SPACE_ONLY = {"fractions": "--fractions", "modes": "--modes", "no_ray": "--no-ray", "refresh": "--refresh"}
+
+
+def module_main(args) -> int:
+    """``--model``: find_batch_size of one module, its trials and the answer."""
+    given = {arg: getattr(args, opt.lstrip("-").replace("-", "_")) for arg, opt in MODULE_OPTIONS.items()
+             if arg not in ("make_model", "make_batch", "loss_fn", "cache_key")}
+    kwargs = {k: v for k, v in given.items() if v is not None}
+    batch = args.batch or f"{args.model.partition(':')[0]}:make_batch"
+    try:
+        if args.output and Path(args.output).suffix.lower() != ".json":
+            raise SpecError(f"--output: with --model must end in .json, got {args.output!r}")
+        found = find_batch_size(args.model, batch, args.loss or "mse", **kwargs,
+                                log=lambda line: print(line, flush=True))
+    except UserModelError as exc:
+        option = MODULE_OPTIONS.get(exc.argument, exc.argument)
+        if exc.argument == "make_batch" and args.batch is None:
+            option = "--batch (not given: make_batch of the model's module)"
+        print(f"error: {option}: {exc.text}", file=sys.stderr)
+        return 2
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RaysweepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, NothingFitsError):
+            print(json.dumps(exc.evidence, indent=1, default=str)[:4000], file=sys.stderr)
+        return 1
+    print(f"autobatch {args.model} ({found.mode}): batch size {found.batch_size} on {found.device.name} "
+          f"({found.label}), budget {found.budget_bytes / 2**20:.1f} MiB, margin {found.margin:.0%}, "
+          f"sizes tried {found.sizes_tried}" + (" (all cached)" if found.cache_hit else ""))
+    if args.output:
+        write_output(args.output, found.to_dict())
+        print(f"wrote {args.output}")
+    return 0
 
 
 def _fractions(text: str | None, default: float) -> list[float]:
@@ -136,10 +201,22 @@ def write_output(path: str, report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    module_only = [opt for arg, opt in MODULE_OPTIONS.items()
+                   if arg not in ("make_model", "cache_key") and getattr(args, opt[2:].replace("-", "_")) is not None]
+    space_only = [opt for arg, opt in SPACE_ONLY.items() if getattr(args, arg) not in (None, False)]
+    problem = ("give SPACE.yaml or --model, not both" if args.space and args.model
+               else "give SPACE.yaml or --model" if not args.space and not args.model
+               else f"{module_only[0]}: needs --model" if module_only and not args.model
+               else f"{space_only[0]}: only with SPACE.yaml, not --model" if space_only and args.model else None)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    if args.model:
+        return module_main(args)
     try:
         spec = load_spec(args.space)
         config = getattr(spec, "autobatch", None) or AutobatchConfig()
-        modes = _modes(args.modes)
+        modes = _modes(args.modes or "train,val")
         fractions = _fractions(args.fractions, config.target_memory_fraction)
         if args.output and Path(args.output).suffix.lower() not in (".json", ".csv"):
             raise SpecError(f"--output: must end in .json or .csv, got {args.output!r}")

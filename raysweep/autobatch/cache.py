@@ -79,21 +79,27 @@ class ModelCache:
 
     def store(self, key: dict, model: MemoryModel) -> Path:
         """Add or replace the entry of ``key``; the file appears atomically."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         data = self._read()
         data["entries"][key_hash(key)] = {"key": key, "model": model.to_dict()}
-        fd, tmp = tempfile.mkstemp(prefix=f".{CACHE_FILE}.", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=1, sort_keys=True, default=_jsonable)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return self.path
+        return write_json_atomic(self.path, data)
 
     def keys(self) -> list[dict]:
         return [e["key"] for e in self._read()["entries"].values()]
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> Path:
+    """Write ``data`` as JSON to ``path``: a dot-prefixed temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True, default=_jsonable)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _jsonable(value):
