@@ -45,6 +45,10 @@ class Plan:
     bundles: Mapping[str, Bundle]
     cpus_per_trial: float = 1.0
     version: str = ""
+    # mid-trial checkpoints (raysweep.checkpoint): {"every_s", "every_steps"} or None (off), and the sweep's
+    # raysweep.storage.Location they go under (set by the driver; None: no checkpoints)
+    checkpoint: Mapping[str, Any] | None = None
+    location: Any = None
 
     def __post_init__(self):
         if not isinstance(self.experiment, Experiment):
@@ -85,6 +89,8 @@ def build_plan(spec: SweepSpec, done: Collection[str] = ()) -> tuple[Plan, int]:
         bundles={b.bundle_id: b for b in bundles},
         cpus_per_trial=spec.resources.cpus_per_trial,
         version=__version__,
+        checkpoint={"every_s": spec.checkpoint.every_s, "every_steps": spec.checkpoint.every_steps}
+        if spec.checkpoint.enabled else None,
     )
     return plan, len(keyed) - len(pending)
 

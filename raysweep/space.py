@@ -66,6 +66,9 @@ The format (every key is checked; an unknown key is an error that suggests the c
     resources:                  # optional
       cpus_per_trial: 1         # > 0
       gpus_per_trial: null      # in (0, 1], or null (no GPU unless sized later)
+    checkpoint:                 # optional (false: none): a running bundle saves its state (raysweep.checkpoint)
+      every_s: 300              # seconds of wall time between checkpoints (> 0, or null)
+      every_steps: null         # steps between checkpoints (int > 0, or null); at report steps only
 
 Each axis is a scalar (one value), a list, or a range form, a mapping with exactly one of:
 
@@ -112,7 +115,7 @@ from raysweep.search_spec import ALGORITHMS, Scheduler, Search
 __all__ = [  # closed sets first, then the types and functions
     "ALGORITHMS", "AUTO", "AXES", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "EXPERIMENT_DEFAULTS", "FAMILIES",
     "LOSSES", "LR_RULES", "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS", "REGRESSION_FAMILIES",
-    "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key", "config_keys",
+    "Checkpoint", "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key", "config_keys",
     "grad_noise_option", "setting",
     "check_name", "load_spec", "parse_spec",
 ]  # fmt: skip
@@ -353,6 +356,25 @@ class Fusion(f.ShortRepr):
 
 
 @dataclass(frozen=True, repr=False)
+class Checkpoint(f.ShortRepr):
+    """How often a running bundle saves a checkpoint (raysweep.checkpoint): at the first report at least
+    ``every_s`` seconds of wall time or ``every_steps`` steps after the previous one (either null: that rule off).
+    ``enabled: false`` saves none. The default, every 300 s, never checkpoints a trial shorter than that."""
+
+    enabled: bool = True
+    every_s: float | None = 300.0
+    every_steps: int | None = None
+
+    def __post_init__(self):
+        f.set_field(self, "enabled", f.as_bool("checkpoint.enabled", self.enabled))
+        f.set_field(self, "every_s", f.optional(f.as_float, "checkpoint.every_s", self.every_s, gt=0))
+        f.set_field(self, "every_steps", f.optional(_pos_int, "checkpoint.every_steps", self.every_steps))
+        if self.enabled and self.every_s is None and self.every_steps is None:
+            raise f.fail("checkpoint", "needs every_s or every_steps (or enabled: false)",
+                         dict(every_s=None, every_steps=None))
+
+
+@dataclass(frozen=True, repr=False)
 class Resources(f.ShortRepr):
     """What each trial asks Ray for. ``gpus_per_trial: None`` asks for no GPU (autobatch may size it later)."""
 
@@ -391,6 +413,7 @@ class SweepSpec(f.ShortRepr):
     search: Search = field(default_factory=Search)
     fusion: Fusion = field(default_factory=Fusion)
     resources: Resources = field(default_factory=Resources)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
     autobatch: Any = None  # raysweep.autobatch.AutobatchConfig when the spec has an `autobatch:` section
     description: str = ""
     source: str = field(default="<string>", compare=False)
@@ -400,7 +423,7 @@ class SweepSpec(f.ShortRepr):
         if not isinstance(self.description, str):
             raise f.fail("description", "must be a string", self.description)
         for name, cls in (("experiment", Experiment), ("space", Space), ("search", Search), ("fusion", Fusion),
-                          ("resources", Resources)):  # fmt: skip
+                          ("resources", Resources), ("checkpoint", Checkpoint)):  # fmt: skip
             if not isinstance(getattr(self, name), cls):
                 raise f.fail(name, f"must be a {cls.__name__} (use parse_spec for mappings)", getattr(self, name))
         family, space = self.experiment.family, self.space
@@ -448,6 +471,8 @@ class SweepSpec(f.ShortRepr):
             "search": self.search.as_dict(),
             "fusion": _fields_dict(self.fusion),
             "resources": _fields_dict(self.resources),
+            # at its default: absent, so that saved specs of earlier sweeps read back equal
+            **({"checkpoint": _fields_dict(self.checkpoint)} if self.checkpoint != Checkpoint() else {}),
             **({"autobatch": {k: list(v) if isinstance(v, tuple) else v for k, v in _fields_dict(self.autobatch).items()}}
                if self.autobatch is not None else {}),
         }
@@ -570,10 +595,21 @@ def _parse(mapping: Any, source: str) -> SweepSpec:
         resources=Resources(
             **f.section(mapping, "resources", tuple(fld.name for fld in fields(Resources)), required=False)
         ),
+        checkpoint=_checkpoint(mapping.get("checkpoint")),
         autobatch=_autobatch(mapping.get("autobatch"), source),
         description="" if description is None else description,
         source=source,
     )
+
+
+def _checkpoint(raw: Any) -> Checkpoint:
+    """The ``checkpoint:`` section: a mapping, ``false`` (none saved), or absent / null / ``true`` (the default)."""
+    if raw is None or raw is True:
+        return Checkpoint()
+    if raw is False:
+        return Checkpoint(enabled=False)
+    return Checkpoint(**f.section({"checkpoint": raw}, "checkpoint", tuple(fld.name for fld in fields(Checkpoint)),
+                                  required=False))
 
 
 def _autobatch(raw: Any, source: str):
