@@ -16,6 +16,9 @@ from raysweep import checkpoint, storage
 from raysweep.plan import build_plan
 from raysweep.space import parse_spec
 from raysweep.trial import run_bundle
+from tests import test_storage
+
+s3_server, s3 = test_storage.s3_server, test_storage.s3  # the moto S3 server fixtures
 
 EXPERIMENT = {"family": "poly_fixed", "dim": 8, "n_train": 96, "epochs": 4, "report_every": 2, "dtype": "float32"}
 TIMING = ("wall_time_s",)
@@ -159,3 +162,19 @@ def test_checkpoint_settings_leave_config_keys_and_saved_specs_unchanged():
     assert checkpoint.due({"every_s": None, "every_steps": 50}, 100, 50, 0.0) is True
     with pytest.raises(Exception, match="checkpoint"):
         parse_spec({**base, "checkpoint": {"every_s": None}})
+
+
+def test_checkpoints_on_an_object_store_resume_and_retire(s3, uninterrupted):
+    """s3:// (a moto server): each file one PUT, folders as prefixes; the same resume, corrupt-skip and removal."""
+    plan = plan_for(Path("unused"))
+    plan = dataclasses.replace(plan, location=storage.resolve(s3).join("sweep"))
+    (bundle,) = plan.bundles.values()
+    run(plan, bundle, kill_at=20)
+    assert checkpoint.index(plan.location) == {bundle.bundle_id: (18, list(bundle.keys))}
+    latest = plan.location.join("checkpoints", bundle.bundle_id, f"{18:012d}", "state.safetensors")
+    storage.write_bytes_atomic(latest, latest.read_bytes()[:-1])  # truncated
+    second = run(plan, bundle)
+    assert second[0]["resumed_step"] == 12 and "sha256 mismatch" in second[0]["checkpoint_warning"]
+    assert landed(second) == uninterrupted
+    assert checkpoint.retire_landed(plan.location, set(bundle.keys)) == [bundle.bundle_id]
+    assert checkpoint.index(plan.location) == {}
