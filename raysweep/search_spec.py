@@ -67,7 +67,7 @@ class Scheduler(f.ShortRepr):
     ``asha``: asynchronous successive halving; a trial that reaches a rung (``grace_period`` *
     ``reduction_factor``**k steps) with a value worse than the best 1/``reduction_factor`` of those recorded
     there is stopped. ``hyperband``: the same with ``brackets`` staggered brackets (asynchronous Hyperband; the
-    synchronous one pauses trials, and raysweep trials do not checkpoint mid-training). ``median``: stopped when
+    synchronous one pauses trials, and its rungs would not survive a lost driver). ``median``: stopped when
     its best value is worse than the median of the other trials' running means at the same step (after
     ``grace_period`` steps and ``min_samples_required`` other trials). ``max_t`` defaults to experiment.steps.
     A stopped trial lands with status ``pruned``; a diverged trial never reaches the scheduler's numbers.

@@ -16,9 +16,10 @@ analysis picks eta*.
 Divergence: a trial's diverged report carries no metric (see :mod:`raysweep.trial`), so no scheduler ever compares
 NaN, Inf or an exploded loss; ASHA ignores a result without its metric. Ray's MedianStoppingRule does not: it keeps
 the completed trial's last result and later reads its metric (KeyError), and it *pauses* trials while it has too
-few samples. :class:`MedianStopping` drops metric-less results and never pauses (a paused raysweep trial would
-restart from step 0: trials do not checkpoint mid-training). Hyperband is the asynchronous one for the same reason:
-Ray's synchronous HyperBandScheduler pauses trials between rungs.
+few samples. :class:`MedianStopping` drops metric-less results and never pauses (a paused trial resumes only from
+its latest checkpoint, if it has one: see raysweep.checkpoint). Hyperband is the asynchronous one for the same
+reason, and because the rungs of Ray's synchronous HyperBandScheduler, which pauses trials between them, would not
+survive a lost driver (README, "Guided searches").
 """
 
 from __future__ import annotations
