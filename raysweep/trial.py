@@ -139,7 +139,6 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
     """
     import torch
 
-    from raysweep import checkpoint as ckpt  # pyarrow, safetensors
     from raysweep.train import train_bundle  # torch
 
     started = time.perf_counter()
@@ -150,6 +149,8 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
     curves: dict[int, list[dict]] = {i: [] for i in open_members}
     dataset = exp.family
     every = plan.checkpoint if plan.location is not None else None
+    if every is not None:
+        from raysweep import checkpoint as ckpt  # pyarrow, safetensors: only with checkpoints on
     trained, quiet, resume = bundle, set(), None  # what the trainer trains; its members whose rows have landed
     sent: list[dict] = []  # every terminal item this bundle sent (kept in checkpoints until the bundle lands)
     notes: dict[str, Any] = {}  # the first report tells the driver where training resumed, and any warning
@@ -214,7 +215,8 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
                     }
                     terminal.append(item)
                     sent.append(item)
-            if report.export is not None and ckpt.due(every, report.step, ck_step, time.monotonic() - ck_time):
+            if every is not None and report.export is not None and ckpt.due(every, report.step, ck_step,
+                                                                            time.monotonic() - ck_time):
                 pending = {"curves": {trained.keys[i]: curves[i] for i in sorted(open_members)}, "terminal": sent}
                 ckpt.save(plan.location, trained.bundle_id, trained.keys, trained.points, report.export(), pending)
                 ck_step, ck_time = report.step, time.monotonic()

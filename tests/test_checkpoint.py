@@ -16,9 +16,6 @@ from raysweep import checkpoint, storage
 from raysweep.plan import build_plan
 from raysweep.space import parse_spec
 from raysweep.trial import run_bundle
-from tests import test_storage
-
-s3_server, s3 = test_storage.s3_server, test_storage.s3  # the moto S3 server fixtures
 
 EXPERIMENT = {"family": "poly_fixed", "dim": 8, "n_train": 96, "epochs": 4, "report_every": 2, "dtype": "float32"}
 TIMING = ("wall_time_s",)
@@ -165,7 +162,7 @@ def test_checkpoint_settings_leave_config_keys_and_saved_specs_unchanged():
 
 
 def test_checkpoints_on_an_object_store_resume_and_retire(s3, uninterrupted):
-    """s3:// (a moto server): each file one PUT, folders as prefixes; the same resume, corrupt-skip and removal."""
+    """s3:// (a moto server, tests/conftest.py): each file one PUT, folders as prefixes; the same resume, corrupt-skip and removal."""
     plan = plan_for(Path("unused"))
     plan = dataclasses.replace(plan, location=storage.resolve(s3).join("sweep"))
     (bundle,) = plan.bundles.values()
