@@ -434,6 +434,10 @@ class SweepSpec(f.ShortRepr):
             raise f.fail("space.lr_rule", "mup_adam is the per-layer muP Adam rule: space.optimizer must include "
                          "Adam", space.lr_rule, f" with optimizer {f.show(space.optimizer)}")
         search_spec.check(self.search, space, self.experiment, AXES)
+        if self.search.scheduler is not None and self.search.scheduler.type == "hyperband_sync" \
+                and not self.checkpoint.enabled:
+            raise f.fail("checkpoint", "must be on for search.scheduler hyperband_sync (a paused trial resumes from "
+                         "its checkpoint)", False)
         _check_size(self)
         _check_arithmetic(self)
 

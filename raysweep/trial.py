@@ -156,7 +156,8 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
     notes: dict[str, Any] = {}  # the first report tells the driver where training resumed, and any warning
 
     def emit(step: int, terminal: list[dict], best: float | None, single: dict | None = None) -> None:
-        metrics = {"step": step, "n_running": len(open_members), "terminal": terminal, **notes}
+        metrics = {"step": step, "report": -(-step // exp.report_every) if step >= 0 else -1,  # hyperband_sync's time
+                   "n_running": len(open_members), "terminal": terminal, **notes}
         notes.clear()
         if best is not None:  # absent, never None or NaN: schedulers compare it as a number
             metrics["train_loss"] = best
