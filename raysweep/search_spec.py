@@ -68,9 +68,9 @@ class Scheduler(f.ShortRepr):
     ``reduction_factor``**k steps) with a value worse than the best 1/``reduction_factor`` of those recorded
     there is stopped. ``hyperband``: the same with ``brackets`` staggered brackets (asynchronous Hyperband).
     ``hyperband_sync``: Ray's synchronous HyperBandScheduler (Li et al.'s brackets: every trial of a rung waits,
-    *paused*, for the rung to fill, then the best 1/``reduction_factor`` go on; no ``grace_period``, the first rung
-    is ``max_t / reduction_factor**s``): a paused trial resumes from a checkpoint that its trial saves at every
-    report (raysweep.checkpoint), so it needs checkpoints on. ``median``: stopped when
+    *paused*, for the rung to fill, then the best 1/``reduction_factor`` go on; time in reports, rungs at
+    ``max_t / reduction_factor**s`` reports, no ``grace_period``): a paused trial resumes from the checkpoint its
+    trial saves at every report (raysweep.checkpoint), so it needs checkpoints on. ``median``: stopped when
     its best value is worse than the median of the other trials' running means at the same step (after
     ``grace_period`` steps and ``min_samples_required`` other trials). ``max_t`` defaults to experiment.steps.
     A stopped trial lands with status ``pruned``; a diverged trial never reaches the scheduler's numbers.

@@ -59,7 +59,7 @@ The format (every key is checked; an unknown key is an error that suggests the c
       mode: null                # min | max; default max for eval_accuracy, min for a loss
       stability_depth: null     # eta_stability_depth only, required there: int > 0
       decades_below_stable: null  # eta_decades_below_stable only, required there: float >= 0
-      scheduler: null           # null | asha | hyperband | median | {type: asha, grace_period: 40, ...}
+      scheduler: null           # null | asha | hyperband | hyperband_sync | median | {type: asha, ...}
     fusion:                     # optional: train compatible trials as one fused bundle
       enabled: true
       max_members: 32           # int > 0

@@ -27,7 +27,7 @@ from tests.support import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-EVERY = 400  # steps between checkpoints
+EVERY = 300  # steps between checkpoints
 CURVE_COLUMNS = ["step", "epoch", "samples_seen", "train_loss", "eval_loss", "eval_accuracy", "active_fraction"]
 
 
@@ -35,7 +35,7 @@ def spec_for(name: str, family: str, dtype: str, dim: int) -> dict:
     return {
         "name": name,
         "experiment": {"family": family, "dim": dim, "n_train": 512, "report_every": 100, "dtype": dtype,
-                       **({"steps": 2000} if family == "poly_online" else {"epochs": 31})},  # 64 steps an epoch
+                       **({"steps": 1200} if family == "poly_online" else {"epochs": 19})},  # 64 steps an epoch
         "space": {"batch_size": 8, "width": 32, "depth": 3, "eta": [0.01, 0.04, 1e6], "seed": [0, 1],
                   "optimizer": ["SGD", "Adam"]},
         "resources": {"cpus_per_trial": 0.5},
