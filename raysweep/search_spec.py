@@ -36,7 +36,7 @@ from raysweep import fields as f
 ALGORITHMS = ("grid", "random", "optuna", "eta_stability_depth", "eta_decades_below_stable")
 GUIDED = ("optuna", "eta_stability_depth", "eta_decades_below_stable")
 SAMPLERS = ("tpe", "gp", "cmaes", "qmc", "random")
-SCHEDULERS = ("asha", "hyperband", "hyperband_sync", "median")
+SCHEDULERS = ("asha", "hyperband", "median", "hyperband_sync")
 METRICS = ("train_loss", "eval_loss", "eval_accuracy")
 MODES = ("min", "max")
 DIVERGED_AS = ("worst", "fail")

@@ -175,3 +175,17 @@ def test_checkpoints_on_an_object_store_resume_and_retire(s3, uninterrupted):
     assert landed(second) == uninterrupted
     assert checkpoint.retire_landed(plan.location, set(bundle.keys)) == [bundle.bundle_id]
     assert checkpoint.index(plan.location) == {}
+
+
+def test_hyperband_sync_checkpoints_every_report_and_needs_checkpoints():
+    from raysweep.search.cells import settings
+
+    base = {"name": "h", "experiment": {"family": "poly_online", "steps": 95, "report_every": 10},
+            "space": {"batch_size": 8, "width": 16, "eta": [0.1, 0.2]}}
+    spec = parse_spec({**base, "search": {"scheduler": {"type": "hyperband_sync", "reduction_factor": 2}}})
+    assert build_plan(spec)[0].checkpoint == {"every_s": None, "every_steps": 10}
+    assert settings(spec)["time"] == "report" and settings(spec)["max_t"] == 10  # 95 steps: 10 reports
+    with pytest.raises(Exception, match=r"checkpoint: must be on for search.scheduler hyperband_sync"):
+        parse_spec({**base, "search": {"scheduler": "hyperband_sync"}, "checkpoint": False})
+    with pytest.raises(Exception, match=r"search.scheduler.grace_period: must be null for hyperband_sync"):
+        parse_spec({**base, "search": {"scheduler": {"type": "hyperband_sync", "grace_period": 10}}})
