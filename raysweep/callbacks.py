@@ -9,6 +9,9 @@ A one-configuration trial that a scheduler stops never sends a terminal row: the
 and curve rows of its reports (on the driver, only while it runs) and lands them with status ``pruned`` when Tune
 completes the trial. :meth:`ResultsCallback.settle` does that on demand, so that a searcher can land (and flush) a
 trial's row before it tells Optuna the outcome: a finished Optuna trial always has its Parquet row.
+
+Checkpoints (:mod:`raysweep.checkpoint`): once every row of a bundle is flushed, the callback removes the bundle's
+checkpoints; a trial's ``checkpoint_warning`` (a checkpoint that did not read back) is printed on stderr.
 """
 
 from __future__ import annotations
@@ -62,7 +65,6 @@ class ResultsCallback(_DriverOnly):
         self._open: dict[str, dict] = {}  # Tune trial id -> provisional row and curves of a running one-config trial
         self.landed: dict[str, dict] = {}  # Tune trial id -> the row its (one) configuration landed with
         self._retire: set[str] = set()  # bundles whose rows all landed: their checkpoints go once the rows are flushed
-        self.resumed: dict[str, int] = {}  # bundle id -> the checkpoint step its trial resumed from
 
     def land(self, items, trial_id: str | None = None) -> None:
         """Write each terminal ``{"trial": row, "curves": [...]}`` once (a repeated row is a no-op) and count it."""
@@ -77,8 +79,6 @@ class ResultsCallback(_DriverOnly):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("checkpoint_warning"):
             print(f"warning: {result['checkpoint_warning']}", file=sys.stderr)
-        if result.get("resumed_step") is not None:
-            self.resumed[trial.config.get("bundle")] = result["resumed_step"]
         provisional = result.get("provisional")
         if provisional:
             held = self._open.setdefault(trial.trial_id, {"curves": []})

@@ -115,7 +115,8 @@ from raysweep.search_spec import ALGORITHMS, Scheduler, Search
 __all__ = [  # closed sets first, then the types and functions
     "ALGORITHMS", "AUTO", "AXES", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "EXPERIMENT_DEFAULTS", "FAMILIES",
     "LOSSES", "LR_RULES", "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS", "REGRESSION_FAMILIES",
-    "Checkpoint", "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key", "config_keys",
+    "Checkpoint", "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key",
+    "config_keys",
     "grad_noise_option", "setting",
     "check_name", "load_spec", "parse_spec",
 ]  # fmt: skip

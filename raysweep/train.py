@@ -74,8 +74,8 @@ from raysweep.step import (
 # the names this module has always offered, now at home in raysweep.step / raysweep.seeds / raysweep.dead
 __all__ = [
     "ADAM_BETAS", "ADAM_EPS", "BUNDLE_KEYS", "CHANCE_SIGMAS", "COLLAPSE_LOSS_MIN", "F0_CACHE_BYTES", "LOSS_BAND",
-    "Report", "TrainState", "bundle_key", "chance_accuracy", "data_seed", "dead_members", "init_seed", "loss_per_member",
-    "noise_seed", "outside_band", "steps_for", "train", "train_bundle",
+    "Report", "TrainState", "bundle_key", "chance_accuracy", "data_seed", "dead_members", "init_seed",
+    "loss_per_member", "noise_seed", "outside_band", "steps_for", "train", "train_bundle",
 ]  # fmt: skip
 
 

@@ -162,7 +162,8 @@ def test_checkpoint_settings_leave_config_keys_and_saved_specs_unchanged():
 
 
 def test_checkpoints_on_an_object_store_resume_and_retire(s3, uninterrupted):
-    """s3:// (a moto server, tests/conftest.py): each file one PUT, folders as prefixes; the same resume, corrupt-skip and removal."""
+    """s3:// (a moto server, tests/conftest.py): each file one PUT, folders as prefixes; the same resume,
+    corrupt-skip and removal."""
     plan = plan_for(Path("unused"))
     plan = dataclasses.replace(plan, location=storage.resolve(s3).join("sweep"))
     (bundle,) = plan.bundles.values()
