@@ -9,6 +9,9 @@ A one-configuration trial that a scheduler stops never sends a terminal row: the
 and curve rows of its reports (on the driver, only while it runs) and lands them with status ``pruned`` when Tune
 completes the trial. :meth:`ResultsCallback.settle` does that on demand, so that a searcher can land (and flush) a
 trial's row before it tells Optuna the outcome: a finished Optuna trial always has its Parquet row.
+
+Checkpoints (:mod:`raysweep.checkpoint`): once every row of a bundle is flushed, the callback removes the bundle's
+checkpoints; a trial's ``checkpoint_warning`` (a checkpoint that did not read back) is printed on stderr.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class ResultsCallback(_DriverOnly):
         self.n_duplicates = 0
         self._open: dict[str, dict] = {}  # Tune trial id -> provisional row and curves of a running one-config trial
         self.landed: dict[str, dict] = {}  # Tune trial id -> the row its (one) configuration landed with
+        self._retire: set[str] = set()  # bundles whose rows all landed: their checkpoints go once the rows are flushed
 
     def land(self, items, trial_id: str | None = None) -> None:
         """Write each terminal ``{"trial": row, "curves": [...]}`` once (a repeated row is a no-op) and count it."""
@@ -73,6 +77,8 @@ class ResultsCallback(_DriverOnly):
                 self.landed[trial_id] = item["trial"]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("checkpoint_warning"):
+            print(f"warning: {result['checkpoint_warning']}", file=sys.stderr)
         provisional = result.get("provisional")
         if provisional:
             held = self._open.setdefault(trial.trial_id, {"curves": []})
@@ -109,11 +115,27 @@ class ResultsCallback(_DriverOnly):
                            trial_id)
         elif held is not None:
             self.land([{"trial": held["trial"], "curves": held["curves"]}], trial_id)
+        bundle = bundle_of(self.plan, config)
+        if all(k in self.writer.keys for k in bundle.keys):
+            self._retire.add(bundle.bundle_id)
         if flush:
             self.writer.flush()
         else:
             self.writer.maybe_flush()
+        self.retire_checkpoints()
         return self.landed.get(trial_id)
+
+    def retire_checkpoints(self) -> None:
+        """Remove the checkpoints of bundles whose rows are all flushed (raysweep.checkpoint): never before, so
+        that a driver lost in between resumes them rather than training them again from step 0."""
+        location = getattr(self.plan, "location", None)
+        if not self._retire or self.writer.buffered or location is None:
+            return
+        from raysweep import checkpoint  # pyarrow
+
+        for bundle_id in sorted(self._retire):
+            checkpoint.remove(location, bundle_id)
+        self._retire.clear()
 
     def stop(self) -> None:
         """The sweep is being interrupted: from now on, land only finished members' rows."""
@@ -127,9 +149,11 @@ class ResultsCallback(_DriverOnly):
 
     def on_step_end(self, iteration, trials, **info):
         self.writer.maybe_flush()
+        self.retire_checkpoints()
 
     def on_experiment_end(self, trials, **info):
         self.writer.flush()
+        self.retire_checkpoints()
 
 
 def progress(n_landed: int, running: Iterable[tuple[int, int, int | None]]) -> float:

@@ -7,6 +7,7 @@ tables under ``<storage>/<name>/`` are the record. Ray is imported inside the fu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -326,8 +327,14 @@ def run_tuner(spec, plan, writer, *, address=None, max_concurrent=None, num_cpus
     import ray
     from ray import tune
 
+    from raysweep import checkpoint  # pyarrow, like the writer
     from raysweep.callbacks import ProgressCallback, ResultsCallback, StopOnSignal  # Ray: tune.Callback
 
+    # mid-trial checkpoints: those of landed bundles go; pending configurations a checkpoint covers resume from it
+    checkpoint.retire_landed(writer.location, writer.keys)
+    plan = dataclasses.replace(plan, location=writer.location)
+    if plan.checkpoint is not None:
+        plan = checkpoint.regroup(plan, checkpoint.index(writer.location))
     results = ResultsCallback(writer, plan)
     search = build_search(spec, plan, results)  # before Ray starts: a missing sampler package fails fast
     results.plan = search.plan

@@ -45,6 +45,10 @@ class Plan:
     bundles: Mapping[str, Bundle]
     cpus_per_trial: float = 1.0
     version: str = ""
+    # mid-trial checkpoints (raysweep.checkpoint): {"every_s", "every_steps"} or None (off), and the sweep's
+    # raysweep.storage.Location they go under (set by the driver; None: no checkpoints)
+    checkpoint: Mapping[str, Any] | None = None
+    location: Any = None
 
     def __post_init__(self):
         if not isinstance(self.experiment, Experiment):
@@ -85,8 +89,20 @@ def build_plan(spec: SweepSpec, done: Collection[str] = ()) -> tuple[Plan, int]:
         bundles={b.bundle_id: b for b in bundles},
         cpus_per_trial=spec.resources.cpus_per_trial,
         version=__version__,
+        checkpoint=checkpoint_every(spec),
     )
     return plan, len(keyed) - len(pending)
+
+
+def checkpoint_every(spec: SweepSpec) -> dict | None:
+    """When a running trial saves a checkpoint (raysweep.checkpoint): the spec's ``checkpoint`` section, or at
+    every report under the synchronous Hyperband scheduler, whose paused trials resume from the report where they
+    paused; None when off."""
+    if not spec.checkpoint.enabled:
+        return None
+    if spec.search.scheduler is not None and spec.search.scheduler.type == "hyperband_sync":
+        return {"every_s": None, "every_steps": spec.experiment.report_every}
+    return {"every_s": spec.checkpoint.every_s, "every_steps": spec.checkpoint.every_steps}
 
 
 STEP_OVERHEAD_FLOP = 2e6  # a step's fixed cost (kernel launches, Python) in FLOP-equivalents on a CPU core

@@ -314,6 +314,11 @@ class ResultsWriter:
         self._curves.extend({"sweep": self.sweep, "config_key": key, **c} for c in curve_rows)
         return True
 
+    @property
+    def buffered(self) -> int:
+        """Trials rows added but not flushed yet."""
+        return len(self._trials)
+
     def maybe_flush(self) -> None:
         due = time.monotonic() - self._last_flush >= self.flush_every_s
         if self._trials and (due or len(self._trials) + len(self._curves) >= self.max_buffered):

@@ -36,7 +36,7 @@ from raysweep import fields as f
 ALGORITHMS = ("grid", "random", "optuna", "eta_stability_depth", "eta_decades_below_stable")
 GUIDED = ("optuna", "eta_stability_depth", "eta_decades_below_stable")
 SAMPLERS = ("tpe", "gp", "cmaes", "qmc", "random")
-SCHEDULERS = ("asha", "hyperband", "median")
+SCHEDULERS = ("asha", "hyperband", "median", "hyperband_sync")
 METRICS = ("train_loss", "eval_loss", "eval_accuracy")
 MODES = ("min", "max")
 DIVERGED_AS = ("worst", "fail")
@@ -66,17 +66,20 @@ class Scheduler(f.ShortRepr):
 
     ``asha``: asynchronous successive halving; a trial that reaches a rung (``grace_period`` *
     ``reduction_factor``**k steps) with a value worse than the best 1/``reduction_factor`` of those recorded
-    there is stopped. ``hyperband``: the same with ``brackets`` staggered brackets (asynchronous Hyperband; the
-    synchronous one pauses trials, and raysweep trials do not checkpoint mid-training). ``median``: stopped when
+    there is stopped. ``hyperband``: the same with ``brackets`` staggered brackets (asynchronous Hyperband).
+    ``hyperband_sync``: Ray's synchronous HyperBandScheduler (Li et al.'s brackets: every trial of a rung waits,
+    *paused*, for the rung to fill, then the best 1/``reduction_factor`` go on; time in reports, rungs at
+    ``max_t / reduction_factor**s`` reports, no ``grace_period``): a paused trial resumes from the checkpoint its
+    trial saves at every report (raysweep.checkpoint), so it needs checkpoints on. ``median``: stopped when
     its best value is worse than the median of the other trials' running means at the same step (after
     ``grace_period`` steps and ``min_samples_required`` other trials). ``max_t`` defaults to experiment.steps.
     A stopped trial lands with status ``pruned``; a diverged trial never reaches the scheduler's numbers.
     """
 
     type: str
-    grace_period: int | None = None  # steps; default experiment.report_every
-    reduction_factor: float | None = None  # asha, hyperband; default 3
-    max_t: int | None = None  # asha, hyperband; steps, default experiment.steps
+    grace_period: int | None = None  # steps; default experiment.report_every (not hyperband_sync)
+    reduction_factor: float | None = None  # asha, hyperband, hyperband_sync; default 3
+    max_t: int | None = None  # asha, hyperband, hyperband_sync; steps, default experiment.steps
     brackets: int | None = None  # hyperband; default every bracket that fits between grace_period and max_t
     min_samples_required: int | None = None  # median; default 3
 
@@ -90,8 +93,10 @@ class Scheduler(f.ShortRepr):
         f.set_field(self, "brackets", f.optional(_pos_int, "search.scheduler.brackets", self.brackets))
         n_min = f.optional(_pos_int, "search.scheduler.min_samples_required", self.min_samples_required)
         f.set_field(self, "min_samples_required", n_min)
-        owners = {"reduction_factor": ("asha", "hyperband"), "max_t": ("asha", "hyperband"),
-                  "brackets": ("hyperband",), "min_samples_required": ("median",)}  # fmt: skip
+        owners = {"reduction_factor": ("asha", "hyperband", "hyperband_sync"),
+                  "max_t": ("asha", "hyperband", "hyperband_sync"), "brackets": ("hyperband",),
+                  "min_samples_required": ("median",),
+                  "grace_period": ("asha", "hyperband", "median")}  # fmt: skip
         for name, kinds in owners.items():
             if kind not in kinds and getattr(self, name) is not None:
                 raise f.fail(f"search.scheduler.{name}", f"must be null for {kind} (it is a setting of "

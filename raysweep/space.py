@@ -63,13 +63,16 @@ The format (every key is checked; an unknown key is an error that suggests the c
       mode: null                # min | max; default max for eval_accuracy, min for a loss
       stability_depth: null     # eta_stability_depth only, required there: int > 0
       decades_below_stable: null  # eta_decades_below_stable only, required there: float >= 0
-      scheduler: null           # null | asha | hyperband | median | {type: asha, grace_period: 40, ...}
+      scheduler: null           # null | asha | hyperband | hyperband_sync | median | {type: asha, ...}
     fusion:                     # optional: train compatible trials as one fused bundle
       enabled: true
       max_members: 32           # int > 0
     resources:                  # optional
       cpus_per_trial: 1         # > 0
       gpus_per_trial: null      # in (0, 1], or null (no GPU unless sized later)
+    checkpoint:                 # optional (false: none): a running bundle saves its state (raysweep.checkpoint)
+      every_s: 300              # seconds of wall time between checkpoints (> 0, or null)
+      every_steps: null         # steps between checkpoints (int > 0, or null); at report steps only
 
 Each axis is a scalar (one value), a list, or a range form, a mapping with exactly one of:
 
@@ -117,7 +120,8 @@ __all__ = [  # closed sets first, then the types and functions
     "ALGORITHMS", "AUTO", "AXES", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "EXPERIMENT_DEFAULTS", "FAMILIES",
     "LINEAR_STUDENT_AXES", "LOSSES", "LR_RULES", "MODELS", "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS",
     "REGRESSION_FAMILIES",
-    "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key", "config_keys",
+    "Checkpoint", "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key",
+    "config_keys",
     "grad_noise_option", "setting",
     "check_name", "load_spec", "parse_spec",
 ]  # fmt: skip
@@ -368,6 +372,25 @@ class Fusion(f.ShortRepr):
 
 
 @dataclass(frozen=True, repr=False)
+class Checkpoint(f.ShortRepr):
+    """How often a running bundle saves a checkpoint (raysweep.checkpoint): at the first report at least
+    ``every_s`` seconds of wall time or ``every_steps`` steps after the previous one (either null: that rule off).
+    ``enabled: false`` saves none. The default, every 300 s, never checkpoints a trial shorter than that."""
+
+    enabled: bool = True
+    every_s: float | None = 300.0
+    every_steps: int | None = None
+
+    def __post_init__(self):
+        f.set_field(self, "enabled", f.as_bool("checkpoint.enabled", self.enabled))
+        f.set_field(self, "every_s", f.optional(f.as_float, "checkpoint.every_s", self.every_s, gt=0))
+        f.set_field(self, "every_steps", f.optional(_pos_int, "checkpoint.every_steps", self.every_steps))
+        if self.enabled and self.every_s is None and self.every_steps is None:
+            raise f.fail("checkpoint", "needs every_s or every_steps (or enabled: false)",
+                         dict(every_s=None, every_steps=None))
+
+
+@dataclass(frozen=True, repr=False)
 class Resources(f.ShortRepr):
     """What each trial asks Ray for. ``gpus_per_trial: None`` asks for no GPU (autobatch may size it later)."""
 
@@ -406,6 +429,7 @@ class SweepSpec(f.ShortRepr):
     search: Search = field(default_factory=Search)
     fusion: Fusion = field(default_factory=Fusion)
     resources: Resources = field(default_factory=Resources)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
     autobatch: Any = None  # raysweep.autobatch.AutobatchConfig when the spec has an `autobatch:` section
     description: str = ""
     source: str = field(default="<string>", compare=False)
@@ -415,7 +439,7 @@ class SweepSpec(f.ShortRepr):
         if not isinstance(self.description, str):
             raise f.fail("description", "must be a string", self.description)
         for name, cls in (("experiment", Experiment), ("space", Space), ("search", Search), ("fusion", Fusion),
-                          ("resources", Resources)):  # fmt: skip
+                          ("resources", Resources), ("checkpoint", Checkpoint)):  # fmt: skip
             if not isinstance(getattr(self, name), cls):
                 raise f.fail(name, f"must be a {cls.__name__} (use parse_spec for mappings)", getattr(self, name))
         family, space = self.experiment.family, self.space
@@ -427,6 +451,10 @@ class SweepSpec(f.ShortRepr):
                          "Adam", space.lr_rule, f" with optimizer {f.show(space.optimizer)}")
         _check_model(self.experiment, space)
         search_spec.check(self.search, space, self.experiment, AXES)
+        if self.search.scheduler is not None and self.search.scheduler.type == "hyperband_sync" \
+                and not self.checkpoint.enabled:
+            raise f.fail("checkpoint", "must be on for search.scheduler hyperband_sync (a paused trial resumes from "
+                         "its checkpoint)", False)
         _check_size(self)
         _check_arithmetic(self)
 
@@ -464,6 +492,8 @@ class SweepSpec(f.ShortRepr):
             "search": self.search.as_dict(),
             "fusion": _fields_dict(self.fusion),
             "resources": _fields_dict(self.resources),
+            # at its default: absent, so that saved specs of earlier sweeps read back equal
+            **({"checkpoint": _fields_dict(self.checkpoint)} if self.checkpoint != Checkpoint() else {}),
             **({"autobatch": {k: list(v) if isinstance(v, tuple) else v for k, v in _fields_dict(self.autobatch).items()}}
                if self.autobatch is not None else {}),
         }
@@ -606,10 +636,21 @@ def _parse(mapping: Any, source: str) -> SweepSpec:
         resources=Resources(
             **f.section(mapping, "resources", tuple(fld.name for fld in fields(Resources)), required=False)
         ),
+        checkpoint=_checkpoint(mapping.get("checkpoint")),
         autobatch=_autobatch(mapping.get("autobatch"), source),
         description="" if description is None else description,
         source=source,
     )
+
+
+def _checkpoint(raw: Any) -> Checkpoint:
+    """The ``checkpoint:`` section: a mapping, ``false`` (none saved), or absent / null / ``true`` (the default)."""
+    if raw is None or raw is True:
+        return Checkpoint()
+    if raw is False:
+        return Checkpoint(enabled=False)
+    return Checkpoint(**f.section({"checkpoint": raw}, "checkpoint", tuple(fld.name for fld in fields(Checkpoint)),
+                                  required=False))
 
 
 def _autobatch(raw: Any, source: str):

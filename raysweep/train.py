@@ -45,8 +45,9 @@ Pure: no Ray, no file output.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,8 +78,8 @@ from raysweep.step import (
 # the names this module has always offered, now at home in raysweep.step / raysweep.seeds / raysweep.dead
 __all__ = [
     "ADAM_BETAS", "ADAM_EPS", "BUNDLE_KEYS", "CHANCE_SIGMAS", "COLLAPSE_LOSS_MIN", "F0_CACHE_BYTES", "LOSS_BAND",
-    "Report", "bundle_key", "chance_accuracy", "data_seed", "dead_members", "init_seed", "loss_per_member",
-    "noise_seed", "outside_band", "steps_for", "train", "train_bundle",
+    "Report", "TrainState", "bundle_key", "chance_accuracy", "data_seed", "dead_members", "init_seed",
+    "loss_per_member", "noise_seed", "outside_band", "steps_for", "train", "train_bundle",
 ]  # fmt: skip
 
 
@@ -114,6 +115,73 @@ class Report:
     # eval sample (None for depth 1: no hidden layer)
     dead: dict[int, int] = field(default_factory=dict)
     active_fraction: list[float | None] | None = None
+    # the bundle's state right after this report (:class:`TrainState`), for a checkpoint; None on the last report.
+    # Call it before asking for the next report: it reads the live tensors (and copies them)
+    export: Callable[[], TrainState] | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class TrainState:
+    """Everything a bundle needs to continue after a report exactly as if it had never stopped: rows ``[K, ...]``
+    for the ``K`` members still training, at the report's ``step`` (the window of losses is then empty).
+
+    ``members``: indices into the bundle's points; ``weights``: per layer; ``optimizer``: the optimizer's
+    per-member tensors as one list (Adam: ``m, v`` of each layer; empty for SGD); ``data_rng``: per data stream
+    (its seed), the generator state *before* the current online block or epoch permutation was drawn, and
+    ``position`` the samples of it already used (resuming redraws the block or permutation and skips them);
+    ``noise_rng``: the noise feed's generator per seed (gradient noise scale), else empty; ``left_band`` and
+    ``dead_since`` (-1: not dead) per member: the dead-network rule's memory; ``wall_time_s`` so far.
+    The initial weights, learning rates and eval targets are not kept: they follow from the points.
+    """
+
+    step: int
+    members: list[int]
+    weights: list[torch.Tensor]
+    optimizer: list[torch.Tensor]
+    data_rng: dict[int, torch.Tensor]
+    position: int
+    noise_rng: dict[int, torch.Tensor]
+    left_band: list[bool]
+    dead_since: list[int]
+    wall_time_s: float = 0.0
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Flat name -> tensor (contiguous, CPU), e.g. for safetensors; :meth:`from_parts` reads it back."""
+        out = {f"weights.{i}": w for i, w in enumerate(self.weights)}
+        out.update({f"optimizer.{i}": t for i, t in enumerate(self.optimizer)})
+        out.update({f"data_rng.{s}": t for s, t in self.data_rng.items()})
+        out.update({f"noise_rng.{s}": t for s, t in self.noise_rng.items()})
+        return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
+
+    def meta(self) -> dict:
+        """The JSON-able rest (:meth:`from_parts`)."""
+        return {"step": self.step, "members": list(self.members), "position": self.position,
+                "left_band": [bool(v) for v in self.left_band], "dead_since": [int(v) for v in self.dead_since],
+                "wall_time_s": float(self.wall_time_s), "n_layers": len(self.weights),
+                "n_optimizer": len(self.optimizer)}
+
+    @classmethod
+    def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> TrainState:
+        """The state of :meth:`tensors` and :meth:`meta`; KeyError when a piece is missing."""
+        def rng(prefix):
+            return {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+        return cls(step=int(meta["step"]), members=[int(m) for m in meta["members"]],
+                   weights=[tensors[f"weights.{i}"] for i in range(int(meta["n_layers"]))],
+                   optimizer=[tensors[f"optimizer.{i}"] for i in range(int(meta["n_optimizer"]))],
+                   data_rng=rng("data_rng"), position=int(meta["position"]), noise_rng=rng("noise_rng"),
+                   left_band=[bool(v) for v in meta["left_band"]], dead_since=[int(v) for v in meta["dead_since"]],
+                   wall_time_s=float(meta["wall_time_s"]))
+
+    def subset(self, rows: Sequence[int]) -> TrainState:
+        """The members at ``rows`` (positions in :attr:`members`), renumbered ``0 .. len(rows) - 1``: the state of a
+        bundle of just their points, in that order (a member's numbers do not depend on its bundle)."""
+        sel = torch.tensor(list(rows), dtype=torch.long)
+        return TrainState(step=self.step, members=list(range(len(rows))), weights=[w[sel] for w in self.weights],
+                          optimizer=[t[sel] for t in self.optimizer], data_rng=dict(self.data_rng),
+                          position=self.position, noise_rng=dict(self.noise_rng),
+                          left_band=[self.left_band[r] for r in rows], dead_since=[self.dead_since[r] for r in rows],
+                          wall_time_s=self.wall_time_s)
 
 
 class _Feed:
@@ -156,10 +224,18 @@ class _Feed:
             self.gather = not (self.shared and self.f0_all is not None and fits)
         self.src: tuple | None = None
         self.orders: list[torch.Tensor] = []
+        self.before: list[torch.Tensor] = []  # the generators' states before the current block / permutation
+
+    def restore(self, before: Sequence[torch.Tensor]) -> None:
+        """Set the generators to ``before`` and draw that block / permutation again (exact resume)."""
+        for g, state in zip(self.gens, before):
+            g.set_state(state)
+        self.refresh()
 
     def refresh(self) -> None:
         """The next block (online) or epoch permutation (fixed) of every stream, from the stream's generator."""
         task = self.task
+        self.before = [g.get_state() for g in self.gens]
         if task.online:
             blocks = [task.draw_block(g) if self.size == task.block_size else draw_samples(task, g, self.size)
                       for g in self.gens]
@@ -236,10 +312,13 @@ def train_bundle(
     points: Sequence[Mapping[str, Any]],
     *,
     device: torch.device | str = "cpu",
+    resume: TrainState | None = None,
 ) -> Iterator[Report]:
     """Train the bundle ``points`` on ``task`` and yield a :class:`Report` every ``report_every`` steps.
 
-    The last report has ``finished=True``. Raises :class:`InfeasibleError` for a batch larger than the data set
+    The last report has ``finished=True``; every other one can :meth:`~Report.export` the bundle's state, and
+    ``resume`` (such a state of these points) continues from it: the reports after its step are bit-identical to
+    those of an uninterrupted run. Raises :class:`InfeasibleError` for a batch larger than the data set
     and ``ValueError`` when the points do not share :data:`BUNDLE_KEYS`.
     """
     device = torch.device(device)
@@ -304,8 +383,54 @@ def train_bundle(
     nbytes = member_bytes(weights, adam)
     groups = step_groups(len(alive), nbytes)
 
+    def keep_only(keep: list[int]) -> None:
+        """Drop every member but ``keep`` (positions in ``alive``) from the stacked tensors."""
+        nonlocal alive, weights, lrs, out_mult, dfa_coef, f0_eval, initial_loss, groups, adam
+        sel = torch.tensor(keep, device=device)
+        alive = [alive[j] for j in keep]
+        weights = [w[sel] for w in weights]
+        lrs = [lr[sel] for lr in lrs] if lrs[0] is not lrs[-1] else [lrs[0][sel]] * depth
+        out_mult, dfa_coef, f0_eval, initial_loss = out_mult[sel], dfa_coef[sel], f0_eval[sel], initial_loss[sel]
+        feed.select(sel, out_mult)
+        groups = step_groups(len(alive), nbytes)
+        if adam is not None:
+            adam = [(m[sel], v[sel]) for m, v in adam]
+
+    def export(diverged: Mapping[int, int]) -> TrainState:
+        """The state after the report whose ``diverged`` members are about to be dropped (copies, on the CPU)."""
+        keep = [j for j, m in enumerate(alive) if m not in diverged]
+        sel = torch.tensor(keep, device=device)
+        copy = lambda t: t[sel].to("cpu", copy=True)  # noqa: E731
+        members = [alive[j] for j in keep]
+        return TrainState(
+            step=step, members=members, weights=[copy(w) for w in weights],
+            optimizer=[] if adam is None else [copy(t) for pair in adam for t in pair],
+            data_rng={seeds[i]: st.clone() for i, st in enumerate(feed.before)}, position=pos,
+            noise_rng={} if noise is None else {seeds[i]: g.get_state() for i, g in enumerate(noise.gens)},
+            left_band=[bool(left_band[m]) for m in members], dead_since=[dead_since.get(m, -1) for m in members],
+            wall_time_s=time.perf_counter() - started)
+
+    start = 1
+    if resume is not None:  # continue after the report of resume.step: its members, tensors and streams
+        if not set(resume.members) <= set(alive) or not set(seeds) <= set(resume.data_rng):
+            raise ValueError("resume: a state of other points")
+        keep_only(list(resume.members))
+        weights = [w.to(device=device, dtype=dtype).clone() for w in resume.weights]
+        if adam is not None:
+            opt = [t.to(device=device, dtype=dtype).clone() for t in resume.optimizer]
+            adam = list(zip(opt[0::2], opt[1::2]))
+        feed.restore([resume.data_rng[s] for s in seeds])
+        pos = resume.position
+        if noise is not None:
+            for s, g in zip(seeds, noise.gens):
+                g.set_state(resume.noise_rng[s])
+        left_band[alive] = resume.left_band
+        dead_since = {m: d for m, d in zip(alive, resume.dead_since) if d >= 0}
+        start = resume.step + 1
+        started -= resume.wall_time_s
+
     # --- the loop: step, report (the only host sync), drop diverged members ------------------------------------
-    for step in range(1, total_steps + 1):
+    for step in range(start, total_steps + 1):
         if pos + batch_size > feed.size:
             feed.refresh()
             pos = 0
@@ -374,21 +499,14 @@ def train_bundle(
             wall_time_s=time.perf_counter() - started,
             **(gns or {}),
         )
+        if not report.finished:
+            report.export = functools.partial(export, diverged)
         yield report
         if report.finished:
             return
         window = []
         if diverged:
-            keep = [j for j, m in enumerate(alive) if m not in diverged]
-            sel = torch.tensor(keep, device=device)
-            alive = [alive[j] for j in keep]
-            weights = [w[sel] for w in weights]
-            lrs = [lr[sel] for lr in lrs] if lrs[0] is not lrs[-1] else [lrs[0][sel]] * depth
-            out_mult, dfa_coef, f0_eval, initial_loss = out_mult[sel], dfa_coef[sel], f0_eval[sel], initial_loss[sel]
-            feed.select(sel, out_mult)
-            groups = step_groups(len(alive), nbytes)
-            if adam is not None:
-                adam = [(m[sel], v[sel]) for m, v in adam]
+            keep_only([j for j, m in enumerate(alive) if m not in diverged])
 
 
 _LR_ARGS = ("eta", "gamma", "width", "depth", "parametrization", "optimizer", "lr_rule")

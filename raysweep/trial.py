@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 import traceback
 from collections.abc import Mapping
@@ -129,7 +130,14 @@ def _device(experiment: Experiment) -> str:
 
 
 def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -> None:
-    """Train ``bundle`` and call ``report_fn(metrics)`` at every report. Never raises for a training error."""
+    """Train ``bundle`` and call ``report_fn(metrics)`` at every report. Never raises for a training error.
+
+    With checkpoints on (``plan.checkpoint`` and ``plan.location``), it first looks for the bundle's latest
+    checkpoint (:mod:`raysweep.checkpoint`) and resumes from it: the checkpoint's members (a superset of the
+    bundle's: members whose rows have landed since train on silently, so that every number is the one of the
+    uninterrupted bundle), their curves so far, and the terminal rows it had sent (sent again: the driver lands a
+    row once). It saves a checkpoint at the reports :func:`raysweep.checkpoint.due` picks.
+    """
     import torch
 
     from raysweep.train import train_bundle  # torch
@@ -141,9 +149,17 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
     last: dict[int, tuple[Any, int]] = {}
     curves: dict[int, list[dict]] = {i: [] for i in open_members}
     dataset = exp.family
+    every = plan.checkpoint if plan.location is not None else None
+    if every is not None:
+        from raysweep import checkpoint as ckpt  # pyarrow, safetensors: only with checkpoints on
+    trained, quiet, resume = bundle, set(), None  # what the trainer trains; its members whose rows have landed
+    sent: list[dict] = []  # every terminal item this bundle sent (kept in checkpoints until the bundle lands)
+    notes: dict[str, Any] = {}  # the first report tells the driver where training resumed, and any warning
 
     def emit(step: int, terminal: list[dict], best: float | None, single: dict | None = None) -> None:
-        metrics = {"step": step, "n_running": len(open_members), "terminal": terminal}
+        metrics = {"step": step, "report": -(-step // exp.report_every) if step >= 0 else -1,  # hyperband_sync's time
+                   "n_running": len(open_members), "terminal": terminal, **notes}
+        notes.clear()
         if best is not None:  # absent, never None or NaN: schedulers compare it as a number
             metrics["train_loss"] = best
         report_fn({**metrics, **(single or {})})
@@ -154,28 +170,64 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
         if device == "cpu" and placement.get("memory_bytes"):
             # sized by autobatch's cpu-rss model: allocate the way the probe measured (a fixed mmap threshold)
             apply_malloc_policy()
+        if every is not None:
+            warned: list[str] = []
+            saved = ckpt.load_latest(plan.location, bundle.bundle_id, warned.append)
+            if saved is not None and not set(bundle.keys) <= set(saved.keys):
+                warned.append(f"checkpoint {saved.location.uri} is of other configurations; bundle "
+                              f"{bundle.bundle_id} restarts from step 0")
+                saved = None
+            if saved is None:
+                ckpt.remove(plan.location, bundle.bundle_id)  # nothing usable: never resume from a stale one later
+            else:
+                trained = Bundle(saved.bundle_id, tuple(saved.keys), tuple(saved.points))
+                ours = set(bundle.keys)
+                alive = set(saved.state.members)
+                quiet = {i for i, k in enumerate(trained.keys) if k not in ours}
+                open_members = alive - quiet
+                curves = {i: list(saved.pending["curves"].get(trained.keys[i], [])) for i in open_members}
+                sent = list(saved.pending["terminal"])
+                replay = [t for t in sent if t["trial"]["config_key"] in ours]
+                resume = saved.state
+                started -= saved.state.wall_time_s
+                notes["resumed_step"] = saved.step
+            if warned:
+                for text in warned:
+                    print(f"raysweep: {text}", file=sys.stderr)
+                notes["checkpoint_warning"] = "; ".join(warned)
         task = _task(exp, device)
         dataset = task.dataset
-        for report in train_bundle(task, exp, list(bundle.points), device=device):
-            terminal = []
+        ck_step, ck_time = (resume.step if resume else 0), time.monotonic()
+        pending_replay = replay if resume is not None else []
+        for report in train_bundle(task, exp, list(trained.points), device=device, resume=resume):
+            terminal, pending_replay = pending_replay, []
             for slot, i in enumerate(report.members):
+                if i in quiet:
+                    continue
                 curves[i].append(curve_row(report, slot))
                 last[i] = (report, slot)
                 status = "diverged" if i in report.diverged else "completed" if report.finished else None
                 if status:
                     open_members.discard(i)
-                    terminal.append({
-                        "trial": trial_row(plan, bundle, i, status=status, dataset=dataset, report=report,
+                    item = {
+                        "trial": trial_row(plan, trained, i, status=status, dataset=dataset, report=report,
                                            member=slot, diverged_step=report.diverged.get(i),
                                            wall_time_s=time.perf_counter() - started, placement=placement),
                         "curves": curves.pop(i),
-                    })
-            healthy = [s for s, i in enumerate(report.members) if i not in report.diverged]
+                    }
+                    terminal.append(item)
+                    sent.append(item)
+            if every is not None and report.export is not None and ckpt.due(every, report.step, ck_step,
+                                                                            time.monotonic() - ck_time):
+                pending = {"curves": {trained.keys[i]: curves[i] for i in sorted(open_members)}, "terminal": sent}
+                ckpt.save(plan.location, trained.bundle_id, trained.keys, trained.points, report.export(), pending)
+                ck_step, ck_time = report.step, time.monotonic()
+            healthy = [s for s, i in enumerate(report.members) if i not in report.diverged and i not in quiet]
             finite = [v for v in (report.train_loss[s] for s in healthy) if _finite(v)]
             single = None
-            if len(bundle.points) == 1:
+            if len(trained.points) == 1:
                 row = None if terminal else trial_row(
-                    plan, bundle, 0, status="pruned", dataset=dataset, report=report, member=0,
+                    plan, trained, 0, status="pruned", dataset=dataset, report=report, member=0,
                     wall_time_s=time.perf_counter() - started, placement=placement)
                 single = single_metrics(report, terminal, row)
             emit(report.step, terminal, min(finite) if finite else None, single)
@@ -185,12 +237,12 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
         for i in sorted(open_members):
             rep, slot = last.get(i, (None, None))
             terminal.append({
-                "trial": trial_row(plan, bundle, i, status="failed", dataset=dataset, report=rep, member=slot,
+                "trial": trial_row(plan, trained, i, status="failed", dataset=dataset, report=rep, member=slot,
                                    error=error, wall_time_s=time.perf_counter() - started, placement=placement),
                 "curves": curves.get(i, []),
             })
         open_members.clear()
-        emit(-1, terminal, None, {"status": "failed"} if len(bundle.points) == 1 else None)
+        emit(-1, terminal, None, {"status": "failed"} if len(trained.points) == 1 else None)
         if os.environ.get("RAYSWEEP_DEBUG"):
             traceback.print_exc()
 

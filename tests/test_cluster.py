@@ -24,8 +24,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from raysweep.plan import build_plan
 from raysweep.results import read_curves, read_trials
 from raysweep.schema import TIMING_COLUMNS
+from raysweep.space import parse_spec
+from raysweep.trial import run_bundle
 from tests.support import ROOT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.ray]
@@ -34,8 +37,9 @@ SCRIPT = ROOT / "launch" / "local_cluster.sh"
 N_PORTS = 30  # the script's port block: BASE .. BASE + 29
 
 # Loaded by the cluster's Ray worker processes only (through PYTHONPATH): log every configuration a worker starts
-# training to <log dir>/exec-<pid>.jsonl, so that a test can tell which configuration runs on which node; then
-# hold the trial RAYSWEEP_CLUSTER_HOLD_S seconds before it trains (results do not change). Why the hold: Tune reuses
+# training to <log dir>/exec-<pid>.jsonl (and the checkpoint step it resumes after), so that a test can tell which
+# configuration runs on which node; then hold the trial RAYSWEEP_CLUSTER_HOLD_S seconds before it trains, and
+# <log dir>/pace seconds after each report (results do not change). Why the hold: Tune reuses
 # a finished trial's actor for the next trial and cancels an actor still starting, so short trials would all run on
 # the first node whose worker came up; held trials outlast a worker's cold start and keep both nodes busy. It is
 # also the window in which a test kills a node mid-trial.
@@ -50,11 +54,20 @@ def _patch(train):
     original = train.train_bundle
 
     def logged(task, experiment, points, **kwargs):
+        resume = getattr(kwargs.get("resume"), "step", 0)  # the step the trainer resumes after (0: afresh)
         with open(os.path.join(_log, "exec-%d.jsonl" % os.getpid()), "a") as fh:
             for p in points:
-                fh.write(json.dumps({"t": time.time(), "eta": p["eta"], "batch_size": p["batch_size"]}) + "\\n")
+                fh.write(json.dumps({"t": time.time(), "eta": p["eta"], "batch_size": p["batch_size"],
+                                     "resume_step": resume}) + "\\n")
         time.sleep(_hold)
-        return original(task, experiment, points, **kwargs)
+        try:  # <log dir>/pace: seconds to wait after each report (a test's long trial; results do not change)
+            with open(os.path.join(_log, "pace")) as fh:
+                pace = float(fh.read())
+        except (OSError, ValueError):
+            pace = 0.0
+        for report in original(task, experiment, points, **kwargs):
+            yield report
+            time.sleep(pace)
 
     train.train_bundle = logged
 
@@ -219,17 +232,23 @@ def _running_on(cluster: Cluster, node: str) -> float | None:
 
 def test_losing_a_node_mid_sweep_reruns_its_trials_and_lands_each_config_once(cluster, tmp_path):
     # The last test of the module: it kills the second node (and brings a fresh one back for any later use).
+    # Its trial is killed past its first checkpoint (every 200 steps; paced by the HOOK: 0.25 s a report) and
+    # resumes on the head from its latest checkpoint, with the curve of an uninterrupted run.
     etas = [0.01, 0.02, 0.04, 0.08]
     spec = {
         "name": "nodeloss",
-        "experiment": {"family": "poly_online", "dim": 16, "n_train": 1024, "steps": 600, "report_every": 200},
+        "experiment": {"family": "poly_online", "dim": 16, "n_train": 1024, "steps": 1200, "report_every": 100},
         "space": {"batch_size": [32], "eta": etas, "width": 64, "depth": 3},
         "fusion": {"enabled": False},
+        "checkpoint": {"every_s": None, "every_steps": 200},
     }
     path = tmp_path / "nodeloss.yaml"
     path.write_text(yaml.safe_dump(spec))
+    bundles = {p["eta"]: b.bundle_id for b in build_plan(parse_spec(spec))[0].bundles.values() for p in b.points}
+    sweep = tmp_path / "r" / "nodeloss"
     nodes = cluster.node_ids()
     head_id, worker_id = nodes["127.0.0.2"], nodes["127.0.0.3"]
+    (cluster.exec_log / "pace").write_text("0.25")
     mark = time.time()
     proc = cluster.launch(str(path), "--storage", str(tmp_path / "r"), "--shared-storage")
     try:
@@ -239,10 +258,15 @@ def test_losing_a_node_mid_sweep_reruns_its_trials_and_lands_each_config_once(cl
             lost = _running_on(cluster, "worker")
             time.sleep(0.1)
         assert lost is not None, "no trial started on the second node"
+        while time.time() < deadline and not list((sweep / "checkpoints" / bundles[lost]).glob("*/manifest.json")):
+            time.sleep(0.05)
+        saved = sorted(int(p.parent.name) for p in (sweep / "checkpoints" / bundles[lost]).glob("*/manifest.json"))
+        assert saved, "the trial on the second node saved no checkpoint"
         killed = cluster.script("kill-worker")
         assert killed.returncode == 0, killed.stderr
         out, err = proc.communicate(timeout=300)
     finally:
+        (cluster.exec_log / "pace").unlink(missing_ok=True)
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
@@ -255,7 +279,20 @@ def test_losing_a_node_mid_sweep_reruns_its_trials_and_lands_each_config_once(cl
     assert row.node_id == head_id != worker_id  # the lost trial ran again, on the head
     runs = [json.loads(line) for f in cluster.exec_log.glob("exec-*.jsonl") for line in f.read_text().splitlines()]
     assert sum(1 for r in runs if r["eta"] == lost and r["t"] >= mark) >= 2  # started on the worker, re-run
+    again = max((r for r in runs if r["eta"] == lost and r["t"] >= mark), key=lambda r: r["t"])
+    assert again["resume_step"] >= saved[-1] > 0  # ... from its checkpoint, not from step 0
     curves = read_curves(sweep).to_pandas()
     assert not curves.duplicated(["config_key", "step"]).any()
     assert set(curves.config_key) == set(df.config_key)
     assert "4 configurations landed (4 completed" in out
+    # the resumed curve is the uninterrupted one, bit for bit; no checkpoint outlives its landed bundle
+    plan, _ = build_plan(parse_spec({**spec, "checkpoint": False}))
+    (bundle,) = [b for b in plan.bundles.values() if b.points[0]["eta"] == lost]
+    reports: list[dict] = []
+    run_bundle(plan, bundle, reports.append)
+    (item,) = [t for r in reports for t in r["terminal"]]
+    got = curves[curves.config_key == bundle.keys[0]].sort_values("step")
+    assert list(got.step) == [c["step"] for c in item["curves"]]
+    assert list(got.train_loss) == [c["train_loss"] for c in item["curves"]]
+    assert list(got.eval_loss) == [c["eval_loss"] for c in item["curves"]]
+    assert not (sweep / "checkpoints").exists() or not any((sweep / "checkpoints").iterdir())

@@ -7,10 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -132,45 +128,6 @@ def test_file_uri_end_to_end(ray_cluster, tmp_path, run_cli):
 
 
 # ------------------------------------------------------------------------------------------------ S3 (moto)
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    """A moto S3 server on 127.0.0.1 (never another interface); yields the environment that points at it."""
-    if subprocess.run([sys.executable, "-c", "import moto.server, flask"], capture_output=True).returncode:
-        pytest.skip('moto is not installed (pip install "moto[server]"): the s3:// tests need its local S3 server')
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 30
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None and time.time() < deadline, log.read_text()
-            time.sleep(0.1)
-        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-               "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
-        admin = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1", scheme="http",
-                                  endpoint_override=f"127.0.0.1:{port}", allow_bucket_creation=True)
-        admin.create_dir("raysweep")
-        yield env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture
-def s3(s3_server, monkeypatch, tmp_path):
-    for k, v in s3_server.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("RAYSWEEP_LOCAL_DIR", str(tmp_path / "local"))
-    return f"s3://raysweep/{tmp_path.name}"
 
 
 def _objects(location: Location) -> list[str]:

@@ -12,6 +12,7 @@ import math
 from raysweep.space import AXES
 
 TIME_ATTR = "step"
+REPORT_ATTR = "report"  # the number of the report, ceil(step / report_every): hyperband_sync's time
 DEFAULT_REDUCTION_FACTOR = 3.0
 DEFAULT_MIN_SAMPLES = 3
 NOT_IN_CELL = ("eta", "seed")  # grid, random and eta scans: a cell is every other axis
@@ -41,6 +42,13 @@ def settings(spec) -> dict:
         return {**out, "min_samples_required": sched.min_samples_required or DEFAULT_MIN_SAMPLES}
     max_t = sched.max_t or spec.experiment.steps
     rf = sched.reduction_factor or DEFAULT_REDUCTION_FACTOR
+    if sched.type == "hyperband_sync":
+        # Ray's synchronous brackets are made for one result per time unit (rungs at max_t / rf**s, ..., max_t):
+        # time is counted in reports (REPORT_ATTR), so that no report jumps over a rung; no grace period
+        del out["grace_period"]
+        every = spec.experiment.report_every
+        return {**out, "time": REPORT_ATTR, "max_t": -(-max_t // every), "reduction_factor": rf,
+                "report_every": every}
     out.update(max_t=max_t, reduction_factor=rf, grace_period=min(grace, max_t))
     if sched.type == "hyperband":
         out["brackets"] = sched.brackets or n_brackets(out["grace_period"], max_t, rf)

@@ -16,9 +16,10 @@ analysis picks eta*.
 Divergence: a trial's diverged report carries no metric (see :mod:`raysweep.trial`), so no scheduler ever compares
 NaN, Inf or an exploded loss; ASHA ignores a result without its metric. Ray's MedianStoppingRule does not: it keeps
 the completed trial's last result and later reads its metric (KeyError), and it *pauses* trials while it has too
-few samples. :class:`MedianStopping` drops metric-less results and never pauses (a paused raysweep trial would
-restart from step 0: trials do not checkpoint mid-training). Hyperband is the asynchronous one for the same reason:
-Ray's synchronous HyperBandScheduler pauses trials between rungs.
+few samples. :class:`MedianStopping` drops metric-less results and never pauses. ``hyperband`` is the asynchronous
+Hyperband; ``hyperband_sync`` is Ray's synchronous HyperBandScheduler (:class:`SyncHyperBand`), which *pauses*
+trials until their rung is full: a paused trial's process ends, and it resumes exactly from the checkpoint its
+trial saved at that report (with ``hyperband_sync`` a trial saves one at every report, raysweep.checkpoint).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
+from ray.tune.schedulers import (
+    AsyncHyperBandScheduler,
+    FIFOScheduler,
+    HyperBandScheduler,
+    MedianStoppingRule,
+    TrialScheduler,
+)
 
 from raysweep.search.cells import TIME_ATTR, cell_axes, settings
 from raysweep.space import AXES
@@ -43,6 +50,19 @@ class MedianStopping(MedianStoppingRule):
 
     def _on_insufficient_samples(self, tune_controller, trial, time):
         return TrialScheduler.CONTINUE
+
+
+class SyncHyperBand(HyperBandScheduler):
+    """Ray's synchronous HyperBand (``hyperband_sync``), fed only results that carry a finite metric: a diverged
+    or failed trial's last report has none (and a failed one's step is -1), and it ends right after, which removes
+    it from its bracket. Every other report of a trial (its checkpoint at each report lets a paused one resume
+    exactly, :mod:`raysweep.checkpoint`) goes to Ray's rule unchanged."""
+
+    def on_trial_result(self, tune_controller, trial, result):
+        value = result.get(self._metric)
+        if value is None or not math.isfinite(value) or result.get(self._time_attr, -1) < 0:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
 
 
 class CellOf:
@@ -113,6 +133,18 @@ class CellScheduler(FIFOScheduler):
         self.scheduler_of(trial).on_trial_remove(tune_controller, trial)
         self._cell_of_trial.pop(trial.trial_id, None)
 
+    def choose_trial_to_run(self, tune_controller):
+        """FIFO, except for synchronous HyperBand, whose cells choose (a paused trial runs again only when its
+        rung is done, the pending ones bracket by bracket)."""
+        sync = [inner for inner in self.cells.values() if isinstance(inner, HyperBandScheduler)]
+        if not sync:
+            return super().choose_trial_to_run(tune_controller)
+        for inner in sync:
+            trial = inner.choose_trial_to_run(tune_controller)
+            if trial is not None:
+                return trial
+        return None
+
     def debug_string(self) -> str:
         lines = [f"One scheduler per cell: {len(self.cells)} cells"]
         for cell, inner in self.cells.items():
@@ -123,6 +155,9 @@ class CellScheduler(FIFOScheduler):
 
 def make_scheduler(s: dict) -> TrialScheduler:
     """One Ray scheduler from :func:`settings` (the scheduler of one cell)."""
+    if s["type"] == "hyperband_sync":
+        return SyncHyperBand(time_attr=s["time"], metric=s["metric"], mode=s["mode"], max_t=s["max_t"],
+                             reduction_factor=s["reduction_factor"], stop_last_trials=True)
     common = {"time_attr": TIME_ATTR, "metric": s["metric"], "mode": s["mode"], "grace_period": s["grace_period"]}
     if s["type"] == "median":
         return MedianStopping(**common, min_samples_required=s["min_samples_required"], hard_stop=True)

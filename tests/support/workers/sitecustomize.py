@@ -1,5 +1,6 @@
 """Test side channel: when RAYSWEEP_TEST_EXEC_LOG names a folder, every process that trains a bundle appends one
-line per member (sweep-independent: the point as JSON) to a file there. Loaded through PYTHONPATH by the Ray
+line per member (sweep-independent: the point as JSON, and the step it resumes after, 0 when it starts afresh)
+to a file there. Loaded through PYTHONPATH by the Ray
 workers the test session starts; the code under test knows nothing of it.
 
 Fault injection: a file ``fault-<dim>-<batch_size>`` in that folder makes the next bundle of that experiment dim
@@ -24,7 +25,9 @@ if _log_dir and _ray_worker:
             with open(os.path.join(_log_dir, f"exec-{os.getpid()}.jsonl"), "a") as fh:
                 for p in points:
                     fh.write(json.dumps({"t": time.time(), "dim": _setting(experiment, "dim"),
-                                         "steps": _setting(experiment, "steps"), **{k: p[k] for k in sorted(p)}}) + "\n")
+                                         "steps": _setting(experiment, "steps"),
+                                         "resume_step": getattr(kwargs.get("resume"), "step", 0),
+                                         **{k: p[k] for k in sorted(p)}}) + "\n")
             fault = os.path.join(_log_dir, f"fault-{_setting(experiment, 'dim')}-{points[0]['batch_size']}")
             try:
                 os.remove(fault)
