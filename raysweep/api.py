@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from raysweep import driver, space
 from raysweep.driver import check_address
@@ -260,6 +260,7 @@ def _run(spec, options: RunOptions, stop) -> Summary:
             print(f"--retry-failed: {len(writer.retried)} failed configurations run again", file=sys.stderr)
         driver.save_spec(sweep, spec)
         plan, n_done = build_plan(planned_spec(spec), writer.keys)  # under the lock: the keys are final
+        plan = replace(plan, sweep_dir=sweep)  # trials write their snapshots there
         n_todo = sum(len(b.points) for b in plan.bundles.values())
         optuna = spec.search.algorithm == "optuna"
         n_total = None if optuna else n_done + n_todo

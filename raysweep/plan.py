@@ -45,6 +45,7 @@ class Plan:
     bundles: Mapping[str, Bundle]
     cpus_per_trial: float = 1.0
     version: str = ""
+    sweep_dir: Any = None  # the sweep folder (a raysweep.storage.Location) for files trials write: snapshots
 
     def __post_init__(self):
         if not isinstance(self.experiment, Experiment):

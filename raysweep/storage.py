@@ -40,7 +40,7 @@ from raysweep.errors import StorageError
 TUNE_DIR = "_tune"  # Ray Tune's experiment folders, one per launch, under the sweep folder
 # What raysweep writes directly under <storage>/<name>/ (files and folders); none may be a link (check_no_links)
 SWEEP_ENTRIES = ("trials", "curves", "spec.yaml", ".lock", "optuna.journal", "autobatch_cache.json", TUNE_DIR,
-                 "analysis", "quarantine")
+                 "analysis", "quarantine", "snapshots", "spectra")
 REACH_TIMEOUT_S = 10.0  # how long the first call to an object store may take (RAYSWEEP_STORAGE_TIMEOUT_S)
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 

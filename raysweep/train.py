@@ -56,7 +56,7 @@ from raysweep.limits import F0_CACHE_BYTES
 from raysweep.noise import NoiseFeed
 from raysweep.scaling import learning_rates
 from raysweep.seeds import data_seed, init_seed, noise_seed
-from raysweep.space import BUNDLE_KEYS, grad_noise_option, setting
+from raysweep.space import BUNDLE_KEYS, grad_noise_option, setting, snapshot_steps
 from raysweep.step import (
     ADAM_BETAS,
     ADAM_EPS,
@@ -232,10 +232,13 @@ def train_bundle(
     points: Sequence[Mapping[str, Any]],
     *,
     device: torch.device | str = "cpu",
+    on_weights=None,
 ) -> Iterator[Report]:
     """Train the bundle ``points`` on ``task`` and yield a :class:`Report` every ``report_every`` steps.
 
-    The last report has ``finished=True``. Raises :class:`InfeasibleError` for a batch larger than the data set
+    The last report has ``finished=True``. ``on_weights(step, members, weights)``, when given, is called at step 0
+    and after each step of :func:`raysweep.space.snapshot_steps` (``experiment.snapshots``) with the bundle indices
+    of the members still training and their stacked weights: it must only read them (copy what it keeps). Raises :class:`InfeasibleError` for a batch larger than the data set
     and ``ValueError`` when the points do not share :data:`BUNDLE_KEYS`.
     """
     device = torch.device(device)
@@ -289,6 +292,9 @@ def train_bundle(
     pos = feed.size  # the first step draws the first block / permutation
     nbytes = member_bytes(weights, adam)
     groups = step_groups(len(alive), nbytes)
+    snaps = set(snapshot_steps(setting(experiment, "snapshots"), total_steps)) if on_weights else set()
+    if on_weights:
+        on_weights(0, list(alive), weights)
 
     # --- the loop: step, report (the only host sync), drop diverged members ------------------------------------
     for step in range(1, total_steps + 1):
@@ -300,6 +306,8 @@ def train_bundle(
 
         losses = bundle_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step, groups)
         window.append(losses)
+        if step in snaps:
+            on_weights(step, list(alive), weights)
 
         if step % report_every and step != total_steps:
             continue

@@ -155,13 +155,17 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
             apply_malloc_policy()
         task = _task(exp, device)
         dataset = task.dataset
-        for report in train_bundle(task, exp, list(bundle.points), device=device):
+        recorder = _snapshot_recorder(plan, bundle, task) if exp.snapshots is not None else None
+        for report in train_bundle(task, exp, list(bundle.points), device=device,
+                                   on_weights=recorder.record if recorder else None):
             terminal = []
             for slot, i in enumerate(report.members):
                 curves[i].append(curve_row(report, slot))
                 last[i] = (report, slot)
                 status = "diverged" if i in report.diverged else "completed" if report.finished else None
                 if status:
+                    if recorder is not None:  # the member's snapshots land before its row
+                        recorder.write(i, report.diverged.get(i))
                     open_members.discard(i)
                     terminal.append({
                         "trial": trial_row(plan, bundle, i, status=status, dataset=dataset, report=report,
@@ -192,6 +196,19 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
         emit(-1, terminal, None, {"status": "failed"} if len(bundle.points) == 1 else None)
         if os.environ.get("RAYSWEEP_DEBUG"):
             traceback.print_exc()
+
+
+def _snapshot_recorder(plan: Plan, bundle: Bundle, task):
+    """The bundle's :class:`raysweep.snapshots.SnapshotRecorder` (``experiment.snapshots`` on)."""
+    from raysweep import model  # torch
+    from raysweep.snapshots import SnapshotRecorder
+    from raysweep.train import steps_for  # torch
+
+    first = bundle.points[0]
+    widths = model.layer_widths(task.dim, int(first["width"]), int(first["depth"]), task.n_out)
+    total = steps_for(plan.experiment, task, int(first["batch_size"]))
+    return SnapshotRecorder(plan.sweep_dir, bundle.keys, bundle.points, plan.experiment.snapshots, total, widths,
+                            plan.experiment.dtype)
 
 
 def _cap_memory(placement: Mapping, device: str) -> float | None:
