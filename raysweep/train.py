@@ -36,6 +36,12 @@ batch of ``m`` chunks of ``b`` samples (:mod:`raysweep.noise`). The noise batche
 own per seed (:func:`noise_seed`), and the gradients never reach the weights or the optimizer state: turning it on
 changes no other number.
 
+Curvature (``experiment.curvature``, off by default): every ``every`` reports, each member's ``sharpness``,
+``batch_sharpness``, ``preconditioned_sharpness`` and ``hessian_trace`` (the kinds asked for) at the report's
+weights, on a fixed curvature batch per seed from a generator of its own (:mod:`raysweep.sharpness`); like the noise
+scale it only reads the weights and the optimizer state. Snapshots (``experiment.snapshots``): ``on_weights`` sees
+the weights at step 0 and at the snapshot steps (:func:`train_bundle`).
+
 Pure: no Ray, no file output.
 """
 
@@ -56,7 +62,8 @@ from raysweep.limits import F0_CACHE_BYTES
 from raysweep.noise import NoiseFeed
 from raysweep.scaling import learning_rates
 from raysweep.seeds import data_seed, init_seed, noise_seed
-from raysweep.space import BUNDLE_KEYS, grad_noise_option, setting, snapshot_steps
+from raysweep.sharpness import CurvatureFeed
+from raysweep.space import BUNDLE_KEYS, curvature_option, grad_noise_option, setting, snapshot_steps
 from raysweep.step import (
     ADAM_BETAS,
     ADAM_EPS,
@@ -110,6 +117,14 @@ class Report:
     # eval sample (None for depth 1: no hidden layer)
     dead: dict[int, int] = field(default_factory=dict)
     active_fraction: list[float | None] | None = None
+    # curvature (None unless experiment.curvature is on, measures this kind and this report is one it measures):
+    # per member at this report's weights (raysweep.sharpness); None for a member not measured (diverged here;
+    # preconditioned_sharpness of SGD)
+    sharpness: list[float | None] | None = None
+    batch_sharpness: list[float | None] | None = None
+    preconditioned_sharpness: list[float | None] | None = None
+    hessian_trace: list[float | None] | None = None
+    initial_sharpness: list[float | None] | None = None  # sharpness at theta_0 (curvature on, with sharpness)
 
 
 class _Feed:
@@ -284,6 +299,14 @@ def train_bundle(
                           dtype, device)
         # chunks of noise.size samples: the loss coefficients of that batch size
         noise_loss_coef, noise_df_coef = loss_coefficients(loss_name, mse_convention, noise.size, task.n_out)
+    curv, initial_sharpness = None, {}
+    if setting(experiment, "curvature") is not None:  # its own batch and generators: no training number moves
+        curv = CurvatureFeed(task, seeds, init, curvature_option(setting(experiment, "curvature")), batch_size,
+                             loss_name, mse_convention, dtype, device)
+        if "sharpness" in curv.option["kinds"]:  # at theta_0: the trials column initial_sharpness
+            at_init = curv.measure(weights, list(range(len(points))), member_stream, out_mult, [],
+                                   member_seeds=[int(p["seed"]) for p in points], kinds=["sharpness"])
+            initial_sharpness = dict(enumerate(at_init["sharpness"]))
     chance = chance_accuracy(task.y_eval, task.n_out) if task.kind == "classification" else None
     left_band = np.zeros(len(points), dtype=bool)  # per bundle member: its loss left the band (dead rule 2)
     dead_since: dict[int, int] = {}  # bundle member -> first report step of its current dead streak
@@ -349,6 +372,12 @@ def train_bundle(
         gns = None
         if noise is not None:
             gns = noise.estimate(weights, feed.stream, out_mult, noise_loss_coef, out_mult * noise_df_coef, groups)
+        curvature = None
+        if curv is not None and curv.due():
+            curvature = curv.measure(
+                weights, alive, feed.stream.tolist(), out_mult, [j for j, m in enumerate(alive) if m in diverged],
+                adam=adam, step=step, lrs=lrs, lr_effective=[rates[m].effective for m in alive],
+                member_seeds=[int(points[m]["seed"]) for m in alive])
         report = Report(
             step=step,
             epoch=epoch,
@@ -364,6 +393,8 @@ def train_bundle(
             finished=step == total_steps or len(diverged) == len(alive),
             wall_time_s=time.perf_counter() - started,
             **(gns or {}),
+            **(curvature or {}),
+            initial_sharpness=[initial_sharpness[m] for m in alive] if initial_sharpness else None,
         )
         yield report
         if report.finished:

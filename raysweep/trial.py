@@ -30,7 +30,7 @@ from typing import Any
 from raysweep.autobatch.guard import apply_malloc_policy, apply_memory_cap, is_oom
 from raysweep.plan import Bundle, Plan
 from raysweep.scaling import learning_rates, temperature
-from raysweep.space import AUTO, Experiment
+from raysweep.space import AUTO, CURVATURE_KINDS as CURVATURE_COLUMNS, Experiment
 
 # torch and Ray load in the worker; the driver imports this module (tune_trainable) without either
 
@@ -76,6 +76,7 @@ def trial_row(
             final_eval_accuracy=report.eval_accuracy[member],
             initial_loss=report.initial_loss[member],
             dead_step=report.dead.get(index),  # null unless dead at its last report (raysweep.train)
+            initial_sharpness=report.initial_sharpness[member] if report.initial_sharpness is not None else None,
         )
     else:
         row.update(steps=0, samples_seen=0)
@@ -104,6 +105,7 @@ def curve_row(report, member: int) -> dict:
         "grad_noise_scale": report.grad_noise_scale[member] if noise else None,
         "grad_sq": report.grad_sq[member] if noise else None,
         "grad_trace_cov": report.grad_trace_cov[member] if noise else None,
+        **{k: getattr(report, k)[member] if getattr(report, k) is not None else None for k in CURVATURE_COLUMNS},
         "wall_time_s": report.wall_time_s,
     }
 
