@@ -78,5 +78,16 @@ CURVES_SCHEMA = pa.schema(
     ]
 )
 
+# <sweep>/spectra/*.parquet (python -m raysweep.spectra): one row per (member, snapshot step, kind, index)
+SPECTRA_SCHEMA = pa.schema(
+    [
+        ("config_key", pa.string()),
+        ("step", pa.int64()),
+        ("kind", pa.string()),  # eigenvalue | trace | trace_stderr | density_grid | density
+        ("index", pa.int64()),
+        ("value", pa.float64()),
+    ]
+)
+
 # Columns that differ between two runs of the same configurations (timing, placement); drop them to compare runs.
 TIMING_COLUMNS = ("wall_time_s", "finished_at", "node_id", "bundle_id", "n_bundle_members", "gpu_share", "cpu_share")
