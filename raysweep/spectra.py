@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import math
 import sys
@@ -227,7 +228,9 @@ def run(sweep, options: SpectraOptions, *, query: str | None = None, address: st
     try:
         import ray
 
-        task = ray.remote(num_cpus=cpus_per_task, max_retries=1)(member_rows)
+        # by its module's name: under python -m this module is __main__, which Ray's workers cannot import
+        worker = importlib.import_module("raysweep.spectra").member_rows
+        task = ray.remote(num_cpus=cpus_per_task, max_retries=1)(worker)
         pending = {task.remote(sweep, experiment, key, options): key for key in todo}
         started = time.perf_counter()
         while pending:

@@ -4,6 +4,9 @@ a relaunch computes only the members without a file; the top eigenvalues are tho
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -18,12 +21,16 @@ from raysweep.sharpness import CurvatureFeed
 from raysweep.space import parse_spec
 from raysweep.trial import run_bundle
 
+from tests.support import ROOT
+
 pytestmark = pytest.mark.ray
 
 EXPERIMENT = {"family": "poly_fixed", "dim": 8, "n_train": 64, "steps": 20, "report_every": 10, "dtype": "float64",
               "snapshots": [0, 20], "curvature": {"batch": 64, "kinds": ["sharpness"]}}
 OPTIONS = spectra.SpectraOptions(top_k=3, lanczos_steps=40, trace=True, trace_samples=4, density=True,
                                  density_probes=2, density_steps=12, grid_points=11)
+CLI_FLAGS = ["--top-k", "3", "--lanczos-steps", "40", "--trace", "--trace-samples", "4", "--density",
+             "--density-probes", "2", "--density-steps", "12", "--grid-points", "11"]
 
 
 @pytest.fixture
@@ -70,6 +77,7 @@ def _dense_top(folder, spec, key, step):
     return torch.linalg.eigvalsh(hessian).flip(0)[:3].numpy()
 
 
+@pytest.mark.slow  # about a minute: two command-line launches besides the in-process ones
 def test_spectra_are_computed_once_and_a_relaunch_computes_only_what_is_missing(sweep, ray_cluster):
     folder, spec = sweep
     keys = snapshots.member_keys(folder)
@@ -79,16 +87,26 @@ def test_spectra_are_computed_once_and_a_relaunch_computes_only_what_is_missing(
     done = spectra.done_keys(folder)
     assert len(done) == 2
     before = {k: (folder / "spectra" / f"{k}.parquet").stat().st_mtime_ns for k in done}
-    # the rest (what a killed launch left): only the two missing members are computed, the others not touched
-    second = spectra.run(folder, OPTIONS, address=ray_cluster, quiet=True)
-    assert second == {"computed": 2, "already": 2, "failed": {}}
-    assert {k: (folder / "spectra" / f"{k}.parquet").stat().st_mtime_ns for k in done} == before
+    # the command line on every member, killed (SIGKILL) once a third file landed, then relaunched: the relaunch
+    # computes exactly the members without a file, and leaves the others' files as they are
+    args = [sys.executable, "-m", "raysweep.spectra", str(folder.parent), "--sweep", folder.name, "--address",
+            ray_cluster, "--quiet", *CLI_FLAGS]
+    killed = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(spectra.done_keys(folder)) < 3 and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed.kill()
+    killed.wait()
+    present = spectra.done_keys(folder)
+    assert done <= present and not [p for p in (folder / "spectra").iterdir() if p.name.startswith(".")]
+    before.update({k: (folder / "spectra" / f"{k}.parquet").stat().st_mtime_ns for k in present - done})
+    relaunch = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert relaunch.returncode == 0, relaunch.stderr[-2000:]
+    assert f"{4 - len(present)} members computed, {len(present)} already there, 0 failed" in relaunch.stdout
+    assert {k: (folder / "spectra" / f"{k}.parquet").stat().st_mtime_ns for k in present} == before
     assert spectra.done_keys(folder) == set(keys)
     assert spectra.run(folder, OPTIONS, address=ray_cluster, quiet=True) == {"computed": 0, "already": 4,
                                                                              "failed": {}}
-    lost = sorted(keys)[0]
-    (folder / "spectra" / f"{lost}.parquet").unlink()
-    assert spectra.run(folder, OPTIONS, address=ray_cluster, quiet=True)["computed"] == 1
     with pytest.raises(OptionError, match="other settings"):
         spectra.run(folder, dataclasses.replace(OPTIONS, top_k=4), address=ray_cluster, quiet=True)
     assert not [p for p in (folder / "spectra").iterdir() if p.name.startswith(".")]
