@@ -22,10 +22,13 @@ numbers do not depend on the other members of its bundle.
   & Yang 2016).
 
 Operators are callables ``matvec(vectors) -> vectors`` on lists of ``[K, ...]`` tensors shaped like the weights.
-Random probes come from the ``generator`` argument: one ``torch.Generator`` for the bundle, or a sequence of K
-generators, one per member (member k draws only from its own: its numbers are then the same alone and in any
-bundle). Probes are drawn on the CPU in float64 and cast, so a generator gives the same probes on any device. No
-training stream is touched.
+Random probes come from the ``generator`` argument (required: the global generator is never drawn from): one
+``torch.Generator`` for the bundle, or a sequence of K generators, one per member. With K generators member k draws
+only from its own, each probe one ``torch.randn(n, dtype=torch.float64)`` (Gaussian) or ``torch.randint(0, 2, (n,))``
+(Rademacher) in order, ``n`` the member's parameter count: its numbers are then the same alone and in any bundle.
+With one generator a probe is one ``[K, n]`` draw. Probes are drawn on the CPU in float64 and cast, so a generator
+gives the same probes on any device. Eigenvalues, traces and quadratures are returned in float64; the Krylov basis
+of Lanczos is kept in the weights' dtype (``K * steps * n`` numbers).
 
 Pure: torch, :mod:`raysweep.model` and :mod:`raysweep.step`; no Ray, no I/O.
 """
@@ -38,7 +41,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from raysweep import model
-from raysweep.step import loss_per_member
+from raysweep.step import ADAM_BETAS, ADAM_EPS, loss_per_member
 
 # --- the loss ------------------------------------------------------------------------------------------------------
 
@@ -87,8 +90,10 @@ def hessian_matvec(loss_fn: Callable, weights: Sequence[torch.Tensor], *, kind: 
     ``loss_fn(weights) -> [K]``. ``kind="exact"``: the Hessian, by double backward of ``sum_k loss_k`` (Pearlmutter
     1994); the Hessian is block-diagonal across members, so one product serves all K. ``kind="ggn"``: the
     generalised Gauss-Newton matrix ``J^T H_out J`` (Schraudolph 2002; ``J`` the Jacobian of the output, ``H_out``
-    the Hessian of the loss in the output), ``J v`` by forward-mode differentiation of a vector-Jacobian product;
-    ``loss_fn`` must then have ``output`` and ``loss_of_output`` (a :class:`MemberLoss`). ``weights`` are only read.
+    the Hessian of the loss in the output), ``J v`` as the derivative in ``u`` of ``(J^T u) . v`` (a Jacobian-vector
+    product from two vector-Jacobian products); ``loss_fn`` must then have ``output`` and ``loss_of_output`` (a
+    :class:`MemberLoss`). ``weights`` are only read; the operator holds their autograd graph until it is dropped
+    (an in-place update of the weights in between makes the next product fail loudly, never silently).
     """
     if kind not in ("exact", "ggn"):
         raise ValueError(f"kind must be 'exact' or 'ggn', got {kind!r}")
@@ -158,7 +163,8 @@ def lanczos_top(matvec: Callable, shapes_like: Sequence[torch.Tensor], k_members
 def sharpness(loss_fn: Callable, weights: Sequence[torch.Tensor], *, steps: int = 20, generator,
               kind: str = "exact") -> torch.Tensor:
     """``lambda_max(H)`` of each member's loss, ``[K]``: :func:`lanczos_top` with ``top_k=1`` on
-    :func:`hessian_matvec` (Cohen et al. 2021: full-batch GD at rate ``eta`` settles at ``lambda_max = 2 / eta``)."""
+    :func:`hessian_matvec` (Cohen et al. 2021: full-batch GD at rate ``eta`` settles at ``lambda_max = 2 / eta``);
+    ``kind="ggn"`` gives the Gauss-Newton sharpness."""
     op = hessian_matvec(loss_fn, weights, kind=kind)
     return lanczos_top(op, weights, weights[0].shape[0], top_k=1, steps=steps, generator=generator)[:, 0]
 
@@ -168,7 +174,6 @@ def adam_preconditioner(adam: Sequence[tuple[torch.Tensor, torch.Tensor]], step:
     """Adam's diagonal preconditioner ``P = sqrt(v_hat) + eps`` per layer from the optimizer state ``adam`` (per
     layer ``(m, v)``, as :func:`raysweep.step.update` keeps it) after ``step`` steps; ``v_hat = v / (1 - beta2^step)``,
     ``eps`` defaults to :data:`raysweep.step.ADAM_EPS`. Adam's step is ``lr / (1 - beta1^step) * P^-1 m``."""
-    from raysweep.step import ADAM_BETAS, ADAM_EPS
     eps = ADAM_EPS if eps is None else eps
     c2 = 1 - ADAM_BETAS[1] ** step
     return [torch.sqrt(v).div_(math.sqrt(c2)).add_(eps) for _, v in adam]  # raysweep.step.update's denominator
@@ -205,7 +210,7 @@ def batch_sharpness(loss_fn_of_batch: Callable, weights: Sequence[torch.Tensor],
         ratios.append(torch.where(g_g > 0, g_h_g / g_g, float("nan")))
     if not ratios:
         raise ValueError("batch_sharpness needs at least one batch")
-    return torch.stack(ratios).nanmean(0)
+    return torch.stack([r.nanmean() for r in torch.stack(ratios, 1)])  # member by member
 
 
 # --- trace and density ---------------------------------------------------------------------------------------------
@@ -224,10 +229,13 @@ def hutchinson_trace(matvec: Callable, shapes_like: Sequence[torch.Tensor], k_me
     values = []
     for _ in range(samples):
         z = _draw(gens, k_members, n, "rademacher", dtype, device)
-        values.append(torch.linalg.vecdot(z, flat_op(z)).to(torch.float64))
-    values = torch.stack(values)  # [samples, K]
-    stderr = values.std(0) / math.sqrt(samples) if samples > 1 else torch.full_like(values[0], float("nan"))
-    return values.mean(0), stderr
+        az = flat_op(z)
+        values.append(torch.stack([torch.dot(z[k], az[k]) for k in range(k_members)]).to(torch.float64))
+    values = torch.stack(values, 1)  # [K, samples]
+    mean = torch.stack([v.mean() for v in values])  # member by member: the same reductions alone and in a bundle
+    if samples == 1:
+        return mean, torch.full_like(mean, float("nan"))
+    return mean, torch.stack([v.std() for v in values]) / math.sqrt(samples)
 
 
 def slq_density(matvec: Callable, shapes_like: Sequence[torch.Tensor], k_members: int, *, probes: int = 4,
@@ -237,9 +245,10 @@ def slq_density(matvec: Callable, shapes_like: Sequence[torch.Tensor], k_members
     For each of ``probes`` normalised Gaussian probes ``v``, ``steps`` Lanczos steps give ``T = U diag(theta) U^T``;
     the Ritz values ``theta_i`` with weights ``U[0, i]^2`` are the Gaussian quadrature of the measure
     ``sum_j (v . u_j)^2 delta(t - lambda_j)``, exact for polynomials of degree ``< 2 steps``. Returns ``(nodes,
-    weights)``, each ``[K, probes * steps]``: the nodes of every probe, weights divided by ``probes`` (each member's
-    sum to 1). A probe whose Krylov space is exhausted early pads its nodes with weight 0. With ``grid`` (``[G]`` or
-    ``[K, G]``) also the broadened density, ``(nodes, weights, density_on_grid(nodes, weights, grid, sigma))``.
+    weights)``, float64, each ``[K, probes * min(steps, n)]``: the nodes of every probe in order, weights divided by
+    ``probes`` (each member's sum to 1). A probe whose Krylov space is exhausted early pads its nodes with weight 0.
+    With ``grid`` (``[G]`` or ``[K, G]``) also the broadened density, ``(nodes, weights, density_on_grid(nodes,
+    weights, grid, sigma))``.
     """
     flat_op, n = _flat_operator(matvec, shapes_like, k_members)
     dtype, device = shapes_like[0].dtype, shapes_like[0].device
@@ -272,10 +281,12 @@ def density_on_grid(nodes: torch.Tensor, weights: torch.Tensor, grid: torch.Tens
         spread = nodes.amax(1) - nodes.amin(1)
         spread = torch.where(spread > 0, spread, nodes.abs().amax(1))
         sigma = 0.01 * torch.where(spread > 0, spread, torch.ones_like(spread))
-    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=nodes.device).reshape(-1, 1, 1)
-    z = (grid[:, :, None] - nodes[:, None, :]) / sigma  # [K, G, M]
-    kernel = torch.exp(-0.5 * z.square()) / (math.sqrt(2 * math.pi) * sigma)
-    return (kernel * weights[:, None, :]).sum(-1)
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=nodes.device).expand(nodes.shape[0])
+    out = []
+    for t, node, weight, sd in zip(grid, nodes, weights, sigma):  # member by member: [G, M] at a time
+        z = (t[:, None] - node[None, :]) / sd
+        out.append((torch.exp(-0.5 * z.square()) * weight).sum(1) / (math.sqrt(2 * math.pi) * sd))
+    return torch.stack(out)
 
 
 # --- internals -----------------------------------------------------------------------------------------------------
@@ -292,8 +303,9 @@ def _grad(outputs, inputs, grad_outputs) -> list[torch.Tensor]:
 
 
 def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``sum_l <a_l, b_l>`` per member, float64 ``[K]``."""
-    return sum(torch.linalg.vecdot(x.flatten(1), y.flatten(1)).to(torch.float64) for x, y in zip(a, b))
+    """``sum_l <a_l, b_l>`` per member, float64 ``[K]``, member by member (the same calls alone and in a bundle)."""
+    return torch.stack([sum(torch.dot(x[k].reshape(-1), y[k].reshape(-1)).to(torch.float64) for x, y in zip(a, b))
+                        for k in range(a[0].shape[0])])
 
 
 def _flat_operator(matvec: Callable, shapes_like: Sequence[torch.Tensor], k_members: int):
@@ -301,7 +313,8 @@ def _flat_operator(matvec: Callable, shapes_like: Sequence[torch.Tensor], k_memb
     shapes = [tuple(t.shape[1:]) for t in shapes_like]
     sizes = [math.prod(sh) for sh in shapes]
     if any(t.shape[0] != k_members for t in shapes_like):
-        raise ValueError(f"shapes_like must hold [K={k_members}, ...] tensors, got {[tuple(t.shape) for t in shapes_like]}")
+        got = [tuple(t.shape) for t in shapes_like]
+        raise ValueError(f"shapes_like must hold [K={k_members}, ...] tensors, got {got}")
 
     def op(flat: torch.Tensor) -> torch.Tensor:
         parts = [p.reshape(k_members, *sh) for p, sh in zip(flat.split(sizes, 1), shapes)]
@@ -315,6 +328,8 @@ def _generators(generator, k_members: int) -> list:
     if isinstance(generator, torch.Generator):
         return [generator]
     gens = list(generator)
+    if len(gens) == 1 == k_members:
+        return gens
     if len(gens) != k_members or not all(isinstance(g, torch.Generator) for g in gens):
         raise ValueError(f"generator must be a torch.Generator or {k_members} of them, one per member")
     return gens
@@ -331,10 +346,10 @@ def _draw(gens: list, k_members: int, n: int, kind: str, dtype, device, members=
     """Probes ``[len(members), n]`` (all K by default): row k from member k's generator, or every row from the one
     bundle generator."""
     members = range(k_members) if members is None else members
-    if len(gens) == 1 and k_members > 1:
+    if len(gens) == 1:
         out = _draw_one(gens[0], (len(members), n), kind)
     else:
-        out = torch.stack([_draw_one(gens[k] if len(gens) > 1 else gens[0], (n,), kind) for k in members])
+        out = torch.stack([_draw_one(gens[k], (n,), kind) for k in members])
     return out.to(device=device, dtype=dtype)
 
 
@@ -344,61 +359,62 @@ def _default_tol(dtype) -> float:
 
 
 def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """``w`` minus its projection on the rows of ``basis`` (``[K, j, n]``), twice ("twice is enough")."""
+    """One member's ``w`` ``[n]`` minus its projection on the rows of ``basis`` ``[j, n]``, twice ("twice is
+    enough", classical Gram-Schmidt)."""
     for _ in range(2):
-        w = w - torch.bmm(torch.bmm(basis, w.unsqueeze(2)).transpose(1, 2), basis).squeeze(1)
+        w = w - torch.mv(basis.T, torch.mv(basis, w))
     return w
 
 
 def _lanczos(op: Callable, q0: torch.Tensor, steps: int, tol: float, restart_gens):
-    """Batched Lanczos with full reorthogonalisation from start vectors ``q0`` ``[K, n]``: ``(alpha [K, steps],
-    beta [K, steps], size [K])``, float64 on the CPU; member k's tridiagonal is ``alpha[k, :size[k]]`` with
+    """Lanczos with full reorthogonalisation from start vectors ``q0`` ``[K, n]``, the products of all members in
+    one call of ``op``, the vector algebra member by member (the same calls alone and in a bundle): ``(alpha,
+    beta, size)``, float64 on the CPU; member k's tridiagonal has diagonal ``alpha[k, :size[k]]`` and
     off-diagonal ``beta[k, :size[k] - 1]``.
 
     When a member's Krylov space is exhausted (``beta <= tol * |T|``) it restarts from a fresh probe of
     ``restart_gens`` orthogonal to its basis (``beta = 0``: the tridiagonal splits into blocks), or stops when
-    ``restart_gens`` is None; its later products are computed on zero vectors and not recorded.
+    ``restart_gens`` is None; a stopped member's later products are taken of zero vectors and not recorded.
     """
     k_members, n = q0.shape
     basis = torch.zeros(k_members, steps, n, dtype=q0.dtype, device=q0.device)
     alpha = torch.zeros(k_members, steps, dtype=torch.float64)
     beta = torch.zeros(k_members, steps, dtype=torch.float64)
-    size = torch.zeros(k_members, dtype=torch.int64)
-    active = torch.ones(k_members, dtype=torch.bool)
-    norm_t = torch.zeros(k_members, dtype=torch.float64)  # running estimate of |T|, for the breakdown test
-    q = q0 / torch.linalg.vector_norm(q0, dim=1, keepdim=True)
+    size = [0] * k_members
+    norm_t = [0.0] * k_members  # running estimate of |T|, for the breakdown test
+    active = [True] * k_members
+    q = torch.stack([v / torch.linalg.vector_norm(v) for v in q0])
     for j in range(steps):
         basis[:, j] = q
         w = op(q)
-        a = torch.linalg.vecdot(q, w)
-        w = _orthogonalize(w, basis[:, :j + 1])  # the three-term recurrence, and full reorthogonalisation
-        b = torch.linalg.vector_norm(w, dim=1)
-        a64, b64 = a.to(torch.float64).cpu(), b.to(torch.float64).cpu()
-        alpha[active, j] = a64[active]
-        size += active
-        norm_t = torch.maximum(norm_t, a64.abs() + b64 + (beta[:, j - 1] if j else 0.0))
-        if j + 1 == steps:
-            break
-        exhausted = active & (b64 <= tol * norm_t)
-        beta[active & ~exhausted, j] = b64[active & ~exhausted]
-        q = w / torch.where(b > 0, b, 1.0).unsqueeze(1)
-        q[~active.to(q.device)] = 0.0
-        dead = exhausted.nonzero().flatten().tolist()
-        if dead and restart_gens is not None:
-            fresh = _draw(restart_gens, k_members, n, "gaussian", q.dtype, q.device, members=dead)
-            before = torch.linalg.vector_norm(fresh, dim=1)
-            fresh = _orthogonalize(fresh, basis[dead, :j + 1])
-            norms = torch.linalg.vector_norm(fresh, dim=1)
-            for i, k in enumerate(dead):
-                if norms[i] > tol * before[i]:
-                    q[k] = fresh[i] / norms[i]
+        q = torch.zeros_like(q)
+        for k in range(k_members):
+            if not active[k]:
+                continue
+            a = float(torch.dot(basis[k, j], w[k]))
+            # the three-term recurrence is the projection on the last two vectors: full reorthogonalisation does it
+            wk = _orthogonalize(w[k], basis[k, :j + 1])
+            b = float(torch.linalg.vector_norm(wk))
+            alpha[k, j] = a
+            size[k] += 1
+            norm_t[k] = max(norm_t[k], abs(a) + b + float(beta[k, j - 1] if j else 0.0))
+            if j + 1 == steps:
+                continue
+            if b > tol * norm_t[k]:
+                beta[k, j] = b
+                q[k] = wk / b
+            elif restart_gens is None:
+                active[k] = False
+            else:  # exhausted: a fresh direction orthogonal to the basis (beta stays 0)
+                fresh = _draw(restart_gens, k_members, n, "gaussian", q.dtype, q.device, members=[k])[0]
+                before = float(torch.linalg.vector_norm(fresh))
+                fresh = _orthogonalize(fresh, basis[k, :j + 1])
+                norm = float(torch.linalg.vector_norm(fresh))
+                if norm > tol * before:
+                    q[k] = fresh / norm
                 else:  # the basis spans the whole space
-                    q[k] = 0.0
                     active[k] = False
-        elif dead:
-            q[exhausted.to(q.device)] = 0.0
-            active &= ~exhausted
-    return alpha, beta, size
+    return alpha, beta, torch.tensor(size)
 
 
 def _tridiagonal(alpha: torch.Tensor, beta: torch.Tensor, size: int) -> torch.Tensor:
