@@ -1,6 +1,6 @@
 """Reproduce the science end to end: launch the shipped studies and run their checks, with timings.
 
-    python benchmarks/science.py [--storage DIR] [--studies transfer,gamma_eta,temperature,critical_batch]
+    python benchmarks/science.py [--storage DIR] [--studies transfer,gamma_eta,temperature,critical_batch,eos]
                                  [--address ADDR] [--num-cpus N]
 
 For each study: ``python -m raysweep.launch search_spaces/science_<study>.yaml --storage DIR`` (an embedded local
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch", "linear_edge")
+STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch", "linear_edge", "eos")
 
 
 def spec_for(study: str) -> Path:

@@ -45,9 +45,10 @@ class Plan:
     bundles: Mapping[str, Bundle]
     cpus_per_trial: float = 1.0
     version: str = ""
-    # mid-trial checkpoints (raysweep.checkpoint): {"every_s", "every_steps"} or None (off), and the sweep's
-    # raysweep.storage.Location they go under (set by the driver; None: no checkpoints)
+    # mid-trial checkpoints (raysweep.checkpoint): {"every_s", "every_steps"} or None (off)
     checkpoint: Mapping[str, Any] | None = None
+    # the sweep folder (a raysweep.storage.Location) trials write their checkpoints and snapshots under; set by the
+    # driver (None: neither is written)
     location: Any = None
 
     def __post_init__(self):

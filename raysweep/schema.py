@@ -37,6 +37,7 @@ TRIALS_SCHEMA = pa.schema(
         ("steps", pa.int64()),
         ("samples_seen", pa.int64()),
         ("initial_loss", pa.float64()),
+        ("initial_sharpness", pa.float64()),  # experiment.curvature with sharpness: lambda_max(H) at theta_0
         ("final_train_loss", pa.float64()),
         ("final_eval_loss", pa.float64()),
         ("final_eval_accuracy", pa.float64()),
@@ -71,6 +72,21 @@ CURVES_SCHEMA = pa.schema(
         ("grad_noise_scale", pa.float64()),  # experiment.grad_noise_scale; the three are null when it is off
         ("grad_sq", pa.float64()),
         ("grad_trace_cov", pa.float64()),
+        ("sharpness", pa.float64()),  # experiment.curvature (raysweep.sharpness); null when off or not measured
+        ("batch_sharpness", pa.float64()),
+        ("preconditioned_sharpness", pa.float64()),
+        ("hessian_trace", pa.float64()),
+    ]
+)
+
+# <sweep>/spectra/*.parquet (python -m raysweep.spectra): one row per (member, snapshot step, kind, index)
+SPECTRA_SCHEMA = pa.schema(
+    [
+        ("config_key", pa.string()),
+        ("step", pa.int64()),
+        ("kind", pa.string()),  # eigenvalue | trace | trace_stderr | density_grid | density
+        ("index", pa.int64()),
+        ("value", pa.float64()),
     ]
 )
 

@@ -3,6 +3,7 @@
 - :func:`init_seed`, :func:`data_seed`: the weight-init and data-order generators of a trial ``seed`` (small
   integers ``2 seed + 1`` and ``2 seed + 2``, so they never collide);
 - :func:`noise_seed`: the trial's gradient-noise batches (a 63-bit hash, colliding with no init or data seed);
+- :func:`curvature_seed`: the trial's curvature batch and its probes (the same kind of hash, another tag);
 - :func:`derive_seed`: a named stream of any seed (``data_seed``'s teacher, eval set, split, subset...).
 
 Pure: stdlib only.
@@ -35,3 +36,9 @@ def noise_seed(seed: int) -> int:
     """The seed of the generator of a trial ``seed``'s gradient-noise batches: a 63-bit hash of the seed, so it
     collides with no trial's init or data seed (small integers)."""
     return derive_seed(seed, "grad_noise")
+
+
+def curvature_seed(seed: int) -> int:
+    """The seed of the generator of a trial ``seed``'s curvature batch (raysweep.sharpness): a 63-bit hash of the
+    seed, like :func:`noise_seed`, under a tag of its own."""
+    return derive_seed(seed, "curvature")

@@ -28,6 +28,13 @@ The format (every key is checked; an unknown key is an error that suggests the c
       grad_noise_scale: null    # off (null/false, default) | true | {batches: 8, batch_size: null}: measure the
                                 # gradient noise scale at every report (raysweep.noise; batches: chunks m >= 2,
                                 # batch_size: chunk size b > 0, null for the trial's batch size)
+      snapshots: null           # off (null/false, default) | log | [0, 100, 1000]: each member's weights at these
+                                # steps in <sweep>/snapshots/ (raysweep.snapshots; log: 0, 1, 2, 5, 10, 20, 50, ...
+                                # and the last step; a list: those of its steps the trial reaches)
+      curvature: null           # off (null/false, default) | true | {every: 1, top_k: 1, kinds: [...], batch: 1024,
+                                # steps: 20}: Hessian sharpness and trace every `every` reports on a fixed
+                                # curvature batch per seed (README "Curvature"; kinds: sharpness, batch_sharpness,
+                                # preconditioned_sharpness, hessian_trace)
       # family keys; a key of another family is an error that names the family:
       #   poly_online, poly_fixed: dim (D, 32), n_train (P; 4096 online, 1024 fixed), degree (K >= 1, 2),
       #                            noise (>= 0, 0.0). Teacher y = (x.w)^K, w ~ N(0, I/D).
@@ -121,8 +128,7 @@ __all__ = [  # closed sets first, then the types and functions
     "LINEAR_STUDENT_AXES", "LOSSES", "LR_RULES", "MODELS", "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS",
     "REGRESSION_FAMILIES",
     "Checkpoint", "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key",
-    "config_keys",
-    "grad_noise_option", "setting",
+    "config_keys", "curvature_option", "grad_noise_option", "setting", "snapshot_option", "snapshot_steps",
     "check_name", "load_spec", "parse_spec",
 ]  # fmt: skip
 
@@ -146,6 +152,9 @@ MODELS = ("mlp", "linear")  # raysweep.model: the MLP, or the linear student f(x
 LINEAR_STUDENT_AXES = {"width": 1, "depth": 1, "gamma": 1.0, "parametrization": "SP", "lr_rule": "raw"}
 GRAD_NOISE_KEYS = ("batches", "batch_size")
 DEFAULT_NOISE_BATCHES = 8  # raysweep.noise.DEFAULT_BATCHES (this module imports no torch)
+SNAPSHOT_LOG = "log"  # experiment.snapshots: log -> steps {0} + {1, 2, 5} x 10^k + the last
+CURVATURE_KINDS = ("sharpness", "batch_sharpness", "preconditioned_sharpness", "hessian_trace")
+CURVATURE_DEFAULTS = {"every": 1, "top_k": 1, "kinds": ("sharpness",), "batch": 1024, "steps": 20}
 
 _FAMILY_DEFAULT = f.Marker("<family default>")  # Experiment.eval_samples: the family's (raysweep.families)
 _pos_int = lambda p, v: f.as_int(p, v, ge=1)  # noqa: E731
@@ -158,6 +167,7 @@ _batch = lambda p, v: AUTO if isinstance(v, str) and v.strip().lower() == AUTO e
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "steps": None, "epochs": None, "report_every": 50, "mse_convention": "half_sum", "dtype": "float32",
     "divergence_factor": 100.0, "data_seed": 0, "device": "auto", "grad_noise_scale": None, "model": "mlp",
+    "snapshots": None, "curvature": None,
 }
 # Axis -> (kind, check of one value).
 _AXIS_RULES = {
@@ -190,6 +200,8 @@ class Experiment(f.ShortRepr):
     for classification families.
     ``grad_noise_scale``: None (off) or ``{"batches": m, "batch_size": b or None}`` (see :func:`grad_noise_option`).
     ``model``: ``mlp`` or ``linear`` (the student ``f(x) = w.x`` from ``w = 0``; :data:`LINEAR_STUDENT_AXES`).
+    ``snapshots``: None (off), ``"log"`` or a tuple of steps (:func:`snapshot_option`). ``curvature``: None (off)
+    or ``{"every", "top_k", "kinds", "batch", "steps"}`` (:func:`curvature_option`).
     """
 
     family: str
@@ -204,6 +216,8 @@ class Experiment(f.ShortRepr):
     device: str = EXPERIMENT_DEFAULTS["device"]
     grad_noise_scale: Any = EXPERIMENT_DEFAULTS["grad_noise_scale"]
     model: str = EXPERIMENT_DEFAULTS["model"]
+    snapshots: Any = EXPERIMENT_DEFAULTS["snapshots"]
+    curvature: Any = EXPERIMENT_DEFAULTS["curvature"]
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -219,6 +233,8 @@ class Experiment(f.ShortRepr):
         f.set_field(self, "device", f.as_choice("experiment.device", self.device, DEVICES))
         f.set_field(self, "grad_noise_scale", grad_noise_option(self.grad_noise_scale))
         f.set_field(self, "model", f.as_choice("experiment.model", self.model, MODELS))
+        f.set_field(self, "snapshots", snapshot_option(self.snapshots))
+        f.set_field(self, "curvature", curvature_option(self.curvature))
         self._check_length()
         if self.eval_samples is _FAMILY_DEFAULT:
             f.set_field(self, "eval_samples", families.get(family).eval_samples)
@@ -271,6 +287,12 @@ class Experiment(f.ShortRepr):
             common["grad_noise_scale"] = dict(noise)
         if common["model"] == EXPERIMENT_DEFAULTS["model"]:
             del common["model"]  # the MLP: absent, so that the config keys of every MLP sweep stay as they were
+        for name in ("snapshots", "curvature"):  # the other opt-in instruments: the same
+            value = common.pop(name)
+            if isinstance(value, Mapping):
+                common[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+            elif value is not None:
+                common[name] = value if isinstance(value, str) else list(value)
         return {**common, **self.params}
 
     def _shown(self) -> dict:
@@ -310,6 +332,66 @@ def grad_noise_option(value: Any, path: str = "experiment.grad_noise_scale") -> 
         raise f.fail(path, f"must hold at most {limits.text(limits.MAX_DIM)} samples (batches x batch_size)",
                      dict(batches=batches, batch_size=batch_size), limits.why(limits.MAX_DIM))
     return f.FrozenDict(batches=batches, batch_size=batch_size)
+
+
+def snapshot_option(value: Any, path: str = "experiment.snapshots") -> str | tuple[int, ...] | None:
+    """The weight-snapshot option, normalized: None (off: null or false), ``"log"`` (steps 0, 1, 2, 5, 10, 20,
+    50, ... and the last: :func:`snapshot_steps`), or a sorted tuple of distinct steps >= 0. SpecError naming the
+    field otherwise."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, str) and value.strip().lower() == SNAPSHOT_LOG:
+        return SNAPSHOT_LOG
+    if isinstance(value, (list, tuple)) and value:
+        return tuple(sorted({f.as_int(f"{path}[{i}]", v, ge=0) for i, v in enumerate(value)}))
+    raise f.fail(path, "must be null, false, log or a non-empty list of steps >= 0", value)
+
+
+def snapshot_steps(option: Any, total_steps: int) -> tuple[int, ...]:
+    """The steps at which a trial of ``total_steps`` steps snapshots its weights (step 0: the initial weights).
+
+    ``"log"``: 0, the steps {1, 2, 5} x 10^k up to ``total_steps``, and ``total_steps``; a list: its steps up to
+    ``total_steps``; None: none. Pure."""
+    option = snapshot_option(option)
+    if option is None:
+        return ()
+    if option != SNAPSHOT_LOG:
+        return tuple(s for s in option if s <= total_steps)
+    steps, scale = {0, int(total_steps)}, 1
+    while scale <= total_steps:
+        steps.update(m * scale for m in (1, 2, 5) if m * scale <= total_steps)
+        scale *= 10
+    return tuple(sorted(steps))
+
+
+def curvature_option(value: Any, path: str = "experiment.curvature") -> f.FrozenDict | None:
+    """The curvature-tracking option, normalized: None (off: null or false), or ``{"every": r, "top_k": k,
+    "kinds": (...), "batch": n, "steps": s}`` (``true`` takes every default, :data:`CURVATURE_DEFAULTS`):
+    measure every ``r`` reports (int > 0), the top ``k`` Hessian eigenvalues by ``s`` Lanczos steps (ints > 0,
+    k <= s) on a curvature batch of ``n`` samples (int > 0), the ``kinds`` of :data:`CURVATURE_KINDS`. SpecError
+    naming the field otherwise."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise f.fail(path, "must be true, false, null or a mapping {every, top_k, kinds, batch, steps}", value)
+    f.check_keys(value, tuple(CURVATURE_DEFAULTS), path)
+    out = {k: value.get(k) if value.get(k) is not None else d for k, d in CURVATURE_DEFAULTS.items()}
+    for key in ("every", "top_k", "steps"):
+        out[key] = f.as_int(f"{path}.{key}", out[key], ge=1, le=limits.MAX_DIM)
+    out["batch"] = _size(f"{path}.batch", out["batch"])
+    if out["top_k"] > out["steps"]:
+        raise f.fail(f"{path}.top_k", f"must be at most steps ({out['steps']}): Lanczos finds at most one "
+                     "eigenvalue per step", out["top_k"])
+    kinds = out["kinds"]
+    if isinstance(kinds, str):
+        kinds = [kinds]
+    if not isinstance(kinds, (list, tuple)) or not kinds:
+        raise f.fail(f"{path}.kinds", f"must be a non-empty list of {', '.join(CURVATURE_KINDS)}", kinds)
+    chosen = {f.as_choice(f"{path}.kinds", k, CURVATURE_KINDS) for k in kinds}
+    out["kinds"] = tuple(k for k in CURVATURE_KINDS if k in chosen)
+    return f.FrozenDict(out)
 
 
 _COMMON_KEYS = tuple(fld.name for fld in fields(Experiment) if fld.name != "params")

@@ -40,6 +40,12 @@ batch of ``m`` chunks of ``b`` samples (:mod:`raysweep.noise`). The noise batche
 own per seed (:func:`noise_seed`), and the gradients never reach the weights or the optimizer state: turning it on
 changes no other number.
 
+Curvature (``experiment.curvature``, off by default): every ``every`` reports, each member's ``sharpness``,
+``batch_sharpness``, ``preconditioned_sharpness`` and ``hessian_trace`` (the kinds asked for) at the report's
+weights, on a fixed curvature batch per seed from a generator of its own (:mod:`raysweep.sharpness`); like the noise
+scale it only reads the weights and the optimizer state. Snapshots (``experiment.snapshots``): ``on_weights`` sees
+the weights at step 0 and at the snapshot steps (:func:`train_bundle`).
+
 Pure: no Ray, no file output.
 """
 
@@ -61,7 +67,8 @@ from raysweep.limits import F0_CACHE_BYTES
 from raysweep.noise import NoiseFeed
 from raysweep.scaling import learning_rates
 from raysweep.seeds import data_seed, init_seed, noise_seed
-from raysweep.space import BUNDLE_KEYS, grad_noise_option, setting
+from raysweep.sharpness import CurvatureFeed
+from raysweep.space import BUNDLE_KEYS, curvature_option, grad_noise_option, setting, snapshot_steps
 from raysweep.step import (
     ADAM_BETAS,
     ADAM_EPS,
@@ -115,6 +122,14 @@ class Report:
     # eval sample (None for depth 1: no hidden layer)
     dead: dict[int, int] = field(default_factory=dict)
     active_fraction: list[float | None] | None = None
+    # curvature (None unless experiment.curvature is on, measures this kind and this report is one it measures):
+    # per member at this report's weights (raysweep.sharpness); None for a member not measured (diverged here;
+    # preconditioned_sharpness of SGD)
+    sharpness: list[float | None] | None = None
+    batch_sharpness: list[float | None] | None = None
+    preconditioned_sharpness: list[float | None] | None = None
+    hessian_trace: list[float | None] | None = None
+    initial_sharpness: list[float | None] | None = None  # sharpness at theta_0 (curvature on, with sharpness)
     # the bundle's state right after this report (:class:`TrainState`), for a checkpoint; None on the last report.
     # Call it before asking for the next report: it reads the live tensors (and copies them)
     export: Callable[[], TrainState] | None = field(default=None, repr=False, compare=False)
@@ -130,8 +145,10 @@ class TrainState:
     (its seed), the generator state *before* the current online block or epoch permutation was drawn, and
     ``position`` the samples of it already used (resuming redraws the block or permutation and skips them);
     ``noise_rng``: the noise feed's generator per seed (gradient noise scale), else empty; ``left_band`` and
-    ``dead_since`` (-1: not dead) per member: the dead-network rule's memory; ``wall_time_s`` so far.
-    The initial weights, learning rates and eval targets are not kept: they follow from the points.
+    ``dead_since`` (-1: not dead) per member: the dead-network rule's memory; ``wall_time_s`` so far; ``extra``:
+    tensors a caller keeps with the state (the trial's snapshots not written yet), by name.
+    The initial weights, learning rates, eval targets and curvature batches are not kept: they follow from the
+    points (curvature's probes are seeded from the seed and the step, and its report count from ``step``).
     """
 
     step: int
@@ -144,6 +161,7 @@ class TrainState:
     left_band: list[bool]
     dead_since: list[int]
     wall_time_s: float = 0.0
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Flat name -> tensor (contiguous, CPU), e.g. for safetensors; :meth:`from_parts` reads it back."""
@@ -151,6 +169,7 @@ class TrainState:
         out.update({f"optimizer.{i}": t for i, t in enumerate(self.optimizer)})
         out.update({f"data_rng.{s}": t for s, t in self.data_rng.items()})
         out.update({f"noise_rng.{s}": t for s, t in self.noise_rng.items()})
+        out.update({f"extra.{k}": t for k, t in self.extra.items()})
         return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
 
     def meta(self) -> dict:
@@ -171,7 +190,8 @@ class TrainState:
                    optimizer=[tensors[f"optimizer.{i}"] for i in range(int(meta["n_optimizer"]))],
                    data_rng=rng("data_rng"), position=int(meta["position"]), noise_rng=rng("noise_rng"),
                    left_band=[bool(v) for v in meta["left_band"]], dead_since=[int(v) for v in meta["dead_since"]],
-                   wall_time_s=float(meta["wall_time_s"]))
+                   wall_time_s=float(meta["wall_time_s"]),
+                   extra={k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("extra.")})
 
     def subset(self, rows: Sequence[int]) -> TrainState:
         """The members at ``rows`` (positions in :attr:`members`), renumbered ``0 .. len(rows) - 1``: the state of a
@@ -313,12 +333,16 @@ def train_bundle(
     *,
     device: torch.device | str = "cpu",
     resume: TrainState | None = None,
+    on_weights=None,
 ) -> Iterator[Report]:
     """Train the bundle ``points`` on ``task`` and yield a :class:`Report` every ``report_every`` steps.
 
     The last report has ``finished=True``; every other one can :meth:`~Report.export` the bundle's state, and
     ``resume`` (such a state of these points) continues from it: the reports after its step are bit-identical to
-    those of an uninterrupted run. Raises :class:`InfeasibleError` for a batch larger than the data set
+    those of an uninterrupted run. ``on_weights(step, members, weights)``, when given, is called at step 0 and after
+    each step of :func:`raysweep.space.snapshot_steps` (``experiment.snapshots``) with the bundle indices of the
+    members still training and their stacked weights: it must only read them (copy what it keeps). Raises
+    :class:`InfeasibleError` for a batch larger than the data set
     and ``ValueError`` when the points do not share :data:`BUNDLE_KEYS`.
     """
     device = torch.device(device)
@@ -374,6 +398,14 @@ def train_bundle(
                           dtype, device)
         # chunks of noise.size samples: the loss coefficients of that batch size
         noise_loss_coef, noise_df_coef = loss_coefficients(loss_name, mse_convention, noise.size, task.n_out)
+    curv, initial_sharpness = None, {}
+    if setting(experiment, "curvature") is not None:  # its own batch and generators: no training number moves
+        curv = CurvatureFeed(task, seeds, init, curvature_option(setting(experiment, "curvature")), batch_size,
+                             loss_name, mse_convention, dtype, device)
+        if "sharpness" in curv.option["kinds"]:  # at theta_0: the trials column initial_sharpness
+            at_init = curv.measure(weights, list(range(len(points))), member_stream, out_mult, [],
+                                   member_seeds=[int(p["seed"]) for p in points], kinds=["sharpness"])
+            initial_sharpness = dict(enumerate(at_init["sharpness"]))
     chance = chance_accuracy(task.y_eval, task.n_out) if task.kind == "classification" else None
     left_band = np.zeros(len(points), dtype=bool)  # per bundle member: its loss left the band (dead rule 2)
     dead_since: dict[int, int] = {}  # bundle member -> first report step of its current dead streak
@@ -382,6 +414,9 @@ def train_bundle(
     pos = feed.size  # the first step draws the first block / permutation
     nbytes = member_bytes(weights, adam)
     groups = step_groups(len(alive), nbytes)
+    snaps = set(snapshot_steps(setting(experiment, "snapshots"), total_steps)) if on_weights else set()
+    if on_weights:
+        on_weights(0, list(alive), weights)
 
     def keep_only(keep: list[int]) -> None:
         """Drop every member but ``keep`` (positions in ``alive``) from the stacked tensors."""
@@ -428,6 +463,8 @@ def train_bundle(
         dead_since = {m: d for m, d in zip(alive, resume.dead_since) if d >= 0}
         start = resume.step + 1
         started -= resume.wall_time_s
+        if curv is not None:  # the reports before resume.step, counted as the uninterrupted run counted them
+            curv.reports = resume.step // report_every
 
     # --- the loop: step, report (the only host sync), drop diverged members ------------------------------------
     for step in range(start, total_steps + 1):
@@ -439,6 +476,8 @@ def train_bundle(
 
         losses = bundle_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step, groups)
         window.append(losses)
+        if step in snaps:
+            on_weights(step, list(alive), weights)
 
         if step % report_every and step != total_steps:
             continue
@@ -483,6 +522,12 @@ def train_bundle(
         gns = None
         if noise is not None:
             gns = noise.estimate(weights, feed.stream, out_mult, noise_loss_coef, out_mult * noise_df_coef, groups)
+        curvature = None
+        if curv is not None and curv.due():
+            curvature = curv.measure(
+                weights, alive, feed.stream.tolist(), out_mult, [j for j, m in enumerate(alive) if m in diverged],
+                adam=adam, step=step, lrs=lrs, lr_effective=[rates[m].effective for m in alive],
+                member_seeds=[int(points[m]["seed"]) for m in alive])
         report = Report(
             step=step,
             epoch=epoch,
@@ -498,6 +543,8 @@ def train_bundle(
             finished=step == total_steps or len(diverged) == len(alive),
             wall_time_s=time.perf_counter() - started,
             **(gns or {}),
+            **(curvature or {}),
+            initial_sharpness=[initial_sharpness[m] for m in alive] if initial_sharpness else None,
         )
         if not report.finished:
             report.export = functools.partial(export, diverged)

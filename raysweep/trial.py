@@ -31,7 +31,7 @@ from typing import Any
 from raysweep.autobatch.guard import apply_malloc_policy, apply_memory_cap, is_oom
 from raysweep.plan import Bundle, Plan
 from raysweep.scaling import learning_rates, temperature
-from raysweep.space import AUTO, Experiment
+from raysweep.space import AUTO, CURVATURE_KINDS as CURVATURE_COLUMNS, Experiment
 
 # torch and Ray load in the worker; the driver imports this module (tune_trainable) without either
 
@@ -78,6 +78,7 @@ def trial_row(
             final_eval_accuracy=report.eval_accuracy[member],
             initial_loss=report.initial_loss[member],
             dead_step=report.dead.get(index),  # null unless dead at its last report (raysweep.train)
+            initial_sharpness=report.initial_sharpness[member] if report.initial_sharpness is not None else None,
         )
     else:
         row.update(steps=0, samples_seen=0)
@@ -106,6 +107,7 @@ def curve_row(report, member: int) -> dict:
         "grad_noise_scale": report.grad_noise_scale[member] if noise else None,
         "grad_sq": report.grad_sq[member] if noise else None,
         "grad_trace_cov": report.grad_trace_cov[member] if noise else None,
+        **{k: getattr(report, k)[member] if getattr(report, k) is not None else None for k in CURVATURE_COLUMNS},
         "wall_time_s": report.wall_time_s,
     }
 
@@ -199,7 +201,11 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
         dataset = task.dataset
         ck_step, ck_time = (resume.step if resume else 0), time.monotonic()
         pending_replay = replay if resume is not None else []
-        for report in train_bundle(task, exp, list(trained.points), device=device, resume=resume):
+        recorder = _snapshot_recorder(plan, trained, task) if exp.snapshots is not None else None
+        if recorder is not None and resume is not None:
+            recorder.restore(resume.extra)
+        for report in train_bundle(task, exp, list(trained.points), device=device, resume=resume,
+                                   on_weights=recorder.record if recorder else None):
             terminal, pending_replay = pending_replay, []
             for slot, i in enumerate(report.members):
                 if i in quiet:
@@ -208,6 +214,8 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
                 last[i] = (report, slot)
                 status = "diverged" if i in report.diverged else "completed" if report.finished else None
                 if status:
+                    if recorder is not None:  # the member's snapshots land before its row
+                        recorder.write(i, report.diverged.get(i))
                     open_members.discard(i)
                     item = {
                         "trial": trial_row(plan, trained, i, status=status, dataset=dataset, report=report,
@@ -220,7 +228,10 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
             if every is not None and report.export is not None and ckpt.due(every, report.step, ck_step,
                                                                             time.monotonic() - ck_time):
                 pending = {"curves": {trained.keys[i]: curves[i] for i in sorted(open_members)}, "terminal": sent}
-                ckpt.save(plan.location, trained.bundle_id, trained.keys, trained.points, report.export(), pending)
+                state = report.export()
+                if recorder is not None:  # the snapshots not written yet travel with the state
+                    state.extra.update({k: torch.from_numpy(v) for k, v in recorder.held().items()})
+                ckpt.save(plan.location, trained.bundle_id, trained.keys, trained.points, state, pending)
                 ck_step, ck_time = report.step, time.monotonic()
             healthy = [s for s, i in enumerate(report.members) if i not in report.diverged and i not in quiet]
             finite = [v for v in (report.train_loss[s] for s in healthy) if _finite(v)]
@@ -245,6 +256,19 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
         emit(-1, terminal, None, {"status": "failed"} if len(trained.points) == 1 else None)
         if os.environ.get("RAYSWEEP_DEBUG"):
             traceback.print_exc()
+
+
+def _snapshot_recorder(plan: Plan, bundle: Bundle, task):
+    """The bundle's :class:`raysweep.snapshots.SnapshotRecorder` (``experiment.snapshots`` on)."""
+    from raysweep import model  # torch
+    from raysweep.snapshots import SnapshotRecorder
+    from raysweep.train import steps_for  # torch
+
+    first = bundle.points[0]
+    widths = model.layer_widths(task.dim, int(first["width"]), int(first["depth"]), task.n_out)
+    total = steps_for(plan.experiment, task, int(first["batch_size"]))
+    return SnapshotRecorder(plan.location, bundle.keys, bundle.points, plan.experiment.snapshots, total, widths,
+                            plan.experiment.dtype)
 
 
 def _cap_memory(placement: Mapping, device: str) -> float | None:

@@ -190,3 +190,33 @@ def test_hyperband_sync_checkpoints_every_report_and_needs_checkpoints():
         parse_spec({**base, "search": {"scheduler": "hyperband_sync"}, "checkpoint": False})
     with pytest.raises(Exception, match=r"search.scheduler.grace_period: must be null for hyperband_sync"):
         parse_spec({**base, "search": {"scheduler": {"type": "hyperband_sync", "grace_period": 10}}})
+
+
+def test_snapshots_and_curvature_resume_as_if_never_stopped(tmp_path):
+    """The snapshots recorded before the kill travel in the checkpoint and land with the rest; the curvature
+    columns after the resume (seeded from seed and step, counted in reports) equal the uninterrupted run's."""
+    from raysweep.snapshots import read_member
+
+    instruments = {"snapshots": [0, 4, 10, 22, 30], "curvature": {"every": 2, "kinds": ["sharpness"], "batch": 32}}
+
+    def planned(folder, every_steps):
+        spec = parse_spec({"name": "c", "experiment": {**EXPERIMENT, **instruments},
+                           "checkpoint": {"every_s": None, "every_steps": every_steps} if every_steps else False,
+                           "space": {"batch_size": 12, "width": 16, "depth": 3, "eta": [0.05, 0.1], "seed": [0, 1],
+                                     "optimizer": "Adam"}})
+        plan, _ = build_plan(spec)
+        return dataclasses.replace(plan, location=storage.resolve(folder))
+
+    whole = planned(tmp_path / "whole", None)
+    (bundle,) = whole.bundles.values()
+    expected = landed(run(whole, bundle))
+    plan = planned(tmp_path / "killed", 6)
+    (bundle,) = plan.bundles.values()
+    run(plan, bundle, kill_at=20)  # checkpoints at 12 and 18 hold the snapshots of steps 0, 4 and 10
+    assert landed(run(plan, bundle)) == expected
+    assert any(json.loads(v)["curves"][-1]["sharpness"] is not None for v in expected.values())
+    for key in bundle.keys:
+        got, want = read_member(tmp_path / "killed", key), read_member(tmp_path / "whole", key)
+        assert got.steps == want.steps == (0, 4, 10, 22, 30)
+        for s in want.steps:
+            assert all((a == b).all() for a, b in zip(got.deltas[s], want.deltas[s]))

@@ -10,6 +10,7 @@ check them.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import raysweep.space
@@ -272,6 +273,7 @@ def test_the_sweep_is_found_by_study_name_or_given(tmp_path):
     ("science_transfer.yaml", "transfer"),          # ~35 s on 2 cores
     ("science_temperature.yaml", "temperature"),    # ~60-90 s on 2 cores
     ("science_linear_edge.yaml", "linear_edge"),    # ~60 s on 2 cores
+    ("science_eos.yaml", "eos"),                    # ~20 s on 2 cores
 ])
 def test_shipped_study_passes_its_check(tmp_path, ray_cluster, space, study, run_cli):
     """Launch the shipped search space on the session's Ray, then run its check from the Parquet tables."""
@@ -280,3 +282,62 @@ def test_shipped_study_passes_its_check(tmp_path, ray_cluster, space, study, run
     assert launched.returncode == 0, launched.stderr[-3000:]
     checked = run_cli("raysweep.analyze", str(tmp_path), "--check", study)
     assert checked.returncode == 0, checked.stdout + checked.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------------------------------------ eos
+
+
+def _eos_rows(overshoot=1.0, rise=True, adam=False):
+    """Full-batch GD (B = 128) and SGD (B = 32) at eta 3, 4, 5: the sharpness starts at 0.2 and reaches
+    ``overshoot * 2 / eta`` by step 100 (or stays at 0.2 without ``rise``), then alternates +-4% around it, every
+    25 steps to 500; the batch sharpness sits at 0.9 x 2 / eta. With ``adam``, Adam trials at eta 0.01 whose
+    preconditioned sharpness sits at 38 / eta."""
+    axes = {"batch_size": [128, 32], "eta": [3.0, 4.0, 5.0], "optimizer": ["SGD"]}
+    if adam:
+        axes = {"batch_size": [128], "eta": [0.01], "optimizer": ["Adam"]}
+    trials, _ = make_rows(axes, lambda c: 0.01, steps=500)
+    curves = {}
+    steps = np.arange(25, 501, 25)
+    for row in trials:
+        edge = 2.0 / row["eta"]
+        level = overshoot * edge if rise else 0.2
+        sharp = np.where(steps < 100, 0.2 + (level - 0.2) * steps / 100, level * (1 + 0.04 * (-1) ** (steps // 25)))
+        row["initial_sharpness"] = 0.2
+        curves[row["config_key"]] = [
+            {"step": int(s), "train_loss": 0.01, "samples_seen": int(s) * row["batch_size"], "sharpness": float(v),
+             "batch_sharpness": 0.9 * edge if row["optimizer"] == "SGD" else None,
+             "preconditioned_sharpness": 38.0 / row["eta"] if row["optimizer"] == "Adam" else None}
+            for s, v in zip(steps, sharp)]
+    return trials, curves
+
+
+def test_eos_passes_on_the_planted_truth(tmp_path):
+    result = _run(tmp_path, "eos", *_eos_rows())
+    assert result.passed, result.table()
+    rows = {r.quantity: r for r in result.rows}
+    deviation = [r for q, r in rows.items() if q.startswith("GD eta=4: max |sharpness")][0]
+    assert deviation.value == pytest.approx(0.04, abs=1e-9) and deviation.status == "pass"
+    batch = [r for q, r in rows.items() if q.startswith("SGD B=32 eta=4: batch sharpness")][0]
+    assert batch.status == "info" and batch.value == pytest.approx(0.9)
+    assert _status(result, "Adam: preconditioned") == "skipped"
+    assert len([r for r in result.rows if r.status == "pass"]) == 6  # rise and edge, per GD eta
+
+
+@pytest.mark.parametrize("wrong, row", [
+    ({"overshoot": 1.3}, "GD eta=3: max |sharpness"),   # settles 30% above 2/eta: no edge of stability
+    ({"rise": False}, "GD eta=5: sharpness rise"),      # never sharpens
+])
+def test_eos_fails_on_a_wrong_truth(tmp_path, wrong, row):
+    result = _run(tmp_path, "eos", *_eos_rows(**wrong))
+    assert not result.passed
+    assert _status(result, row) == "FAIL"
+
+
+def test_eos_shows_adams_preconditioned_sharpness_as_info():
+    trials, curves = _eos_rows()
+    adam_trials, adam_curves = _eos_rows(adam=True)
+    curve_rows = [dict(r, config_key=k) for k, rs in {**curves, **adam_curves}.items() for r in rs]
+    rows = checks.check_eos(pd.DataFrame(trials + adam_trials), pd.DataFrame(curve_rows), n_train=128)
+    adam = [r for r in rows if r.quantity.startswith("Adam B=128 eta=0.01")]
+    assert len(adam) == 1 and adam[0].status == "info" and adam[0].value == pytest.approx(1.0)
+    assert all(r.status in ("pass", "info") for r in rows)

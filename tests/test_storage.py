@@ -228,3 +228,23 @@ def test_a_missing_bucket_is_an_error_message_not_a_traceback(s3, tmp_path, caps
     assert launch.main([str(path), "--storage", "s3://no-such-bucket/prefix"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: OSError:") and "no-such-bucket" in err and "Traceback" not in err
+
+
+def test_s3_snapshots_round_trip_exactly(s3):
+    import numpy as np
+
+    from raysweep import snapshots
+
+    sweep = storage.resolve(s3).join("snap")
+    rng = np.random.default_rng(1)
+    widths = [4, 8, 1]
+    theta0 = [rng.standard_normal((a, b)).astype(np.float32) for a, b in zip(widths[:-1], widths[1:])]
+    deltas = {0: [np.zeros_like(w) for w in theta0], 7: [rng.standard_normal(w.shape).astype(np.float32)
+                                                          for w in theta0]}
+    snapshots.write_init(sweep, 2, widths, "float32", theta0)
+    snapshots.write_member(sweep, "k1", seed=2, widths=widths, dtype="float32", point={"seed": 2}, deltas=deltas)
+    assert snapshots.member_keys(s3 + "/snap") == ["k1"]
+    back = snapshots.read_member(s3 + "/snap", "k1")
+    assert back.steps == (0, 7) and all(np.array_equal(a, b) for a, b in zip(theta0, back.theta0))
+    assert all(np.array_equal(a, b) for a, b in zip(deltas[7], back.deltas[7]))
+    assert sorted(_objects(sweep)) == ["snapshots/k1.safetensors", "snapshots/theta0/2_4x8x1_float32.safetensors"]

@@ -39,6 +39,7 @@ from raysweep.analyze.load import (
     prepare_trials,
 )
 from raysweep.analyze.noise import noise_scale_table
+from raysweep.analyze.sharpness import edge_table, sharpness_curves
 from raysweep.analyze.optimum import (
     all_diverged,
     all_failed,
@@ -79,6 +80,7 @@ __all__ = [
     "config_table",
     "crossing_step",
     "default_targets",
+    "edge_table",
     "eta_max",
     "find_sweeps",
     "fit_critical_batch",
@@ -93,6 +95,7 @@ __all__ = [
     "prepare_trials",
     "render_html",
     "seed_mean_curves",
+    "sharpness_curves",
     "smooth_curves",
     "smoothing_window",
     "steps_to_target",

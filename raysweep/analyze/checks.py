@@ -32,6 +32,12 @@ tolerance | pass``, and exits 1 on any miss. The studies and their search spaces
   survive a little past the mean-square edge); below ``B_crit / 2`` the slope of log2 edge against log2 B is
   1 +- 0.25, above ``2 B_crit`` it is 0 +- 0.25 and the edge sits within half an octave of ``2 / lambda_max``. The
   largest gap, and the study's approximation's largest gap below the exact edge, are info rows.
+- ``eos``: the edge of stability (Cohen et al. 2021). For every full-batch GD trial (SGD at ``batch_size`` =
+  the training set of a fixed-data family) the sharpness rises from its value at init (``initial_sharpness``) by at
+  least ``min_rise`` (1.5x, mean over the window), and stays within 10% of ``2 / lr_effective`` at every report of
+  the window, the second half of training. Info rows: minibatch SGD's batch sharpness against ``2 / eta``
+  (Andreyev and Beneventano 2024) and Adam's preconditioned sharpness against ``38 / eta`` (beta1 = 0.9; Cohen et
+  al. 2022), mean over the same window (:mod:`raysweep.analyze.sharpness`).
 
 A check passes when no row fails; ``info`` and ``skipped`` rows never fail it. Each check expects one configuration
 group per parametrization (transfer) or per depth (gamma_eta), as the shipped search spaces give.
@@ -61,11 +67,12 @@ from raysweep.analyze.linear import (
 )
 from raysweep.analyze.load import ensure_prepared, find_sweeps, load
 from raysweep.analyze.optimum import config_table, eta_max, fit_eta_power_law, fit_line, optimal_eta
+from raysweep.analyze.sharpness import adam_threshold, sharpness_curves, window_stats
 from raysweep.analyze.temperature import temperature_collapse
 from raysweep.analyze.transfer import transfer_slope, transfer_table
 from raysweep.errors import NoResultsError
 
-STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch", "linear_edge")
+STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch", "linear_edge", "eos")
 PASS, FAIL, SKIPPED, INFO = "pass", "FAIL", "skipped", "info"
 
 
@@ -420,6 +427,65 @@ def check_linear_edge(trials: pd.DataFrame, setting: LinearSetting | None) -> li
         rows.append(_row("log2 edge above 2 B_crit (mean)", level,
                          f"{_fmt(math.log2(setting.saturation()))} (2 / lambda_max)", f"+-{SATURATION_TOL} oct",
                          abs(level - math.log2(setting.saturation())) <= SATURATION_TOL))
+# --------------------------------------------------------------------------------------------------------- eos
+
+
+def check_eos(trials: pd.DataFrame, curves: pd.DataFrame, *, n_train: int | None = None, window: float = 0.5,
+              tol: float = 0.10, min_rise: float = 1.5) -> list[Row]:
+    """Full-batch GD at the edge of stability; SGD's batch sharpness and Adam's preconditioned sharpness as info
+    (rules in the module docstring). ``n_train``: the training set size (a batch this large is full-batch GD;
+    default: the largest SGD batch size of the sweep); ``window``: the fraction of training where it starts."""
+    trials = ensure_prepared(trials)
+    table = sharpness_curves(curves, trials)
+    if table.empty or table["sharpness"].isna().all():
+        return [Row("sharpness curves", "none", "experiment.curvature with kinds [sharpness]", "-", FAIL)]
+    sgd = trials[trials["optimizer"] == "SGD"]
+    full = n_train if n_train is not None else (sgd["batch_size"].max() if len(sgd) else math.nan)
+    gd = sgd[sgd["batch_size"] >= full].sort_values(["eta", "seed"])
+    total = float(pd.to_numeric(trials["steps"], errors="coerce").max())
+    start, end = window * total, total
+    span = f"steps {start:g}-{end:g}"
+    rows: list[Row] = []
+    if gd.empty:
+        rows.append(Row("full-batch GD trials", "0", f"SGD at batch_size {full:g}", "-", FAIL))
+    seeds = gd["seed"].nunique() > 1
+    stats = window_stats(table, "sharpness", "edge", start, end).set_index("config_key")
+    for _, t in gd.iterrows():
+        name = f"GD eta={t['eta']:g}" + (f" seed {int(t['seed'])}" if seeds else "")
+        if t["status"] != "completed":
+            rows.append(Row(f"{name}: status", str(t["status"]), "completed", "-", FAIL,
+                            note=str(t.get("error") or "")[:120]))
+            continue
+        edge = 2.0 / float(t["lr_effective"])
+        init = float(t["initial_sharpness"]) if pd.notna(t.get("initial_sharpness")) else math.nan
+        if t["config_key"] not in stats.index:
+            rows.append(Row(f"{name}: sharpness reports in {span}", "0", ">= 1", "-", FAIL))
+            continue
+        st = stats.loc[t["config_key"]]
+        mean = float(st["mean_ratio"]) * edge
+        rows.append(_row(f"{name}: sharpness rise (mean over {span} / at init {_fmt(init)})", mean / init,
+                         f">= {min_rise:g} (progressive sharpening)", f">= {min_rise:g}", mean / init >= min_rise))
+        rows.append(_row(f"{name}: max |sharpness / (2/eta) - 1| over {span} ({int(st['n_reports'])} reports)",
+                         float(st["max_deviation"]), f"0 (2/eta = {_fmt(edge)})", f"<= {tol:g}",
+                         float(st["max_deviation"]) <= tol,
+                         measured=f"{_fmt(float(st['max_deviation']))} (ratio {_fmt(float(st['min_ratio']))}.."
+                                  f"{_fmt(float(st['max_ratio']))})"))
+    minibatch = sgd[sgd["batch_size"] < full].sort_values(["batch_size", "eta", "seed"])
+    batch_stats = window_stats(table, "batch_sharpness", "edge", start, end).set_index("config_key")
+    for _, t in minibatch.iterrows():
+        if t["config_key"] in batch_stats.index:
+            rows.append(_info(f"SGD B={t['batch_size']:g} eta={t['eta']:g}: batch sharpness / (2/eta), mean over "
+                              f"{span}", float(batch_stats.loc[t["config_key"], "mean_ratio"]), "1"))
+    adam = trials[trials["optimizer"] == "Adam"].sort_values(["batch_size", "eta", "seed"])
+    pre = table.assign(adam_edge=adam_threshold(pd.to_numeric(table["lr_effective"], errors="coerce")))
+    pre_stats = window_stats(pre, "preconditioned_sharpness", "adam_edge", start, end).set_index("config_key")
+    for _, t in adam.iterrows():
+        if t["config_key"] in pre_stats.index:
+            rows.append(_info(f"Adam B={t['batch_size']:g} eta={t['eta']:g}: preconditioned sharpness / (38/eta), "
+                              f"mean over {span}", float(pre_stats.loc[t["config_key"], "mean_ratio"]), "1"))
+    if adam.empty:
+        rows.append(Row("Adam: preconditioned sharpness / (38/eta)", "-", "1", "info", SKIPPED,
+                        note="no Adam trials in this sweep"))
     return rows
 
 
@@ -458,6 +524,19 @@ def run_check(results_dir, study: str, *, sweep: str | None = None, target: floa
         rows = check_temperature(trials)
     elif study == "linear_edge":
         rows = check_linear_edge(trials, read_setting(folder))
-    else:
+    elif study == "critical_batch":
         rows = check_critical_batch(trials, curves, target=target)
+    else:
+        rows = check_eos(trials, curves, n_train=_n_train(folder))
     return CheckResult(study, folder.name, rows)
+
+
+def _n_train(folder: Path) -> int | None:
+    """The training set size of a fixed-data sweep, from its ``spec.yaml`` (None when online or unknown)."""
+    try:
+        spec = space.load_spec(Path(folder) / "spec.yaml")
+    except Exception:  # noqa: BLE001 - no spec (a synthetic sweep): the check falls back to the largest batch
+        return None
+    if spec.experiment.online:
+        return None
+    return spec.experiment.params.get("n_train")

@@ -38,6 +38,7 @@ __all__ = [
     "plot_heatmap",
     "plot_loss_vs_eta",
     "plot_loss_vs_temperature",
+    "plot_sharpness",
     "plot_steps_to_target",
     "plot_transfer",
     "plot_width",
@@ -262,4 +263,51 @@ def plot_width(config_by_width, *, max_panels=9, max_etas=8):
                     label=f"eta={fmt(eta)}")
         ax.set(xlabel="log2 width", ylabel="final loss", yscale="log")
         finish(ax, title, legend=ax is axes[0])
+    return fig
+
+
+def plot_sharpness(table: pd.DataFrame, edges: pd.DataFrame | None = None, *, max_panels: int = 6):
+    """Sharpness against step per trial, each with its stability threshold as a dashed line of its colour: one
+    panel per (group, batch size); SGD panels draw ``sharpness`` (solid) and ``batch_sharpness`` (dotted, minibatch
+    only) against ``2 / eta``, Adam panels ``preconditioned_sharpness`` against ``38 / eta`` and ``sharpness``
+    (thin). ``table``: :func:`raysweep.analyze.sharpness.sharpness_curves`; with ``edges``
+    (:func:`raysweep.analyze.sharpness.edge_table`) a last panel shows the stability edge eta_max(B) beside
+    ``2 / sharpness at init``. None when nothing was measured."""
+    if table.empty:
+        return None
+    panels, total = panels_of(table, ("eta", "seed"), max_panels)
+    has_edges = edges is not None and len(edges) and edges["eta_init_bound"].notna().any()
+    fig, axes = figure(len(panels) + bool(has_edges), ncols=3,
+                       title=shown_title("sharpness vs step (dashed: the stability threshold)", len(panels), total))
+    for ax, (title, labels, _) in zip(axes, panels):
+        sub = match(table, labels)
+        adam = (sub["optimizer"] == "Adam").all() if "optimizer" in sub.columns else False
+        etas = thin(np.sort(sub["eta"].unique()))
+        for color, eta in zip(palette(len(etas)), etas):
+            for _, c in sub[sub["eta"] == eta].groupby("config_key", sort=False):
+                c = c.sort_values("step")
+                if adam:
+                    ax.plot(c["step"], c["preconditioned_sharpness"], lw=1, color=color, label=f"eta={fmt(eta)}")
+                    ax.plot(c["step"], c["sharpness"], lw=0.5, color=color, alpha=0.5)
+                    ax.axhline(c["adam_edge"].iloc[0], ls="--", lw=0.8, color=color)
+                else:  # from the sharpness at init (step 0), when the trial has it
+                    init = c["initial_sharpness"].iloc[0] if "initial_sharpness" in c.columns else np.nan
+                    steps, values = c["step"].to_numpy(float), c["sharpness"].to_numpy(float)
+                    if pd.notna(init):
+                        steps, values = np.r_[0.0, steps], np.r_[float(init), values]
+                    ax.plot(steps, values, lw=1, color=color, label=f"eta={fmt(eta)}")
+                    if c["batch_sharpness"].notna().any() and c["batch_size"].iloc[0] < table["batch_size"].max():
+                        ax.plot(c["step"], c["batch_sharpness"], lw=0.8, ls=":", color=color)
+                    ax.axhline(c["edge"].iloc[0], ls="--", lw=0.8, color=color)
+        ax.set(xlabel="step", ylabel="P^-1 H sharpness (38/eta dashed)" if adam else "sharpness (2/eta dashed)")
+        finish(ax, title or "all trials")
+    if has_edges:
+        ax = axes[-1]
+        groups = list(iter_groups(edges, group_columns(edges, exclude=("batch_size",))))
+        for color, (_, e) in zip(palette(len(groups)), groups):
+            e = e.sort_values("batch_size")
+            ax.plot(e["batch_size"], e["eta_diverge_min"], "o-", lw=1, color=color, label="eta_max(B): edge")
+            ax.plot(e["batch_size"], e["eta_init_bound"], "--", lw=1, color=color, label="2 / sharpness at init")
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="eta")
+        finish(ax, "stability edge vs 2 / sharpness at init")
     return fig

@@ -38,6 +38,7 @@ from raysweep.analyze.load import (
     metric_of,
 )
 from raysweep.analyze.noise import has_noise_scale, noise_scale_table
+from raysweep.analyze.sharpness import edge_table, has_curvature, sharpness_curves
 from raysweep.analyze.optimum import (
     all_diverged,
     all_failed,
@@ -161,6 +162,11 @@ def analyze_frames(trials: pd.DataFrame, curves: pd.DataFrame, *, name: str = "s
         notes.append("Fewer than 2 widths: no transfer analysis.")
     if len(curves) and has_noise_scale(curves):
         tables["noise_scale"] = noise_scale_table(curves, trials)
+    sharp = None
+    if len(curves) and has_curvature(curves):
+        sharp = sharpness_curves(curves, trials)
+        if n_b and _n(trials, "eta") and trials["initial_sharpness"].notna().any():
+            tables["sharpness_edge"] = edge_table(trials)
     if _n(trials, "gamma") >= 2 and _n(trials, "eta"):
         tables["gamma"] = gamma_table(trials, n_boot=n_boot, seed=seed)
         tables["gamma_slopes"] = gamma_slopes(tables["gamma"], lazy_max=lazy_max, rich_min=rich_min)
@@ -202,6 +208,8 @@ def analyze_frames(trials: pd.DataFrame, curves: pd.DataFrame, *, name: str = "s
     if by_width is not None:
         jobs["transfer"] = lambda: plots.plot_transfer(by_width, max_panels=max_panels)
         jobs["width"] = lambda: plots.plot_width(by_width, max_panels=max_panels)
+    if sharp is not None:
+        jobs["sharpness"] = lambda: plots.plot_sharpness(sharp, tables.get("sharpness_edge"), max_panels=max_panels)
     if "gamma" in tables:
         jobs["gamma_phase"] = lambda: plots.plot_gamma_phase(trials, tables["gamma"], max_panels=max_panels)
     for key, job in jobs.items():

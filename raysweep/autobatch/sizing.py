@@ -2,7 +2,7 @@
 
 A trial (a bundle of K members at batch size B) needs, in bytes::
 
-    need = context + data + noise + max(M_train(N, L, B, K) * (1 + margin_train),
+    need = context + data + noise + curvature + max(M_train(N, L, B, K) * (1 + margin_train),
                                         M_val(N, L, n_eval, K) * (1 + margin_val),
                                         M_val(N, L, n_f0, K) * (1 + margin_val))
 
@@ -12,7 +12,8 @@ whole training set when that cache is small enough, in one no-grad forward); bot
 no eval fit. ``data`` (:func:`data_bytes`) is the task's tensors on the trial's device:
 training set (or one online block per data stream), eval set and the cached ``f(x; theta_0)``; exact from the
 spec for synthetic families, an upper bound for file data sets (the registry's, :mod:`raysweep.families`).
-``noise`` (:func:`noise_bytes`) is 0 unless ``experiment.grad_noise_scale`` is on.
+``noise`` (:func:`noise_bytes`) is 0 unless ``experiment.grad_noise_scale`` is on, ``curvature``
+(:func:`curvature_bytes`) unless ``experiment.curvature`` is on.
 
 - CUDA: ``gpu = need / usable``, rounded *up* to a multiple of 0.01, where ``usable = target_memory_fraction *
   available`` (global free memory at probe time); a trial whose share exceeds 1.0 cannot fit even alone.
@@ -39,7 +40,7 @@ from raysweep.autobatch.search import SearchResult, largest_under_budget
 from raysweep.errors import NoCachedModelError, NothingFitsError, RaysweepError
 from raysweep.families import n_eval
 from raysweep.limits import F0_CACHE_BYTES
-from raysweep.space import AUTO, BUNDLE_KEYS, Experiment, config_key, grad_noise_option, setting
+from raysweep.space import AUTO, BUNDLE_KEYS, Experiment, config_key, curvature_option, grad_noise_option, setting
 
 SHARE_GRID = 0.01
 ExperimentLike = Experiment | Mapping[str, Any]  # the typed Experiment, or a flat experiment mapping
@@ -112,6 +113,23 @@ def noise_bytes(experiment: ExperimentLike, width: int, depth: int, batch_size: 
     return chunk, int(samples + grads)
 
 
+def curvature_bytes(experiment: ExperimentLike, width: int, depth: int, *, n_members: int = 1,
+                    n_streams: int = 1) -> int:
+    """Bytes curvature tracking (:mod:`raysweep.sharpness`) adds to a trial: the curvature batch of every stream
+    (inputs, targets, ``f(x; theta_0)``) and, while the members are measured (all at once), per member its Lanczos
+    basis and probes (``steps + 4`` copies of its weights, with the double-backward's gradients), its copy of the
+    curvature batch's targets and ``f0``, and the double-backward graph over the curvature batch (six copies of its
+    activations)."""
+    option = curvature_option(setting(experiment, "curvature"))
+    s = ITEMSIZE[setting(experiment, "dtype")]
+    dim, n_out = families.shape(experiment)
+    n = int(option["batch"])
+    batch = n_streams * n * (dim + 2 * n_out) * s
+    lanczos = (int(option["steps"]) + 4) * n_params(dim, width, depth, n_out) * s
+    graph = (6 * ((depth - 1) * width + n_out) + 2 * n_out) * n * s
+    return int(batch + n_members * (lanczos + graph))
+
+
 def trial_need(model: MemoryModel, point: Mapping[str, Any], *, n_members: int = 1, n_streams: int = 1,
                experiment: ExperimentLike | None = None, batch_size: int | None = None) -> dict:
     """The bytes a trial of ``point`` (a bundle of ``n_members``) needs, with its parts."""
@@ -133,6 +151,8 @@ def trial_need(model: MemoryModel, point: Mapping[str, Any], *, n_members: int =
         if chunk > b:  # a noise chunk larger than the training batch: its step, not the training one, peaks
             parts["noise"] = model.predict(w, d, chunk, optimizer=opt, n_members=n_members, mode="train",
                                            n_streams=n_streams) * (1 + model.fit_for(opt, "train").margin)
+    if experiment and setting(experiment, "curvature") not in (None, False):
+        noise += curvature_bytes(experiment, w, d, n_members=n_members, n_streams=n_streams)
     total = model.context_bytes + max(parts.values()) + data + noise
     return {"need_bytes": int(total), "context_bytes": model.context_bytes, "data_bytes": int(data + noise),
             **{f"{k}_bytes": int(v) for k, v in parts.items()}}

@@ -305,3 +305,19 @@ def test_the_gradient_noise_scale_adds_its_batch_and_two_gradient_copies():
     (a,), (b,) = need_off.values(), need_on.values()
     assert b["need_bytes"] - a["need_bytes"] == 69_632 + 8_658_944
     assert b["data_bytes"] - a["data_bytes"] == 69_632 + 8_658_944
+
+
+def test_curvature_tracking_adds_its_batch_and_per_member_lanczos_and_graph():
+    space = {"batch_size": [128], "eta": [0.1], "width": [1024], "depth": [3]}
+    experiment = {"family": "poly_online", "dim": 32, "n_train": 4096, "steps": 10}
+    off = parse_spec({"name": "hand", "experiment": experiment, "space": space})
+    on = parse_spec({"name": "hand", "experiment": {**experiment, "curvature": {"batch": 256, "steps": 10}},
+                     "space": space})
+    model = hand_model()
+    need_off = plan_resources(off, off.points(), device_info=model.device, model=model)["need"]
+    need_on = plan_resources(on, on.points(), device_info=model.device, model=model)["need"]
+    # by hand: the curvature batch, 256 samples of 32 inputs + target + f0 (4 B each): 256 * 34 * 4 = 34,816;
+    # one member: 14 copies of its 1,082,368 weights (10 Lanczos steps + 4), 14 * 1,082,368 * 4 = 60,612,608,
+    # and the graph, (6 * (2 * 1024 + 1) + 2) * 256 * 4 = 12,591,104
+    (a,), (b,) = need_off.values(), need_on.values()
+    assert b["need_bytes"] - a["need_bytes"] == 34_816 + 60_612_608 + 12_591_104

@@ -1,0 +1,141 @@
+"""Curvature tracking in training (``experiment.curvature``): each member's Hessian sharpness, batch sharpness,
+preconditioned sharpness and Hessian trace at a report's weights, on a fixed curvature batch.
+
+The curvature batch is drawn once per data stream (distinct seed) from a generator of its own,
+:func:`raysweep.seeds.curvature_seed`: ``batch`` fresh samples of an online teacher, or ``batch`` training samples
+drawn without replacement from a fixed data set (the whole set, in a fixed order, when ``batch >= n_train``: the
+full-batch Hessian). ``f(x; theta_0)`` comes from the stream's initial weights, as in the trainer's feed. The loss is
+the one the trainer optimizes (:func:`raysweep.curvature.member_loss`: the centred output, the MSE convention or
+cross-entropy), as a mean over the curvature batch.
+
+Kinds (every value per member, float64):
+
+- ``sharpness``: the largest eigenvalue of the Hessian, by ``steps`` Lanczos steps (the top ``top_k`` found);
+- ``batch_sharpness``: ``E_b [g_b^T H_b g_b / |g_b|^2]`` over minibatches ``b`` of the trial's batch size cut from
+  the curvature batch (Andreyev and Beneventano 2024, "Edge of Stochastic Stability"): what SGD's stability
+  depends on, where GD's is the sharpness;
+- ``preconditioned_sharpness``: Adam only (null for SGD): the largest eigenvalue of ``P^-1 H`` with Adam's
+  preconditioner ``P = (1 - beta1^t) (diag(sqrt(v_hat)) + eps)``, each layer's scaled by ``lr_eff / lr_layer`` so that
+  its stability threshold is ``(2 + 2 beta1) / ((1 - beta1) lr_eff)`` = 38 / ``lr_eff`` at beta1 = 0.9
+  (Cohen et al. 2022, "Adaptive Gradient Methods at the Edge of Stability");
+- ``hessian_trace``: Hutchinson's estimate of tr(H) with ``steps`` Rademacher probes.
+
+All members are measured at once (the Hessian of the bundle is block-diagonal across members), each with probes from
+a generator of its own seeded from its seed and the step, so its numbers are the same alone and in any bundle. Nothing here writes a weight, an optimizer moment or the training data stream: with
+it on, every training number is bit-for-bit what it is off.
+
+Pure: torch and raysweep's model, step and curvature code; no Ray, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from raysweep import curvature
+from raysweep.seeds import curvature_seed, derive_seed
+from raysweep.step import ADAM_BETAS, draw_samples, forward_chunked, targets
+
+COLUMNS = ("sharpness", "batch_sharpness", "preconditioned_sharpness", "hessian_trace")
+
+
+class CurvatureFeed:
+    """The fixed curvature batch of every stream, and the measurement at a report (:meth:`measure`)."""
+
+    def __init__(self, task, seeds: Sequence[int], init, option: Mapping, batch_size: int, loss: str,
+                 mse_convention: str, dtype: torch.dtype, device: torch.device):
+        self.option, self.batch_size, self.loss, self.mse_convention = option, batch_size, loss, mse_convention
+        self.seeds = list(seeds)
+        n = int(option["batch"])
+        xs, ys = [], []
+        for s in self.seeds:
+            gen = torch.Generator().manual_seed(curvature_seed(s))
+            if task.online:
+                x, y = draw_samples(task, gen, n)
+            elif n >= task.n_train:
+                x, y = task.x_train, task.y_train
+            else:
+                idx = torch.randperm(task.n_train, generator=gen)[:n]
+                x, y = task.x_train[idx.to(task.x_train.device)], task.y_train[idx.to(task.y_train.device)]
+            xs.append(x.to(device=device, dtype=dtype))
+            ys.append(targets(y.to(device), loss, task.n_out, dtype))
+        self.x, self.y = xs, ys
+        self.f0_raw = [forward_chunked([w[[s]] for w in init], x)[0] for s, x in enumerate(xs)]  # [n, out] each
+        self.reports = 0
+
+    def due(self) -> bool:
+        """Count a report; True when this one measures (every ``every`` reports)."""
+        self.reports += 1
+        return self.reports % int(self.option["every"]) == 0
+
+    def measure(self, weights, members: Sequence[int], stream: Sequence[int], out_mult, skip: Sequence[int],
+                adam=None, step: int = 0, lrs=None, lr_effective: Sequence[float] | None = None,
+                member_seeds: Sequence[int] = (), kinds: Sequence[str] | None = None) -> dict[str, list]:
+        """Each kind's list (one value per member slot, None where not measured) at ``weights``; ``kinds``: the
+        option's by default.
+
+        ``members``: bundle indices of the slots; ``stream``: each slot's stream; ``skip``: slots not to measure
+        (diverged at this report); ``adam``: per layer ``(m, v)`` (Adam) and ``step`` its count; ``lrs``: per layer
+        ``[K, 1, 1]`` rates; ``lr_effective``: each slot's ``lr_eff``; ``member_seeds``: each slot's seed (its
+        probes come from a generator of its own, seeded from it and ``step``).
+        """
+        kinds, option = self.option["kinds"] if kinds is None else kinds, self.option
+        out = {k: [None] * len(members) for k in COLUMNS if k in kinds}
+        slots = [j for j in range(len(members)) if j not in set(skip)]
+        if not slots:
+            return out
+        sel = torch.tensor(slots, device=out_mult.device)
+        w = [t[sel].detach() for t in weights]
+        a = out_mult[sel]
+        streams = [int(stream[j]) for j in slots]
+        if len(set(streams)) == 1:
+            x, y = self.x[streams[0]], self.y[streams[0]]
+        else:
+            x, y = torch.stack([self.x[s] for s in streams]), torch.stack([self.y[s] for s in streams])
+        f0 = torch.stack([self.f0_raw[s] for s in streams]) * a
+
+        def gens():
+            return [torch.Generator().manual_seed(derive_seed(member_seeds[j], f"curvature:{step}")) for j in slots]
+
+        def put(kind: str, values) -> None:
+            for j, v in zip(slots, values.tolist()):
+                out[kind][j] = float(v)
+
+        loss_fn = curvature.MemberLoss(x, y, a, f0, loss=self.loss, mse_convention=self.mse_convention)
+        k = len(slots)
+        if "sharpness" in kinds or "hessian_trace" in kinds:
+            op = curvature.hessian_matvec(loss_fn, w)
+            if "sharpness" in kinds:
+                top = curvature.lanczos_top(op, w, k, top_k=int(option["top_k"]), steps=int(option["steps"]),
+                                            generator=gens())
+                put("sharpness", top[:, 0])
+            if "hessian_trace" in kinds:
+                mean, _ = curvature.hutchinson_trace(op, w, k, samples=int(option["steps"]), generator=gens())
+                put("hessian_trace", mean)
+        if "batch_sharpness" in kinds:
+            n, b = x.shape[-2], min(self.batch_size, x.shape[-2])
+            y_dim = y.dim() - (1 if self.loss == "xent" else 2)  # labels [n] / [K, n]; targets [n, out] / [K, n, out]
+            batches = [(x.narrow(-2, lo, b), y.narrow(y_dim, lo, b), f0.narrow(1, lo, b))
+                       for lo in range(0, n - b + 1, b)]
+
+            def of_batch(ws, batch):
+                xb, yb, fb = batch
+                return curvature.member_loss(ws, xb, yb, a, fb, loss=self.loss, mse_convention=self.mse_convention)
+
+            put("batch_sharpness", curvature.batch_sharpness(of_batch, w, batches))
+        if "preconditioned_sharpness" in kinds and adam is not None:
+            precond = adam_preconditioner([(m[sel], v[sel]) for m, v in adam], step, [lr[sel] for lr in lrs],
+                                          torch.tensor([lr_effective[j] for j in slots], dtype=w[0].dtype,
+                                                       device=w[0].device).reshape(-1, 1, 1))
+            put("preconditioned_sharpness", curvature.preconditioned_sharpness(
+                loss_fn, w, precond, steps=int(option["steps"]), generator=gens()))
+        return out
+
+
+def adam_preconditioner(moments, step: int, lrs, lr_effective) -> list[torch.Tensor]:
+    """Adam's preconditioner per layer as Cohen et al. 2022 define it, ``(1 - beta1^t) (sqrt(v_hat) + eps)``
+    (:func:`raysweep.curvature.adam_preconditioner` times ``1 - beta1^t``), each layer's scaled by
+    ``lr_eff / lr_layer`` (``[K, 1, 1]`` each), from the moments ``(m, v)`` after ``step`` updates (step >= 1)."""
+    c1 = 1 - ADAM_BETAS[0] ** step
+    return [p.mul_(c1 * lr_effective / lr) for p, lr in zip(curvature.adam_preconditioner(moments, step), lrs)]
