@@ -427,6 +427,9 @@ def check_linear_edge(trials: pd.DataFrame, setting: LinearSetting | None) -> li
         rows.append(_row("log2 edge above 2 B_crit (mean)", level,
                          f"{_fmt(math.log2(setting.saturation()))} (2 / lambda_max)", f"+-{SATURATION_TOL} oct",
                          abs(level - math.log2(setting.saturation())) <= SATURATION_TOL))
+    return rows
+
+
 # --------------------------------------------------------------------------------------------------------- eos
 
 
