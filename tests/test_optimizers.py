@@ -286,3 +286,52 @@ def test_grid_skips_points_no_optimizer_reads():
     with pytest.raises(Exception, match="warmup"):
         parse_spec({"name": "opt", "experiment": {"family": "poly_online", "steps": 10},
                     "space": {"batch_size": 8, "eta": 0.1, "width": 16, "warmup_steps": 5, "warmup_fraction": 0.1}})
+
+
+# --------------------------------------------------------------------------------------- Parquet columns
+
+
+def test_rows_carry_the_optimizer_columns_and_old_files_read_them_as_null(tmp_path):
+    """run_bundle's rows hold each member's optimizer and schedule settings and the weight-decay timescale; they
+    land in Parquet, and a trials file written before these columns reads back with them null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raysweep.plan import build_plan
+    from raysweep.results import ResultsWriter, read_trials
+    from raysweep.schema import TRIALS_SCHEMA
+    from raysweep.trial import run_bundle
+
+    spec = parse_spec({"name": "t", "experiment": {"family": "poly_online", "dim": 8, "n_train": 256, "steps": 20,
+                                                   "report_every": 10},
+                       "space": {"batch_size": 8, "width": 16, "eta": 1e-3, "optimizer": ["SGD", "AdamW"],
+                                 "weight_decay": [0.0, 0.1], "schedule": "cosine", "warmup_steps": 2}})
+    plan, _ = build_plan(spec)
+    rows = []
+    for bundle in plan.bundles.values():
+        reports: list = []
+        run_bundle(plan, bundle, reports.append)
+        rows += [item["trial"] for r in reports for item in r["terminal"]]
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    by = {(r["optimizer"], r["weight_decay"]): r for r in rows}
+    sgd, adamw = by[("SGD", 0.1)], by[("AdamW", 0.1)]
+    assert sgd["momentum"] == 0.0 and sgd["nesterov"] is False and sgd["beta1"] is None and sgd["eps"] is None
+    assert adamw["momentum"] is None and adamw["beta2"] == 0.999 and adamw["eps"] == 1e-8
+    assert adamw["schedule"] == "cosine" and adamw["warmup_steps"] == 2
+    assert adamw["wd_timescale_steps"] == pytest.approx(1 / (adamw["lr_effective"] * 0.1))
+    assert adamw["wd_timescale_samples"] == pytest.approx(8 * adamw["wd_timescale_steps"])
+    assert adamw["wd_timescale_fraction"] == pytest.approx(adamw["wd_timescale_samples"] / (20 * 8))
+    assert by[("SGD", 0.0)]["wd_timescale_steps"] is None and by[("SGD", 0.0)]["wd_timescale_fraction"] is None
+    with ResultsWriter(tmp_path / "t", "t") as writer:
+        for r in rows:
+            writer.add(r)
+    table = read_trials(tmp_path / "t")
+    assert table.schema == TRIALS_SCHEMA and sorted(table.column("schedule").to_pylist()) == ["cosine"] * 4
+    old = tmp_path / "old"
+    (old / "trials").mkdir(parents=True)
+    (old / "curves").mkdir()
+    legacy = pa.table({"sweep": ["old"], "config_key": ["k"], "status": ["completed"], "eta": [0.1]})
+    pq.write_table(legacy, old / "trials" / "part-0.parquet")
+    got = read_trials(old).to_pylist()[0]
+    assert got["eta"] == 0.1 and got["momentum"] is None and got["schedule"] is None
+    assert got["wd_timescale_steps"] is None
