@@ -62,6 +62,9 @@ The format (every key is checked; an unknown key is an error that suggests the c
       warmup_fraction: [0.0]       # ... or a fraction of the training steps, 0 <= f < 1 (not both)
       decay_fraction: [0.2]        # wsd: the fraction of training in the final decay, 0 < f <= 1
       final_fraction: [0.0]        # cosine, linear, wsd: the last multiplier of the decay, 0 <= f <= 1
+      zip:                         # optional, grid search only: rows of axes that vary together (scaling rules)
+        - {batch_size: 8, eta: 0.01, beta2: 0.999}
+        - {batch_size: 16, eta: 0.014, beta2: 0.998}
     search:                     # optional; the algorithms are described in raysweep.search_spec
       algorithm: grid           # grid | random | optuna | eta_stability_depth | eta_decades_below_stable
       n_samples: null           # random only, required there: int > 0
@@ -96,6 +99,10 @@ Values are de-duplicated keeping their order. Float axes hold Python floats (1 a
 axes Python ints (a whole float such as ``1.0e3`` is accepted; ``true`` is not an integer). Enum values are
 case-insensitive and stored canonically ("SP", "muP", "SGD", "Adam", "mse", "xent", "study", "mup_adam", "raw").
 YAML detail: ``1e-5`` reads as a float here (YAML 1.2), and a duplicate key is an error.
+
+``zip``: a list of mappings, each one value per axis, all naming the same axes (which may not also be given as
+axes): the grid is the product of the other axes and these rows (a row is one combination, e.g. a batch size with the
+eta and betas a scaling rule gives it). Grid search only. The zipped axes then hold the distinct values of the rows.
 
 Points: a grid runs the Cartesian product, axes in :data:`AXES` order (the last varies fastest), values in the
 given order, minus the points no optimizer reads (:func:`compatible`): ``lr_rule: mup_adam`` with SGD (mup_adam is an
@@ -424,11 +431,45 @@ class Space(f.ShortRepr):
     warmup_fraction: tuple[float, ...] = (AXIS_DEFAULTS["warmup_fraction"],)
     decay_fraction: tuple[float, ...] = (AXIS_DEFAULTS["decay_fraction"],)
     final_fraction: tuple[float, ...] = (AXIS_DEFAULTS["final_fraction"],)
+    zip: tuple = ()  # rows of axes that vary together (module doc); each a FrozenDict axis -> value
 
     def __post_init__(self):
+        rows = _zip_rows(self.zip)
+        f.set_field(self, "zip", rows)
+        for axis in (rows[0] if rows else ()):  # the zipped axes hold the rows' distinct values
+            f.set_field(self, axis, tuple(dict.fromkeys(row[axis] for row in rows)))
         for axis in AXES:
             kind, check = _AXIS_RULES[axis]
             f.set_field(self, axis, f.expand_axis(f"space.{axis}", getattr(self, axis), kind, check))
+
+    @property
+    def zipped(self) -> tuple[str, ...]:
+        """The axes of the ``zip`` rows (empty without them)."""
+        return tuple(self.zip[0]) if self.zip else ()
+
+
+def _zip_rows(raw: Any) -> tuple:
+    """The ``space.zip`` rows, checked: a list of mappings naming the same axes, one valid value each."""
+    if not raw:
+        return ()
+    if not isinstance(raw, (list, tuple)):
+        raise f.fail("space.zip", "must be a list of mappings, each one value per axis", raw)
+    rows = []
+    for i, row in enumerate(raw):
+        path = f"space.zip[{i}]"
+        if not isinstance(row, Mapping) or not row:
+            raise f.fail(path, "must be a mapping of axis -> one value", row)
+        f.check_keys(row, AXES, path)
+        if rows and set(row) != set(rows[0]):
+            raise f.fail(path, f"must name the same axes as space.zip[0] ({', '.join(rows[0])})", dict(row))
+        checked = {}
+        for axis in AXES:
+            if axis in row:
+                if isinstance(row[axis], (list, tuple, Mapping)):
+                    raise f.fail(f"{path}.{axis}", "must be one value", row[axis])
+                checked[axis] = _AXIS_RULES[axis][1](f"{path}.{axis}", row[axis])
+        rows.append(f.FrozenDict(checked))
+    return tuple(rows)
 
 
 @dataclass(frozen=True, repr=False)
@@ -504,6 +545,9 @@ class SweepSpec(f.ShortRepr):
         if max(space.warmup_steps) > 0 and max(space.warmup_fraction) > 0:
             raise f.fail("space.warmup_fraction", "must be 0 when space.warmup_steps is set (give the warmup in "
                          "steps or as a fraction, not both)", space.warmup_fraction)
+        if space.zip and self.search.algorithm != "grid":
+            raise f.fail("space.zip", "needs search.algorithm: grid (its rows tie axes together)",
+                         self.search.algorithm)
         if self.n_points() == 0:
             raise f.FieldError("space", "has no point an optimizer reads (e.g. nesterov: true needs a momentum > 0; "
                                "betas and eps are Adam's, momentum SGD's)")
@@ -525,15 +569,22 @@ class SweepSpec(f.ShortRepr):
         return min(self.search.n_samples, self._n_grid())
 
     def _grid(self):
-        for values in itertools.product(*(getattr(self.space, axis) for axis in AXES)):
-            point = dict(zip(AXES, values))
-            if compatible(point):
-                yield point
+        rows, zipped = self.space.zip or (f.FrozenDict(),), self.space.zipped
+        free = [axis for axis in AXES if axis not in zipped]
+        for values in itertools.product(*(getattr(self.space, axis) for axis in free)):
+            for row in rows:  # the zip rows vary fastest
+                given = {**dict(zip(free, values)), **row}
+                point = {axis: given[axis] for axis in AXES}
+                if compatible(point):
+                    yield point
 
     def _n_grid(self) -> int:
-        others = math.prod(len(getattr(self.space, axis)) for axis in AXES if axis not in _COUPLED_AXES)
-        coupled = sum(compatible(dict(zip(_COUPLED_AXES, values)))
-                      for values in itertools.product(*(getattr(self.space, axis) for axis in _COUPLED_AXES)))
+        rows, zipped = self.space.zip or (f.FrozenDict(),), self.space.zipped
+        others = math.prod(len(getattr(self.space, axis)) for axis in AXES
+                           if axis not in _COUPLED_AXES and axis not in zipped)
+        free = [axis for axis in _COUPLED_AXES if axis not in zipped]
+        coupled = sum(compatible({**dict(zip(free, values)), **row}) for row in rows
+                      for values in itertools.product(*(getattr(self.space, axis) for axis in free)))
         return others * coupled
 
     def to_dict(self) -> dict:
@@ -542,7 +593,10 @@ class SweepSpec(f.ShortRepr):
             "name": self.name,
             "description": self.description,
             "experiment": self.experiment.as_dict(),
-            "space": {axis: list(getattr(self.space, axis)) for axis in AXES},
+            # the optimizer and schedule axes at their default alone are left out: a spec saved before them reads the same
+            "space": {**{axis: list(getattr(self.space, axis)) for axis in AXES if axis not in self.space.zipped
+                         and not (axis in AXIS_DEFAULTS and getattr(self.space, axis) == (AXIS_DEFAULTS[axis],))},
+                      **({"zip": [dict(row) for row in self.space.zip]} if self.space.zip else {})},
             "search": self.search.as_dict(),
             "fusion": _fields_dict(self.fusion),
             "resources": _fields_dict(self.resources),
@@ -661,7 +715,12 @@ def _parse(mapping: Any, source: str) -> SweepSpec:
     all_family_keys = tuple(dict.fromkeys(k for fam in families.REGISTRY.values() for k in fam.keys))
     exp = f.section(mapping, "experiment", _COMMON_KEYS + all_family_keys, required=True)
     experiment = Experiment.from_dict(exp)
-    axes = f.section(mapping, "space", AXES, required=True)
+    axes = f.section(mapping, "space", AXES + ("zip",), required=True)
+    rows = axes.get("zip") or []
+    zipped = set(rows[0]) if rows and isinstance(rows, (list, tuple)) and isinstance(rows[0], Mapping) else set()
+    for axis in sorted(zipped & set(axes)):
+        raise f.fail(f"space.{axis}", "is zipped (space.zip names it): give it in the zip rows only", axes[axis])
+    axes.update({axis: [row.get(axis) for row in rows] for axis in zipped})  # Space takes them from the rows
     for axis in ("batch_size", "eta", "width"):
         if axis not in axes:
             raise f.fail(f"space.{axis}", "is required (a value, a list or a range form)", f.NOTHING)
