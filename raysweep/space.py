@@ -593,7 +593,8 @@ class SweepSpec(f.ShortRepr):
             "name": self.name,
             "description": self.description,
             "experiment": self.experiment.as_dict(),
-            # the optimizer and schedule axes at their default alone are left out: a spec saved before them reads the same
+            # the optimizer and schedule axes at their default alone are left out (a spec saved before them reads the
+            # same)
             "space": {**{axis: list(getattr(self.space, axis)) for axis in AXES if axis not in self.space.zipped
                          and not (axis in AXIS_DEFAULTS and getattr(self.space, axis) == (AXIS_DEFAULTS[axis],))},
                       **({"zip": [dict(row) for row in self.space.zip]} if self.space.zip else {})},

@@ -3,7 +3,7 @@
 A *bundle* is K members that share batch size, width, depth, parametrization, optimizer, loss, learning-rate
 rule and update path (:func:`raysweep.space.bundle_key`); they may differ in eta, gamma, seed, the optimizer's
 hyperparameters (momentum, betas, eps, weight decay) and the learning-rate schedule (:mod:`raysweep.schedules`,
-a per-member multiplier of every layer's rate at every step). Their weights are stacked (``[K, fan_in, fan_out]``), every step is
+a per-member multiplier of every layer's rate). Their weights are stacked (``[K, fan_in, fan_out]``), every step is
 one batched forward and backward, and each member keeps its own learning rates, centring, data stream (one per
 distinct seed) and divergence state. A single trial is a bundle of one: there is only one training loop.
 

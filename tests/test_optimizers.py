@@ -275,7 +275,8 @@ def test_grid_skips_points_no_optimizer_reads():
     """A grid over SGD and Adam with momentum, nesterov and betas keeps only the points each optimizer reads; its
     count matches the points."""
     spec = parse_spec({"name": "opt", "experiment": {"family": "poly_online", "steps": 10},
-                       "space": {"batch_size": 8, "eta": [0.1, 0.01], "width": 16, "optimizer": ["SGD", "Adam", "AdamW"],
+                       "space": {"batch_size": 8, "eta": [0.1, 0.01], "width": 16,
+                                 "optimizer": ["SGD", "Adam", "AdamW"],
                                  "momentum": [0.0, 0.9], "nesterov": [False, True], "beta2": [0.99, 0.999],
                                  "lr_rule": ["study", "mup_adam"]}})
     points = spec.points()
