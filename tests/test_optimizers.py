@@ -336,3 +336,33 @@ def test_rows_carry_the_optimizer_columns_and_old_files_read_them_as_null(tmp_pa
     got = read_trials(old).to_pylist()[0]
     assert got["eta"] == 0.1 and got["momentum"] is None and got["schedule"] is None
     assert got["wd_timescale_steps"] is None
+
+
+def test_zip_rows_tie_axes_together():
+    """space.zip: the grid is the product of the other axes and the rows; it round-trips through to_dict, its keys
+    are those of the same points written as a product, and it is refused where it cannot hold."""
+    space = {"width": 16, "seed": [0, 1], "optimizer": "Adam",
+             "zip": [{"batch_size": 8, "eta": 0.01, "beta2": 0.999}, {"batch_size": 16, "eta": 0.02, "beta2": 0.998}]}
+    spec = parse_spec({"name": "z", "experiment": {"family": "poly_online", "steps": 10}, "space": space})
+    points = spec.points()
+    assert [(p["seed"], p["batch_size"], p["eta"], p["beta2"]) for p in points] == [
+        (0, 8, 0.01, 0.999), (0, 16, 0.02, 0.998), (1, 8, 0.01, 0.999), (1, 16, 0.02, 0.998)]
+    assert spec.n_points() == 4 and spec.space.batch_size == (8, 16) and spec.space.zipped == (
+        "batch_size", "eta", "beta2")
+    assert parse_spec(spec.to_dict()) == spec
+    single = parse_spec({"name": "z", "experiment": {"family": "poly_online", "steps": 10},
+                         "space": {"width": 16, "seed": 0, "optimizer": "Adam", "batch_size": 8, "eta": 0.01}})
+    exp = spec.experiment.as_dict()
+    assert config_key(exp, points[0]) == config_key(exp, single.points()[0])
+    bad = [({**space, "eta": 0.1}, "zipped"),
+           ({**space, "zip": [{"batch_size": 8, "eta": 0.1}, {"eta": 0.1}]}, "same axes"),
+           ({**space, "zip": [{"batch_size": [8, 16], "eta": 0.1}]}, "one value"),
+           ({**space, "zip": [{"batch_size": 8, "eta": 0.1, "etaa": 1.0}]}, "etaa")]
+    for mapping, match in bad:
+        with pytest.raises(Exception, match=match):
+            parse_spec({"name": "z", "experiment": {"family": "poly_online", "steps": 10}, "space": mapping})
+    with pytest.raises(Exception, match="grid"):
+        parse_spec({"name": "z", "experiment": {"family": "poly_online", "steps": 10}, "space": space,
+                    "search": {"algorithm": "random", "n_samples": 2}})
+    shipped = load_spec("search_spaces/science_scaling_rules.yaml")
+    assert shipped.n_points() == len(shipped.points()) == 22

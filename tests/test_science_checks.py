@@ -271,6 +271,7 @@ def test_the_sweep_is_found_by_study_name_or_given(tmp_path):
 @pytest.mark.parametrize("space, study", [
     ("science_transfer.yaml", "transfer"),          # ~35 s on 2 cores
     ("science_temperature.yaml", "temperature"),    # ~60-90 s on 2 cores
+    ("science_scaling_rules.yaml", "scaling_rules"),  # ~25 s on 2 cores
 ])
 def test_shipped_study_passes_its_check(tmp_path, ray_cluster, space, study, run_cli):
     """Launch the shipped search space on the session's Ray, then run its check from the Parquet tables."""
