@@ -299,22 +299,32 @@ def update_general(weights, grads, lrs, opt: OptState, step: int, scale=None) ->
             rate = lr if opt.independent is None else torch.where(opt.independent > 0, 1.0 if scale is None else
                                                                   scale, lr)
             w.mul_(1 - rate * lam)
+    # _foreach ops: one call per quantity for all layers (per-member [K, 1, 1] factors broadcast)
+    depth = len(weights)
     if opt.kind == "SGD":
-        for w, g, buf, lr in zip(weights, grads, opt.state, lrs):
-            buf.mul_(opt.momentum).add_(g)
-            d = buf if opt.nesterov is None else torch.where(opt.nesterov > 0, g.addcmul(buf, opt.momentum), buf)
-            w.sub_(lr * d)
+        bufs = opt.state
+        torch._foreach_mul_(bufs, [opt.momentum] * depth)
+        torch._foreach_add_(bufs, grads)
+        ds = bufs if opt.nesterov is None else [
+            torch.where(opt.nesterov > 0, g.addcmul(buf, opt.momentum), buf) for g, buf in zip(grads, bufs)]
+        torch._foreach_sub_(weights, torch._foreach_mul(ds, lrs))
         return
     dtype = weights[0].dtype
     c1 = (1 - opt.beta1**step).to(dtype)
     root_c2 = (1 - opt.beta2**step).sqrt().to(dtype)
     b1, b2 = opt.beta1.to(dtype), opt.beta2.to(dtype)
     one_b1, one_b2 = (1 - opt.beta1).to(dtype), (1 - opt.beta2).to(dtype)
-    for w, g, (m, v), lr, eps in zip(weights, grads, opt.state, lrs, opt.eps):
-        m.mul_(b1).add_(g * one_b1)
-        v.mul_(b2).addcmul_(g * one_b2, g)
-        denom = v.sqrt().div_(root_c2).add_(eps)
-        w.sub_(m.div(denom).mul_(lr / c1))
+    ms, vs = [m for m, _ in opt.state], [v for _, v in opt.state]
+    torch._foreach_mul_(ms, [b1] * depth)
+    torch._foreach_addcmul_(ms, grads, [one_b1] * depth)
+    torch._foreach_mul_(vs, [b2] * depth)
+    torch._foreach_addcmul_(vs, torch._foreach_mul(grads, grads), [one_b2] * depth)
+    denom = torch._foreach_sqrt(vs)
+    torch._foreach_div_(denom, [root_c2] * depth)
+    torch._foreach_add_(denom, opt.eps)
+    steps = torch._foreach_div(ms, denom)
+    torch._foreach_mul_(steps, [lr / c1 for lr in lrs])
+    torch._foreach_sub_(weights, steps)
 
 
 def train_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step: int,

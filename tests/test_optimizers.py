@@ -258,9 +258,9 @@ def test_shipped_specs_keep_their_config_keys(name):
     assert (len(keys), keys[0], keys[-1], hashlib.sha256(",".join(keys).encode()).hexdigest()[:16]) == MAIN_KEYS[name]
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob("search_spaces/*.yaml")))
+@pytest.mark.parametrize("path", sorted(p for p in glob.glob("search_spaces/*.yaml") if "scaling_rules" not in p))
 def test_new_axes_at_their_defaults_change_no_key(path):
-    """Every shipped spec: the new axes written out at their defaults give the same points' keys; off their default
+    """Every shipped spec from before the optimizer axes: the new axes written out at their defaults give the same points' keys; off their default
     they give other keys."""
     spec = load_spec(path)
     exp = spec.experiment.as_dict()
