@@ -47,6 +47,7 @@ from raysweep.analyze.optimum import (
     fit_eta_power_law,
     optimal_eta,
 )
+from raysweep.analyze.scaling_rules import collapse, fit_eta_peak, rule_curves, rule_deviation, scaled
 from raysweep.analyze.temperature import temperature_collapse, temperature_table
 from raysweep.analyze.transfer import transfer_slope, transfer_table
 from raysweep.errors import NoResultsError
@@ -76,12 +77,14 @@ __all__ = [
     "analyze",
     "analyze_frames",
     "build_report",
+    "collapse",
     "config_table",
     "crossing_step",
     "default_targets",
     "eta_max",
     "find_sweeps",
     "fit_critical_batch",
+    "fit_eta_peak",
     "fit_eta_power_law",
     "gamma_slopes",
     "gamma_table",
@@ -92,6 +95,9 @@ __all__ = [
     "optimal_eta",
     "prepare_trials",
     "render_html",
+    "rule_curves",
+    "rule_deviation",
+    "scaled",
     "seed_mean_curves",
     "smooth_curves",
     "smoothing_window",
