@@ -78,24 +78,29 @@ def torch_curve(p: dict, exp: dict = EXP) -> list[float]:
     independent = v["weight_decay_scaling"] == "independent"
     groups = []
     for l, q in enumerate(net.layers):
-        # independent scaling: torch's decay step lr_t * wd' is s(t) * wd with wd' = wd / lr
-        wd = wds[l] / lrs[l] if independent else wds[l]
+        # independent scaling: AdamW's decay step lr_t * wd' is s(t) * wd with wd' = wd / lr; SGD: by hand below
+        wd = (0.0 if p["optimizer"] == "SGD" else wds[l] / lrs[l]) if independent else wds[l]
         group = {"params": [q], "lr": lrs[l], "weight_decay": wd}
         if p["optimizer"] != "SGD":
             group.update(betas=(v["beta1"], v["beta2"]), eps=eps[l])
         groups.append(group)
     if p["optimizer"] == "SGD":
         opt = torch.optim.SGD(groups, momentum=v["momentum"], nesterov=v["nesterov"])
-    else:
-        opt = getattr(torch.optim, p["optimizer"])(groups)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: multiplier(
+    else:  # independent decay is decoupled for Adam too: AdamW's
+        opt = getattr(torch.optim, "AdamW" if independent else p["optimizer"])(groups)
+    schedule = lambda t: multiplier(  # noqa: E731
         t, STEPS, v["schedule"], warmup_steps=v["warmup_steps"], warmup_fraction=v["warmup_fraction"],
-        decay_fraction=v["decay_fraction"], final_fraction=v["final_fraction"]))
+        decay_fraction=v["decay_fraction"], final_fraction=v["final_fraction"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     losses = []
-    for _ in range(STEPS):
+    for t in range(STEPS):
         opt.zero_grad()
         loss = 0.5 * ((net(x) - f0 - y) ** 2).sum(1).mean()
         loss.backward()
+        if independent and p["optimizer"] == "SGD":  # decoupled, lr-independent: w *= 1 - s(t) lambda
+            with torch.no_grad():
+                for q, lam in zip(net.layers, wds):
+                    q.mul_(1 - schedule(t) * lam)
         opt.step()
         sched.step()
         losses.append(loss.item())
@@ -126,6 +131,9 @@ CASES = {
                          schedule="cosine", warmup_steps=10, final_fraction=0.1),
     "adamw_independent_linear": dict(optimizer="AdamW", eta=3e-3, weight_decay=1e-3,
                                      weight_decay_scaling="independent", schedule="linear", warmup_steps=5),
+    "sgd_momentum_independent_wsd": dict(optimizer="SGD", eta=0.05, momentum=0.9, weight_decay=1e-2,
+                                         weight_decay_scaling="independent", schedule="wsd", warmup_steps=10),
+    "adam_independent": dict(optimizer="Adam", eta=3e-3, weight_decay=1e-3, weight_decay_scaling="independent"),
     "adamw_mup_per_layer": dict(optimizer="AdamW", eta=2e-2, weight_decay=0.05, eps=1e-4, eps_scaling="mup",
                                 parametrization="muP", lr_rule="mup_adam", schedule="cosine", warmup_steps=10),
 }
