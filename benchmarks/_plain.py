@@ -2,8 +2,9 @@
 
 The rule of :mod:`raysweep.model` (bias-free MLP, weights N(0, 1), ``relu(h W / sqrt(fan_in))``, readout
 ``/ (gamma N)`` for muP or ``/ (gamma sqrt(N))`` for SP, the centred function ``f - f0``), the same initial
-weights and the same online teacher blocks as raysweep's trainer, written plainly: autograd, ``torch.optim.SGD`` or
-``torch.optim.Adam`` with one parameter group per layer at raysweep's learning rates, ``f0`` computed once per
+weights and the same online teacher blocks as raysweep's trainer, written plainly: autograd, ``torch.optim.SGD``,
+``torch.optim.Adam`` or ``torch.optim.AdamW`` (the point's betas, eps and weight decay) with one parameter group per
+layer at raysweep's learning rates, a ``LambdaLR`` for a schedule (:mod:`raysweep.schedules`), ``f0`` computed once per
 block, ``loss.item()`` every step and a stop at the first non-finite loss (as a researcher would), an eval loss
 every ``report_every`` steps. MSE with the half_sum convention, on the task's device (the weights are drawn on the
 host, as raysweep draws them, then moved there). It must reach raysweep's losses to float32 rounding: both
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from raysweep.scaling import learning_rates
+from raysweep.schedules import is_constant, multiplier, schedule_args
 from raysweep.seeds import data_seed, init_seed
 from raysweep.step import ADAM_BETAS, ADAM_EPS
 
@@ -46,8 +48,17 @@ def plain_training(task, point: Mapping[str, Any], steps: int, report_every: int
     # one group when every layer shares the rate (muP and SP SGD): torch.optim's foreach update is one call
     groups = ([{"params": weights, "lr": lrs[0]}] if len(set(lrs)) == 1
               else [{"params": [w], "lr": lr} for w, lr in zip(weights, lrs)])
-    opt = (torch.optim.SGD(groups) if point["optimizer"] == "SGD"
-           else torch.optim.Adam(groups, betas=ADAM_BETAS, eps=ADAM_EPS))
+    if point["optimizer"] == "SGD":
+        opt = torch.optim.SGD(groups)
+    elif point["optimizer"] == "AdamW":  # the point's betas, eps and (decoupled) weight decay
+        opt = torch.optim.AdamW(groups, betas=(point.get("beta1", ADAM_BETAS[0]), point.get("beta2", ADAM_BETAS[1])),
+                                eps=point.get("eps", ADAM_EPS), weight_decay=point.get("weight_decay", 0.0))
+    else:
+        opt = torch.optim.Adam(groups, betas=ADAM_BETAS, eps=ADAM_EPS)
+    args = schedule_args(point)
+    name = args.pop("schedule")
+    sched = None if is_constant(point) else torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: multiplier(t, steps, name, **args))
     init = [w.detach().clone() for w in weights]
     data = torch.Generator().manual_seed(data_seed(point["seed"]))
     with torch.no_grad():
@@ -68,6 +79,8 @@ def plain_training(task, point: Mapping[str, Any], steps: int, report_every: int
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         value = loss.item()
         if not math.isfinite(value):
             return {"status": "diverged", "step": step, "curve": curve}

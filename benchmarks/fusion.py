@@ -1,6 +1,7 @@
 """A fused bundle vs the same trainings unfused: member-steps per second, CPU, one thread, one run.
 
     python benchmarks/fusion.py [--steps 500] [--repeats 3] [--widths 64,512] [--report-every 500]
+                                [--optimizers SGD,Adam,AdamW+cosine]
 
 16 learning rates of one configuration (the members of a fused bundle: an eta column), muP, L = 3 (two hidden
 layers), B = 32, online polynomial teacher (``poly_online``, D = 32, blocks of P = 4096), float32, 500 steps, one
@@ -12,6 +13,10 @@ member on every side, so the ratios drop):
   of one: the hand-written backward, what ``fusion: off`` runs);
 - plain: the same 16 trainings the way a PyTorch user writes them (``_plain.plain_training``: autograd,
   ``torch.optim``, ``loss.item()`` every step), the loop the fused trainer replaces.
+
+``AdamW+cosine``: AdamW (weight decay 0.1, betas 0.9 / 0.95, eps 1e-8: the general update path, a gradient then a
+per-member update) under a cosine schedule with a 10% warmup to 10% of the peak (raysweep's per-member schedule;
+``torch.optim.AdamW`` with a ``LambdaLR`` on the plain side).
 
 The 16 etas are a stable band (2^-8 .. 2^-0.5 in half octaves for SGD, 2^-14 .. 2^-6.5 for Adam): no member
 diverges, so every side trains every member for all the steps and the ratio measures compute, not early stopping
@@ -42,13 +47,17 @@ N_MEMBERS, BATCH, DEPTH, DIM = 16, 32, 3, 32
 EXPERIMENT = {"family": "poly_online", "dim": DIM, "n_train": 4096, "degree": 2, "dtype": "float32",
               "data_seed": 0, "mse_convention": "half_sum", "divergence_factor": 100.0}
 # log2 eta of the first member; members are half an octave apart
-ETA_BAND = {"SGD": -8.0, "Adam": -14.0}
+ETA_BAND = {"SGD": -8.0, "Adam": -14.0, "AdamW+cosine": -14.0}
+# the rows beyond plain SGD and Adam: the optimizer and its settings
+VARIANTS = {"AdamW+cosine": {"optimizer": "AdamW", "weight_decay": 0.1, "beta2": 0.95, "schedule": "cosine",
+                             "warmup_fraction": 0.1, "final_fraction": 0.1}}
 
 
 def points(width: int, optimizer: str) -> list[dict]:
     lo = ETA_BAND[optimizer]
+    settings = VARIANTS.get(optimizer, {"optimizer": optimizer})
     return [{"batch_size": BATCH, "eta": 2.0 ** (lo + 0.5 * k), "width": width, "gamma": 1.0, "depth": DEPTH,
-             "seed": 0, "parametrization": "muP", "optimizer": optimizer, "loss": "mse", "lr_rule": "study"}
+             "seed": 0, "parametrization": "muP", "loss": "mse", "lr_rule": "study", **settings}
             for k in range(N_MEMBERS)]
 
 
@@ -109,7 +118,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side, best kept (default 3)")
     parser.add_argument("--widths", default="64,512")
-    parser.add_argument("--optimizers", default="SGD,Adam")
+    parser.add_argument("--optimizers", default="SGD,Adam,AdamW+cosine")
     parser.add_argument("--report-every", type=int, help="steps between reports (default: one report at the end)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -120,7 +129,7 @@ def main() -> None:
     print(f"CPU, 1 thread, torch {torch.__version__}: {N_MEMBERS} eta members, muP L={DEPTH}, B={BATCH}, "
           f"{args.steps} steps, report every {exp['report_every']}, poly_online D={DIM}, float32; "
           f"member-steps/s by wall clock | by CPU time (best of {args.repeats}); GEMM peak {peak / 1e9:.0f} GFLOP/s")
-    print(f"{'width':>5} {'opt':>4}  {'fused':>15}  {'unfused':>13}  {'plain':>13}  {'fused/unfused':>15}  "
+    print(f"{'width':>5} {'opt':>12}  {'fused':>15}  {'unfused':>13}  {'plain':>13}  {'fused/unfused':>15}  "
           f"{'fused/plain':>15}  {'max ratio':>9}  {'loss diff':>9}")
     sides = {"fused": fused, "unfused": unfused, "plain": plain}
     for optimizer in args.optimizers.split(","):
@@ -142,7 +151,7 @@ def main() -> None:
             ceiling = N_MEMBERS * u_step / (u_step + (N_MEMBERS - 1) / N_MEMBERS * m_step)
             diff = max(abs(a - b) / abs(b) for other in ("unfused", "plain")
                        for a, b in zip(finals[other], finals["fused"]))
-            print(f"{width:>5} {optimizer:>4}  {f[0]:>6.0f} | {f[1]:>6.0f}  {u[0]:>5.0f} | {u[1]:>5.0f}  "
+            print(f"{width:>5} {optimizer:>12}  {f[0]:>6.0f} | {f[1]:>6.0f}  {u[0]:>5.0f} | {u[1]:>5.0f}  "
                   f"{p[0]:>5.0f} | {p[1]:>5.0f}  {f[0] / u[0]:>5.2f}x | {f[1] / u[1]:>5.2f}x  "
                   f"{f[0] / p[0]:>5.2f}x | {f[1] / p[1]:>5.2f}x  {ceiling:>8.2f}x  {diff:>9.1e}", flush=True)
     print("goal: fused >= 8x the 16 unfused trainings at width 64. max ratio: the fused/unfused ceiling "

@@ -274,6 +274,7 @@ def test_the_sweep_is_found_by_study_name_or_given(tmp_path):
     ("science_temperature.yaml", "temperature"),    # ~60-90 s on 2 cores
     ("science_linear_edge.yaml", "linear_edge"),    # ~60 s on 2 cores
     ("science_eos.yaml", "eos"),                    # ~20 s on 2 cores
+    ("science_scaling_rules.yaml", "scaling_rules"),  # ~25 s on 2 cores
 ])
 def test_shipped_study_passes_its_check(tmp_path, ray_cluster, space, study, run_cli):
     """Launch the shipped search space on the session's Ray, then run its check from the Parquet tables."""

@@ -48,6 +48,7 @@ from raysweep.analyze.optimum import (
     fit_eta_power_law,
     optimal_eta,
 )
+from raysweep.analyze.scaling_rules import collapse, fit_eta_peak, rule_curves, rule_deviation, scaled
 from raysweep.analyze.temperature import temperature_collapse, temperature_table
 from raysweep.analyze.transfer import transfer_slope, transfer_table
 from raysweep.errors import NoResultsError
@@ -77,6 +78,7 @@ __all__ = [
     "analyze",
     "analyze_frames",
     "build_report",
+    "collapse",
     "config_table",
     "crossing_step",
     "default_targets",
@@ -84,6 +86,7 @@ __all__ = [
     "eta_max",
     "find_sweeps",
     "fit_critical_batch",
+    "fit_eta_peak",
     "fit_eta_power_law",
     "gamma_slopes",
     "gamma_table",
@@ -94,6 +97,9 @@ __all__ = [
     "optimal_eta",
     "prepare_trials",
     "render_html",
+    "rule_curves",
+    "rule_deviation",
+    "scaled",
     "seed_mean_curves",
     "sharpness_curves",
     "smooth_curves",

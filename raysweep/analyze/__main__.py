@@ -9,7 +9,7 @@ regression sweep).
 ``--metric`` (eval_loss, the default; train_loss; eval_accuracy, maximised) is what eta* is chosen on; every table
 carries it in a ``metric`` column and the report states it.
 
-``--check STUDY`` (transfer, gamma_eta, temperature, critical_batch, eos) runs that science check instead
+``--check STUDY`` (transfer, gamma_eta, temperature, critical_batch, linear_edge, eos, scaling_rules) runs that science check instead
 (:mod:`raysweep.analyze.checks`) on the sweep ``science_<STUDY>`` (or ``--sweep``, or the only sweep there): it prints
 ``quantity | measured | expected | tolerance | pass`` and exits 0 when every row passes, 1 on any miss.
 """

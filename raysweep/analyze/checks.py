@@ -25,6 +25,11 @@ tolerance | pass``, and exits 1 on any miss. The studies and their search spaces
   or ``target``) is reached at every B, fits S_min (1 + B_crit / B) within 20% at every B
   (:func:`~raysweep.analyze.critical.fit_critical_batch`), with B_crit inside the swept B range and S_min at least
   three report intervals (so that it is resolved).
+- ``scaling_rules``: batch-size scaling rules (Malladi et al. 2022; :mod:`raysweep.analyze.scaling_rules`). From the
+  base at the smallest batch B0, SGD under the linear rule (eta x kappa) and Adam/AdamW under the square-root rule
+  (eta x sqrt(kappa), 1 - beta_i x kappa, eps / sqrt(kappa)) keep the seed-mean eval-loss curve against samples
+  seen: the largest relative deviation from the base curve is <= 10% at every kappa. Adam under the linear rule must
+  visibly break it: its deviation at the largest kappa is > 10% (smaller kappas are shown as info).
 
 - ``linear_edge``: the linear student's SGD stability edge (:mod:`raysweep.analyze.linear`). At every B the
   measured edge (the smallest eta at which a seed diverged) is at most one eta grid step below the exact
@@ -68,11 +73,12 @@ from raysweep.analyze.linear import (
 from raysweep.analyze.load import ensure_prepared, find_sweeps, load
 from raysweep.analyze.optimum import config_table, eta_max, fit_eta_power_law, fit_line, optimal_eta
 from raysweep.analyze.sharpness import adam_threshold, sharpness_curves, window_stats
+from raysweep.analyze.scaling_rules import rule_curves, rule_deviation
 from raysweep.analyze.temperature import temperature_collapse
 from raysweep.analyze.transfer import transfer_slope, transfer_table
 from raysweep.errors import NoResultsError
 
-STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch", "linear_edge", "eos")
+STUDIES = ("transfer", "gamma_eta", "temperature", "critical_batch", "linear_edge", "eos", "scaling_rules")
 PASS, FAIL, SKIPPED, INFO = "pass", "FAIL", "skipped", "info"
 
 
@@ -495,6 +501,29 @@ def check_eos(trials: pd.DataFrame, curves: pd.DataFrame, *, n_train: int | None
 # --------------------------------------------------------------------------------------------------- dispatcher
 
 
+def check_scaling_rules(trials: pd.DataFrame, curves: pd.DataFrame, *, tol: float = 0.1) -> list[Row]:
+    """The ``scaling_rules`` rows (module doc): per optimizer, the deviation of each rule's curve from its base."""
+    dev = rule_deviation(rule_curves(trials, curves))
+    rows: list[Row] = []
+    if dev.empty:
+        return [Row("scaling rules", "no trial follows a rule from a base", "-", "-", FAIL, note="nothing to compare")]
+    for (optimizer, rule), sub in dev.groupby(["optimizer", "rule"], sort=True):
+        adam = optimizer != "SGD"
+        must_hold = rule == ("sqrt" if adam else "linear")
+        for _, r in sub.sort_values(["base_eta", "kappa"]).iterrows():
+            name = f"{optimizer} {rule} rule, kappa={r['kappa']:g}: max |L/L_base - 1|"
+            measured = f"{_fmt(r['max_rel_dev'])} (n={int(r['n_points'])})"
+            if must_hold:
+                rows.append(_row(name, r["max_rel_dev"], "0 (curves agree)", f"<= {tol:g}", r["max_rel_dev"] <= tol,
+                                 measured=measured))
+            elif adam and rule == "linear" and r["kappa"] == sub["kappa"].max():
+                rows.append(_row(name, r["max_rel_dev"], "> tol (the rule fails)", f"> {tol:g}",
+                                 r["max_rel_dev"] > tol, measured=measured))
+            else:
+                rows.append(_info(name, r["max_rel_dev"], measured=measured))
+    return rows
+
+
 def find_sweep(results_dir, study: str, sweep: str | None = None) -> Path:
     """The sweep folder a check reads: ``sweep`` if given, else ``science_<study>``, else the only sweep there."""
     name = sweep or f"science_{study}"
@@ -527,6 +556,8 @@ def run_check(results_dir, study: str, *, sweep: str | None = None, target: floa
         rows = check_temperature(trials)
     elif study == "linear_edge":
         rows = check_linear_edge(trials, read_setting(folder))
+    elif study == "scaling_rules":
+        rows = check_scaling_rules(trials, curves)
     elif study == "critical_batch":
         rows = check_critical_batch(trials, curves, target=target)
     else:

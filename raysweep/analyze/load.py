@@ -61,6 +61,20 @@ CONFIG_COLUMNS = (
     "gamma",
     "batch_size",
     "eta",
+    # the optimizer and schedule axes (null in sweeps made before them, so never a group there)
+    "momentum",
+    "nesterov",
+    "beta1",
+    "beta2",
+    "eps",
+    "eps_scaling",
+    "weight_decay",
+    "weight_decay_scaling",
+    "schedule",
+    "warmup_steps",
+    "warmup_fraction",
+    "decay_fraction",
+    "final_fraction",
 )
 
 

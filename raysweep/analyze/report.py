@@ -48,6 +48,8 @@ from raysweep.analyze.optimum import (
     optimal_eta,
 )
 from raysweep.analyze.quality import MAX_RMSE_OCTAVES, MAX_RMSE_REL, MIN_POINTS_INTERVAL, MIN_SEEDS_INTERVAL
+from raysweep.analyze.scaling_rules import collapse as scaled_collapse
+from raysweep.analyze.scaling_rules import fit_eta_peak
 from raysweep.analyze.temperature import temperature_collapse, temperature_table
 from raysweep.analyze.transfer import transfer_slope, transfer_table
 from raysweep.errors import NoResultsError, StorageError
@@ -56,10 +58,13 @@ from raysweep.errors import NoResultsError, StorageError
 TABLES = {
     "eta_star": "Optimal learning rate eta*(B)",
     "eta_power_law": "Power law of eta* in B, and its saturation",
+    "eta_peak": "eta*(B) rising then falling: a broken line in log-log with a free second slope",
     "eta_max": "Stability edge: eta_max(B) and eta_diverge_min(B) (diverged or dead)",
     "all_diverged": "All diverged: groups where every trial that ran diverged or died",
     "all_failed": "All failed: groups where every trial failed (missing data, not an edge)",
     "temperature_collapse": "Temperature collapse (lower = better collapse)",
+    "sqrt_collapse": "Collapse at equal eta / sqrt(B), Adam's square-root rule (lower = better collapse)",
+    "tau_collapse": "Collapse at equal weight-decay timescale tau = B / (eta lambda D) (lower = better collapse)",
     "steps_to_target": "Steps to target S(B)",
     "critical_batch": "Critical batch size: S = S_min (1 + B_crit / B)",
     "transfer": "Transfer: eta*(width)",
@@ -82,8 +87,8 @@ FIGURES = {
 # Report sections: (title, figure keys, table keys), in order.
 SECTIONS = (
     ("Optimal learning rate and stability edge", ("heatmap", "heatmap_temperature", "loss_vs_eta", "eta_star"),
-     ("eta_star", "eta_power_law", "eta_max", "all_diverged", "all_failed")),
-    ("Temperature T = eta / B", ("loss_vs_temperature",), ("temperature_collapse",)),
+     ("eta_star", "eta_power_law", "eta_peak", "eta_max", "all_diverged", "all_failed")),
+    ("Temperature T = eta / B", ("loss_vs_temperature",), ("temperature_collapse", "sqrt_collapse", "tau_collapse")),
     ("Steps to target and critical batch size", ("curves", "steps_to_target"), ("steps_to_target", "critical_batch")),
     ("Transfer across width", ("transfer", "width"), ("transfer", "transfer_slope")),
     ("Richness gamma", ("gamma_phase",), ("gamma", "gamma_slopes")),
@@ -141,6 +146,11 @@ def analyze_frames(trials: pd.DataFrame, curves: pd.DataFrame, *, name: str = "s
         if n_b >= 2:
             tables["eta_power_law"] = fit_eta_power_law(eta_star, x="batch_size")
             collapse = tables["temperature_collapse"] = temperature_collapse(temp)
+            tables["eta_peak"] = fit_eta_peak(eta_star, x="batch_size")
+            if (trials["optimizer"] != "SGD").any():
+                tables["sqrt_collapse"] = scaled_collapse(trials, "eta_over_sqrt_b")
+            if "wd_timescale_fraction" in trials and trials["wd_timescale_fraction"].notna().any():
+                tables["tau_collapse"] = scaled_collapse(trials[trials["wd_timescale_fraction"].notna()], "tau")
         else:
             notes.append("One batch size: no power law of eta* in B, no temperature collapse, no S(B) fit, no "
                          "heatmaps or plots over B (the loss-vs-eta plot shows the sweep).")
