@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from raysweep import model, snapshots
+from raysweep import model, snapshots, storage
 from raysweep.data import build_task
 from raysweep.plan import build_plan
 from raysweep.space import parse_spec, snapshot_option, snapshot_steps
@@ -94,7 +94,7 @@ def test_a_trial_writes_one_file_per_member_that_reads_back_its_weights(tmp_path
     spec = parse_spec({"name": "t", "experiment": {**POLY, "snapshots": "log"},
                        "space": {"batch_size": 8, "width": 16, "depth": 3, "eta": [0.1, 1e6], "seed": [0, 1]}})
     plan, _ = build_plan(spec)
-    plan = dataclasses.replace(plan, sweep_dir=tmp_path)
+    plan = dataclasses.replace(plan, location=storage.resolve(tmp_path))
     (bundle,) = plan.bundles.values()
     seen: dict[int, dict] = {}
 

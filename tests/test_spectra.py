@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from raysweep import curvature, driver, model, snapshots, spectra
+from raysweep import curvature, driver, model, snapshots, spectra, storage
 from raysweep.data import build_task
 from raysweep.errors import OptionError
 from raysweep.plan import build_plan
@@ -42,7 +42,7 @@ def sweep(tmp_path):
     folder.mkdir()
     driver.save_spec(folder, spec)
     plan, _ = build_plan(spec)
-    plan = dataclasses.replace(plan, location=folder)
+    plan = dataclasses.replace(plan, location=storage.resolve(folder))
     with ResultsWriter(folder, "s") as writer:
         for bundle in plan.bundles.values():
             reports = []
