@@ -40,7 +40,8 @@ import numpy as np
 from raysweep.errors import SpecError
 from raysweep.scaling import learning_rates
 from raysweep.seeds import init_seed
-from raysweep.space import load_spec
+from raysweep.schedules import is_constant
+from raysweep.space import load_spec, update_path
 
 # torch and matplotlib load when a check runs, so that --help and spec errors answer at once
 
@@ -167,9 +168,15 @@ def _rates(config: Mapping, width: int, dim: int) -> tuple[float, ...]:
 def spec_combinations(spec, *, etas: Sequence[float] | None = None,
                       gammas: Sequence[float] | None = None) -> list[dict]:
     """The distinct (parametrization, optimizer, lr_rule, loss, depth, gamma, eta) of a spec's points, in the spec's
-    order; ``etas`` / ``gammas`` replace the spec's values of those axes."""
+    order; ``etas`` / ``gammas`` replace the spec's values of those axes. SpecError for a point the check cannot
+    train as the sweep would: an optimizer off its defaults (momentum, betas, eps, weight decay, AdamW) or a
+    learning-rate schedule."""
     seen: dict[tuple, dict] = {}
     for point in spec.points():
+        if update_path(point) == "general" or not is_constant(point):
+            raise SpecError(f"space: the coord check runs SGD and Adam at torch's defaults with a constant rate; "
+                            f"{spec.source} has {point['optimizer']} with other settings or a schedule (momentum, "
+                            "betas, eps, weight decay, AdamW, schedule axes)")
         for eta, gamma in itertools.product(etas or [point["eta"]], gammas or [point["gamma"]]):
             combo = {k: point[k] for k in COMBO_KEYS} | {"eta": float(eta), "gamma": float(gamma)}
             seen.setdefault(tuple(combo[k] for k in COMBO_KEYS), combo)
@@ -237,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         widths = [int(v) for v in args.widths.split(",") if v.strip()]
         if len(widths) < 2 or min(widths) < 1 or args.steps < 1 or args.seeds < 1 or args.batch_size < 1:
             raise SpecError("--widths needs 2 or more positive widths; --steps, --seeds, --batch-size must be >= 1")
+        spec_combinations(spec)  # a point the check cannot train as the sweep would: SpecError
         if spec.experiment.model != "mlp":
             raise SpecError(f"experiment.model: a coord check scales an MLP's width; {args.space} trains the "
                             f"{spec.experiment.model} student, which has none")

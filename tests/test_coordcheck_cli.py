@@ -83,3 +83,13 @@ def test_a_linear_student_spec_has_no_width_to_check(tmp_path, capsys):
     }))
     assert main([str(path)]) == 2
     assert "experiment.model: a coord check scales an MLP's width" in capsys.readouterr().err
+
+
+def test_an_optimizer_off_its_defaults_is_refused_not_run_as_plain_sgd(tmp_path, capsys):
+    path = tmp_path / "adamw.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "w", "experiment": {"family": "poly_online", "dim": 16, "steps": 10},
+        "space": {"batch_size": [8], "eta": [0.01], "width": [64], "optimizer": ["AdamW"], "weight_decay": [0.1]},
+    }))
+    assert main([str(path)]) == 2
+    assert "the coord check runs SGD and Adam at torch's defaults" in capsys.readouterr().err
