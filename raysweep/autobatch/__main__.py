@@ -28,6 +28,7 @@ from pathlib import Path
 
 from raysweep.autobatch.config import MODES, AutobatchConfig
 from raysweep.autobatch.host import format_record, probe_and_fit
+from raysweep.autobatch.memory import memory_optimizer
 from raysweep.autobatch.module import find_batch_size
 from raysweep.autobatch.sizing import auto_batch_size, gpu_share, request_from_spec, trial_need
 from raysweep.errors import NothingFitsError, RaysweepError, SpecError, UserModelError
@@ -128,7 +129,7 @@ def analyse(spec, model, config: AutobatchConfig, fractions, modes) -> list[dict
     """The rows: one per fraction x mode x (optimizer, width, depth)."""
     experiment = spec.experiment.as_dict()
     k = request_from_spec(spec, config).n_members
-    shapes = sorted({(p["optimizer"], p["width"], p["depth"]) for p in spec.points()})
+    shapes = sorted({(memory_optimizer(p), p["width"], p["depth"]) for p in spec.points()})
     rows = []
     for fraction in fractions:
         cfg = config.with_fraction(fraction)

@@ -35,11 +35,24 @@ import numpy as np
 
 from raysweep.autobatch.device import DeviceInfo
 from raysweep.errors import RaysweepError
+from raysweep.space import update_path
 
 FEATURES = ("overhead", "param", "sample", "hidden", "readout")
 MIN_MARGIN = 0.05
 ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
-STATE_COPIES = {"SGD": 3, "Adam": 5}  # weights, grads, init copy (+ Adam's two moments)
+# weights, grads, init copy (+ SGD's momentum buffer, + Adam's two moments)
+STATE_COPIES = {"SGD": 3, "SGD+momentum": 4, "Adam": 5}
+
+
+def memory_optimizer(point) -> str:
+    """What the memory model sizes a point's optimizer as (a key of :data:`STATE_COPIES`): the state it holds, not
+    its formulas. Plain SGD (its update fused into the backward) ``SGD``; SGD with momentum or weight decay (the
+    general update path: a gradient and a momentum buffer per weight) ``SGD+momentum``; Adam and AdamW, whatever
+    their betas, eps and decay (two moments) ``Adam``. A point that already names one of these keeps it."""
+    opt = point["optimizer"]
+    if opt == "SGD":
+        return "SGD" if update_path(point) == "sgd" else "SGD+momentum"
+    return opt if opt in STATE_COPIES else "Adam"
 
 
 def widths_of(dim: int, width: int, depth: int, n_out: int) -> list[int]:

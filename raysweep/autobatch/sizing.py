@@ -34,7 +34,7 @@ from typing import Any
 from raysweep import families
 from raysweep.autobatch.cache import ModelCache, cache_key
 from raysweep.autobatch.config import MODES, AutobatchConfig
-from raysweep.autobatch.memory import ITEMSIZE, MemoryModel, n_params
+from raysweep.autobatch.memory import ITEMSIZE, MemoryModel, memory_optimizer, n_params
 from raysweep.autobatch.probe import ProbeRequest, floor_batch
 from raysweep.autobatch.search import SearchResult, largest_under_budget
 from raysweep.errors import NoCachedModelError, NothingFitsError, RaysweepError
@@ -134,7 +134,7 @@ def trial_need(model: MemoryModel, point: Mapping[str, Any], *, n_members: int =
                experiment: ExperimentLike | None = None, batch_size: int | None = None) -> dict:
     """The bytes a trial of ``point`` (a bundle of ``n_members``) needs, with its parts."""
     b = int(point["batch_size"] if batch_size is None else batch_size)
-    w, d, opt = int(point["width"]), int(point["depth"]), point["optimizer"]
+    w, d, opt = int(point["width"]), int(point["depth"]), memory_optimizer(point)
     parts = {"train": model.predict(w, d, b, optimizer=opt, n_members=n_members, mode="train", n_streams=n_streams)
              * (1 + model.fit_for(opt, "train").margin)}
     if f"{opt}/val" in model.fits and experiment is not None:
@@ -167,7 +167,7 @@ def auto_batch_size(model: MemoryModel, point: Mapping[str, Any], config: Autoba
     sizes tried, the bytes each needed and the budget."""
     s = config.for_mode(mode)
     usable = model.usable_bytes(s.target_memory_fraction)
-    w, d, opt = int(point["width"]), int(point["depth"]), point["optimizer"]
+    w, d, opt = int(point["width"]), int(point["depth"]), memory_optimizer(point)
     def data(b: int) -> int:
         return data_bytes(experiment, n_members=n_members, batch_size=b, n_streams=n_streams) if experiment else 0
 
@@ -233,7 +233,7 @@ def request_from_spec(spec, config: AutobatchConfig | None = None) -> ProbeReque
     return ProbeRequest(
         dim=dim, n_out=n_out, widths=tuple(space.width), depths=tuple(space.depth),
         batch_sizes={"train": tuple(train), "val": tuple(val)},
-        optimizers=tuple(sorted(set(space.optimizer))), modes=tuple(config.modes), dtype=spec.experiment.dtype,
+        optimizers=tuple(sorted({memory_optimizer(p) for p in spec.points()})), modes=tuple(config.modes), dtype=spec.experiment.dtype,
         loss="mse" if "mse" in space.loss else "xent", n_members=n_members,
         steps={"train": config.steps_per_trial, "val": config.steps_per_trial_val},
         target_memory_fraction=config.target_memory_fraction,
@@ -304,7 +304,7 @@ def plan_resources(spec, bundles_or_points, *, device_info, model: MemoryModel |
 
 
 def _shape(p: Mapping[str, Any], k: int) -> dict:
-    return {"width": p["width"], "depth": p["depth"], "optimizer": p["optimizer"], "n_members": k}
+    return {"width": p["width"], "depth": p["depth"], "optimizer": memory_optimizer(p), "n_members": k}
 
 
 def raise_if_infeasible(plan: dict, config: AutobatchConfig | None = None) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 
 from raysweep import model
-from raysweep.step import bundle_step, forward_chunked, loss_coefficients, loss_per_member, member_bytes, step_groups
+from raysweep.step import (
+    bundle_step, forward_chunked, loss_coefficients, loss_per_member, member_bytes, optimizer_state, step_groups,
+)
 
 PROBE_LR = 1e-9
 MSE_CONVENTION = "half_sum"
@@ -30,7 +32,12 @@ def run_steps(request, point: dict, *, device: str = "cpu") -> None:
     weights = model.init_weights(widths, list(range(k)), dtype=dtype, device=device)
     out_mult = model.readout_multiplier(width, torch.ones(k, dtype=dtype, device=device), "muP")
     init = [w.clone() for w in weights]
-    adam = [(torch.zeros_like(w), torch.zeros_like(w)) for w in weights] if optimizer == "Adam" else None
+    if optimizer == "SGD+momentum":  # the general path: gradients apart, a momentum buffer per weight
+        settings = {"momentum": 0.9, "nesterov": False, "beta1": 0.9, "beta2": 0.999, "eps": [1e-8] * depth,
+                    "weight_decay": [1e-4] * depth, "independent": False}
+        adam = optimizer_state("general", "SGD", weights, [settings] * k)
+    else:
+        adam = [(torch.zeros_like(w), torch.zeros_like(w)) for w in weights] if optimizer == "Adam" else None
     gen = torch.Generator(device=device).manual_seed(0)
 
     def batch():

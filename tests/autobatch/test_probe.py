@@ -321,3 +321,25 @@ def test_curvature_tracking_adds_its_batch_and_per_member_lanczos_and_graph():
     # and the graph, (6 * (2 * 1024 + 1) + 2) * 256 * 4 = 12,591,104
     (a,), (b,) = need_off.values(), need_on.values()
     assert b["need_bytes"] - a["need_bytes"] == 34_816 + 60_612_608 + 12_591_104
+
+
+def test_the_memory_model_sizes_optimizers_by_the_state_they_hold():
+    from raysweep.autobatch.memory import STATE_COPIES, memory_optimizer
+
+    assert memory_optimizer({"optimizer": "SGD"}) == "SGD"  # fused into the backward
+    assert memory_optimizer({"optimizer": "SGD", "momentum": 0.9}) == "SGD+momentum"
+    assert memory_optimizer({"optimizer": "SGD", "weight_decay": 0.1}) == "SGD+momentum"
+    assert memory_optimizer({"optimizer": "Adam", "beta2": 0.99}) == "Adam"
+    assert memory_optimizer({"optimizer": "AdamW", "weight_decay": 0.1}) == "Adam"
+    assert {memory_optimizer({"optimizer": k}) for k in STATE_COPIES} == set(STATE_COPIES)
+    assert static_bytes(8, 16, 2, 1, optimizer="SGD+momentum") * 3 == static_bytes(8, 16, 2, 1, optimizer="SGD") * 4
+
+
+def test_an_sgd_momentum_probe_runs_the_general_path_on_cpu():
+    from raysweep.autobatch.steps import run_steps
+
+    request = host_module.ProbeRequest(dim=8, n_out=1, widths=(16,), depths=(2,), batch_sizes={"train": (4,), "val": (4,)},
+                           optimizers=("SGD+momentum",), modes=("train",), dtype="float32", loss="mse",
+                           n_members=2, steps={"train": 2, "val": 1})
+    run_steps(request, {"mode": "train", "optimizer": "SGD+momentum", "n_members": 2, "batch_size": 4, "width": 16,
+                        "depth": 2})
