@@ -23,7 +23,7 @@ from raysweep.autobatch.config import AutobatchConfig
 from raysweep.autobatch.device import cpu_device_info
 from raysweep.autobatch.sizing import plan_resources
 from raysweep.errors import NoCachedModelError, RaysweepError
-from raysweep.space import AUTO, BUNDLE_KEYS, Experiment, SweepSpec, config_keys, setting
+from raysweep.space import AUTO, BUNDLE_KEYS, Experiment, SweepSpec, bundle_key, config_keys, setting
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def make_bundles(keyed: list[tuple[str, dict]], *, fused: bool, max_members: int
     """Group ``(config_key, point)`` pairs into bundles, keeping the spec's order within and across groups."""
     groups: dict[tuple, list[tuple[str, dict]]] = defaultdict(list)
     for i, (key, point) in enumerate(keyed):
-        groups[tuple(point[k] for k in BUNDLE_KEYS) if fused else (i,)].append((key, point))
+        groups[bundle_key(point) if fused else (i,)].append((key, point))
     bundles = []
     for members in groups.values():
         for start in range(0, len(members), max_members if fused else 1):

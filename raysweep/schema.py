@@ -31,6 +31,23 @@ TRIALS_SCHEMA = pa.schema(
         ("temperature", pa.float64()),
         ("lr_effective", pa.float64()),
         ("lr_hidden", pa.float64()),
+        # the optimizer and schedule axes (null for the optimizers that do not read them, and in older sweeps)
+        ("momentum", pa.float64()),
+        ("nesterov", pa.bool_()),
+        ("beta1", pa.float64()),
+        ("beta2", pa.float64()),
+        ("eps", pa.float64()),
+        ("eps_scaling", pa.string()),
+        ("weight_decay", pa.float64()),
+        ("weight_decay_scaling", pa.string()),
+        ("schedule", pa.string()),
+        ("warmup_steps", pa.int64()),
+        ("warmup_fraction", pa.float64()),
+        ("decay_fraction", pa.float64()),
+        ("final_fraction", pa.float64()),
+        ("wd_timescale_steps", pa.float64()),  # 1 / (lr lambda); null without weight decay
+        ("wd_timescale_samples", pa.float64()),  # B / (lr lambda)
+        ("wd_timescale_fraction", pa.float64()),  # B / (lr lambda D), D = samples_seen: the run's fraction
         ("status", pa.string()),
         ("diverged_step", pa.int64()),
         ("dead_step", pa.int64()),  # first report step of the dead streak that lasted to the end; null unless dead

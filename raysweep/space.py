@@ -50,7 +50,22 @@ The format (every key is checked; an unknown key is an error that suggests the c
       parametrization: [muP]       # SP | muP, default [muP]
       optimizer: [SGD]             # SGD | Adam, default [SGD]
       loss: [mse]                  # mse | xent, default [mse]; xent needs a classification family
-      lr_rule: [study]             # study | mup_adam | raw, default [study]; mup_adam needs Adam
+      lr_rule: [study]             # study | mup_adam | raw, default [study]; mup_adam needs Adam or AdamW
+      # optimizer and schedule axes (raysweep.step, raysweep.schedules); at their defaults they leave a point's
+      # config key as it was before they existed (see config_key)
+      momentum: [0.0]              # SGD heavy-ball momentum, 0 <= mu < 1, default [0.0]
+      nesterov: [false]            # SGD Nesterov momentum (needs momentum > 0), default [false]
+      beta1: [0.9]                 # Adam/AdamW, 0 <= beta1 < 1, default [0.9]
+      beta2: [0.999]               # Adam/AdamW, 0 <= beta2 < 1, default [0.999]
+      eps: [1.0e-8]                # Adam/AdamW, > 0, default [1e-8]
+      eps_scaling: [global]        # global | mup (per layer under muP + mup_adam, see raysweep.scaling)
+      weight_decay: [0.0]          # >= 0: SGD and Adam coupled (L2 in the gradient), AdamW decoupled
+      weight_decay_scaling: [lr]   # lr (the decay step is lr * lambda, torch.optim) | independent (lambda)
+      schedule: [constant]         # constant | cosine | linear | wsd, after a linear warmup (raysweep.schedules)
+      warmup_steps: [0]            # ints >= 0 ...
+      warmup_fraction: [0.0]       # ... or a fraction of the training steps, 0 <= f < 1 (not both)
+      decay_fraction: [0.2]        # wsd: the fraction of training in the final decay, 0 < f <= 1
+      final_fraction: [0.0]        # cosine, linear, wsd: the last multiplier of the decay, 0 <= f <= 1
     search:                     # optional; the algorithms are described in raysweep.search_spec
       algorithm: grid           # grid | random | optuna | eta_stability_depth | eta_decades_below_stable
       n_samples: null           # random only, required there: int > 0
@@ -87,7 +102,9 @@ case-insensitive and stored canonically ("SP", "muP", "SGD", "Adam", "mse", "xen
 YAML detail: ``1e-5`` reads as a float here (YAML 1.2), and a duplicate key is an error.
 
 Points: a grid runs the Cartesian product, axes in :data:`AXES` order (the last varies fastest), values in the
-given order, minus the pairs of ``lr_rule: mup_adam`` with ``optimizer: SGD`` (mup_adam is an Adam rule). A random
+given order, minus the points no optimizer reads (:func:`compatible`): ``lr_rule: mup_adam`` with SGD (mup_adam is an
+Adam rule), ``nesterov: true`` with ``momentum: 0``, SGD with a beta1, beta2, eps or eps_scaling off its default,
+Adam/AdamW with momentum or nesterov off its default. A random
 search draws ``n_samples`` distinct points with ``random.Random(search.seed)``: each axis value uniformly, repeats
 redrawn, in draw order; it gets every point when n_samples >= the grid size. The guided algorithms (optuna and
 the eta scans) choose among the grid's points (eta scans) or its ranges (optuna) at run time: ``points()`` gives the
@@ -114,22 +131,36 @@ from raysweep.scaling import learning_rates
 from raysweep.search_spec import ALGORITHMS, Scheduler, Search
 
 __all__ = [  # closed sets first, then the types and functions
-    "ALGORITHMS", "AUTO", "AXES", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "EXPERIMENT_DEFAULTS", "FAMILIES",
+    "ADAM_OPTIMIZERS", "ALGORITHMS", "AUTO", "AXES", "AXIS_DEFAULTS", "EPS_SCALINGS", "SCHEDULES",
+    "WEIGHT_DECAY_SCALINGS", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "EXPERIMENT_DEFAULTS", "FAMILIES",
     "LINEAR_STUDENT_AXES", "LOSSES", "LR_RULES", "MODELS", "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS",
     "REGRESSION_FAMILIES",
-    "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "config_key", "config_keys",
+    "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "axis_value", "bundle_key",
+    "compatible", "config_key", "config_keys", "hashed_point", "update_path",
     "grad_noise_option", "setting",
     "check_name", "load_spec", "parse_spec",
 ]  # fmt: skip
 
-AXES = ("batch_size", "eta", "width", "gamma", "depth", "seed", "parametrization", "optimizer", "loss", "lr_rule")
+# The optimizer and schedule axes and their defaults. A point whose value of one of them is its default hashes as if
+# the axis did not exist (config_key), so sweeps from before these axes keep their keys.
+AXIS_DEFAULTS: dict[str, Any] = {
+    "momentum": 0.0, "nesterov": False, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "eps_scaling": "global",
+    "weight_decay": 0.0, "weight_decay_scaling": "lr", "schedule": "constant", "warmup_steps": 0,
+    "warmup_fraction": 0.0, "decay_fraction": 0.2, "final_fraction": 0.0,
+}
+AXES = ("batch_size", "eta", "width", "gamma", "depth", "seed", "parametrization", "optimizer", "loss", "lr_rule",
+        *AXIS_DEFAULTS)
 REGRESSION_FAMILIES = families.REGRESSION  # the registry (raysweep.families) holds every family fact
 CLASSIFICATION_FAMILIES = families.CLASSIFICATION
 FAMILIES = REGRESSION_FAMILIES + CLASSIFICATION_FAMILIES
 # Configurations that agree on these axes can train as one fused bundle (same data order and shapes).
 BUNDLE_KEYS = ("batch_size", "width", "depth", "parametrization", "optimizer", "loss", "lr_rule")
 PARAMETRIZATIONS = ("SP", "muP", "torch_sp")  # torch_sp: PyTorch's default init, no multipliers (see scaling)
-OPTIMIZERS = ("SGD", "Adam")
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
+ADAM_OPTIMIZERS = ("Adam", "AdamW")
+SCHEDULES = ("constant", "cosine", "linear", "wsd")  # raysweep.schedules.SCHEDULES (this module imports no torch)
+WEIGHT_DECAY_SCALINGS = ("lr", "independent")
+EPS_SCALINGS = ("global", "mup")
 LOSSES = ("mse", "xent")
 LR_RULES = ("study", "mup_adam", "raw")
 MSE_CONVENTIONS = ("half_sum", "study")
@@ -167,7 +198,54 @@ _AXIS_RULES = {
     "optimizer": ("enum", lambda p, v: f.as_choice(p, v, OPTIMIZERS)),
     "loss": ("enum", lambda p, v: f.as_choice(p, v, LOSSES)),
     "lr_rule": ("enum", lambda p, v: f.as_choice(p, v, LR_RULES)),
+    "momentum": ("float", lambda p, v: f.as_float(p, v, ge=0, lt=1)),
+    "nesterov": ("enum", f.as_bool),
+    "beta1": ("float", lambda p, v: f.as_float(p, v, ge=0, lt=1)),
+    "beta2": ("float", lambda p, v: f.as_float(p, v, ge=0, lt=1)),
+    "eps": ("float", lambda p, v: f.as_float(p, v, gt=0)),
+    "eps_scaling": ("enum", lambda p, v: f.as_choice(p, v, EPS_SCALINGS)),
+    "weight_decay": ("float", lambda p, v: f.as_float(p, v, ge=0)),
+    "weight_decay_scaling": ("enum", lambda p, v: f.as_choice(p, v, WEIGHT_DECAY_SCALINGS)),
+    "schedule": ("enum", lambda p, v: f.as_choice(p, v, SCHEDULES)),
+    "warmup_steps": ("int", lambda p, v: f.as_int(p, v, ge=0)),
+    "warmup_fraction": ("float", lambda p, v: f.as_float(p, v, ge=0, lt=1)),
+    "decay_fraction": ("float", lambda p, v: f.as_float(p, v, gt=0, le=1)),
+    "final_fraction": ("float", lambda p, v: f.as_float(p, v, ge=0, le=1)),
 }
+# the axes compatible() reads: the grid counts their product point by point
+_COUPLED_AXES = ("lr_rule", "optimizer", "momentum", "nesterov", "beta1", "beta2", "eps", "eps_scaling")
+
+
+def axis_value(point: Mapping[str, Any], axis: str) -> Any:
+    """``point[axis]``, or the axis's default (:data:`AXIS_DEFAULTS`) for a point written without it."""
+    return point[axis] if axis in point else AXIS_DEFAULTS[axis]
+
+
+def hashed_point(point: Mapping[str, Any]) -> dict:
+    """What :func:`config_key` hashes of a point: every axis except the optimizer and schedule axes at their
+    defaults, so that the keys of sweeps from before those axes do not change."""
+    return {k: v for k, v in point.items() if not (k in AXIS_DEFAULTS and v == AXIS_DEFAULTS[k]
+                                                   and type(v) is type(AXIS_DEFAULTS[k]))}
+
+
+def update_path(point: Mapping[str, Any]) -> str:
+    """How a point's optimizer step runs (:mod:`raysweep.step`): ``sgd`` (plain SGD, the update fused into the
+    backward), ``adam`` (Adam at torch's defaults: betas 0.9, 0.999, eps 1e-8, no weight decay) or ``general``
+    (per-member momentum, betas, eps and weight decay). A schedule runs on every path."""
+    opt = point["optimizer"]
+    plain = axis_value(point, "weight_decay") == 0
+    if opt == "SGD" and plain and axis_value(point, "momentum") == 0:
+        return "sgd"
+    if opt == "Adam" and plain and all(axis_value(point, a) == AXIS_DEFAULTS[a]
+                                       for a in ("beta1", "beta2", "eps", "eps_scaling")):
+        return "adam"
+    return "general"
+
+
+def bundle_key(point: Mapping[str, Any]) -> tuple:
+    """Configs with equal keys can train as one fused bundle: :data:`BUNDLE_KEYS` and the :func:`update_path`
+    (so that a member takes the same path alone and in any bundle: its numbers do not depend on its bundle)."""
+    return (*(point[k] for k in BUNDLE_KEYS), update_path(point))
 
 
 @dataclass(frozen=True, repr=False)
@@ -348,6 +426,19 @@ class Space(f.ShortRepr):
     optimizer: tuple[str, ...] = ("SGD",)
     loss: tuple[str, ...] = ("mse",)
     lr_rule: tuple[str, ...] = ("study",)
+    momentum: tuple[float, ...] = (AXIS_DEFAULTS["momentum"],)
+    nesterov: tuple[bool, ...] = (AXIS_DEFAULTS["nesterov"],)
+    beta1: tuple[float, ...] = (AXIS_DEFAULTS["beta1"],)
+    beta2: tuple[float, ...] = (AXIS_DEFAULTS["beta2"],)
+    eps: tuple[float, ...] = (AXIS_DEFAULTS["eps"],)
+    eps_scaling: tuple[str, ...] = (AXIS_DEFAULTS["eps_scaling"],)
+    weight_decay: tuple[float, ...] = (AXIS_DEFAULTS["weight_decay"],)
+    weight_decay_scaling: tuple[str, ...] = (AXIS_DEFAULTS["weight_decay_scaling"],)
+    schedule: tuple[str, ...] = (AXIS_DEFAULTS["schedule"],)
+    warmup_steps: tuple[int, ...] = (AXIS_DEFAULTS["warmup_steps"],)
+    warmup_fraction: tuple[float, ...] = (AXIS_DEFAULTS["warmup_fraction"],)
+    decay_fraction: tuple[float, ...] = (AXIS_DEFAULTS["decay_fraction"],)
+    final_fraction: tuple[float, ...] = (AXIS_DEFAULTS["final_fraction"],)
 
     def __post_init__(self):
         for axis in AXES:
@@ -422,9 +513,15 @@ class SweepSpec(f.ShortRepr):
         if "xent" in space.loss and self.experiment.kind == "regression":
             hint = f" with experiment.family {family} (xent needs one of {', '.join(CLASSIFICATION_FAMILIES)})"
             raise f.fail("space.loss", "must be mse for a regression family", space.loss, hint)
-        if "mup_adam" in space.lr_rule and "Adam" not in space.optimizer:
+        if "mup_adam" in space.lr_rule and not set(ADAM_OPTIMIZERS) & set(space.optimizer):
             raise f.fail("space.lr_rule", "mup_adam is the per-layer muP Adam rule: space.optimizer must include "
-                         "Adam", space.lr_rule, f" with optimizer {f.show(space.optimizer)}")
+                         "Adam or AdamW", space.lr_rule, f" with optimizer {f.show(space.optimizer)}")
+        if max(space.warmup_steps) > 0 and max(space.warmup_fraction) > 0:
+            raise f.fail("space.warmup_fraction", "must be 0 when space.warmup_steps is set (give the warmup in "
+                         "steps or as a fraction, not both)", space.warmup_fraction)
+        if self.n_points() == 0:
+            raise f.FieldError("space", "has no point an optimizer reads (e.g. nesterov: true needs a momentum > 0; "
+                               "betas and eps are Adam's, momentum SGD's)")
         _check_model(self.experiment, space)
         search_spec.check(self.search, space, self.experiment, AXES)
         _check_size(self)
@@ -435,7 +532,7 @@ class SweepSpec(f.ShortRepr):
         if self.search.algorithm != "random":
             return list(self._grid())
         axes = {axis: getattr(self.space, axis) for axis in AXES}
-        return f.sample_points(axes, self.n_points(), self.search.seed, keep=_compatible, grid=self._grid)
+        return f.sample_points(axes, self.n_points(), self.search.seed, keep=compatible, grid=self._grid)
 
     def n_points(self) -> int:
         """``len(self.points())``, without building them for a grid."""
@@ -446,13 +543,14 @@ class SweepSpec(f.ShortRepr):
     def _grid(self):
         for values in itertools.product(*(getattr(self.space, axis) for axis in AXES)):
             point = dict(zip(AXES, values))
-            if _compatible(point):
+            if compatible(point):
                 yield point
 
     def _n_grid(self) -> int:
-        total = math.prod(len(getattr(self.space, axis)) for axis in AXES)
-        skipped = ("mup_adam" in self.space.lr_rule) * ("SGD" in self.space.optimizer)
-        return total - total * skipped // (len(self.space.lr_rule) * len(self.space.optimizer))
+        others = math.prod(len(getattr(self.space, axis)) for axis in AXES if axis not in _COUPLED_AXES)
+        coupled = sum(compatible(dict(zip(_COUPLED_AXES, values)))
+                      for values in itertools.product(*(getattr(self.space, axis) for axis in _COUPLED_AXES)))
+        return others * coupled
 
     def to_dict(self) -> dict:
         """Canonical plain mapping (defaults applied, range forms expanded); ``parse_spec(to_dict()) == self``."""
@@ -548,7 +646,7 @@ def _check_learning_rates(spec: SweepSpec) -> None:
         space.lr_rule,
     )
     for eta, gamma, width, depth, parametrization, optimizer, lr_rule in corners:
-        if lr_rule == "mup_adam" and optimizer != "Adam":
+        if lr_rule == "mup_adam" and optimizer not in ADAM_OPTIMIZERS:
             continue
         rates = learning_rates(eta=eta, gamma=gamma, width=width, depth=depth, parametrization=parametrization,
                                optimizer=optimizer, lr_rule=lr_rule, dim=dim).per_layer
@@ -563,9 +661,16 @@ def _fields_dict(obj: Any) -> dict:
     return {fld.name: getattr(obj, fld.name) for fld in fields(obj)}
 
 
-def _compatible(point: Mapping) -> bool:
-    """mup_adam is a rule for Adam; a grid that also sweeps SGD skips the (SGD, mup_adam) pairs."""
-    return not (point["lr_rule"] == "mup_adam" and point["optimizer"] != "Adam")
+def compatible(point: Mapping) -> bool:
+    """Whether the optimizer reads every axis of ``point`` (a grid skips the other points, see the module doc):
+    mup_adam is a rule for Adam and AdamW; nesterov needs a momentum; SGD reads no beta or eps, Adam no momentum."""
+    opt = point["optimizer"]
+    if point["lr_rule"] == "mup_adam" and opt not in ADAM_OPTIMIZERS:
+        return False
+    if axis_value(point, "nesterov") and axis_value(point, "momentum") == 0:
+        return False
+    unread = ("beta1", "beta2", "eps", "eps_scaling") if opt == "SGD" else ("momentum", "nesterov")
+    return all(axis_value(point, a) == AXIS_DEFAULTS[a] for a in unread)
 
 
 def parse_spec(mapping: Any, *, source: str = "<string>") -> SweepSpec:
@@ -626,13 +731,14 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
 
 
 def config_key(experiment_dict: Mapping, point: Mapping) -> str:
-    """A stable 16-hex-digit key of one trial configuration: the experiment mapping plus the point.
+    """A stable 16-hex-digit key of one trial configuration: the experiment mapping plus the point (less the
+    optimizer and schedule axes at their defaults: :func:`hashed_point`).
 
     sha256 of canonical JSON (sorted keys, no spaces, ints as ints, floats as their shortest repr, tuples as
     lists), so the same configuration gets the same key in every process and Python version, and any change
     of a value (1 vs 1.0 included) gives another key.
     """
-    text = f.canonical_json({"experiment": experiment_dict, "point": point})
+    text = f.canonical_json({"experiment": experiment_dict, "point": hashed_point(point)})
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
 
 
@@ -640,6 +746,7 @@ def config_keys(experiment_dict: Mapping, points: Iterable[Mapping]) -> list[str
     """``[config_key(experiment_dict, p) for p in points]``, encoding the experiment once."""
     experiment_text = f.canonical_json(experiment_dict)
     return [
-        hashlib.sha256(f.canonical_pair_json("experiment", experiment_text, "point", p).encode("ascii")).hexdigest()[:16]
+        hashlib.sha256(f.canonical_pair_json("experiment", experiment_text, "point", hashed_point(p))
+                       .encode("ascii")).hexdigest()[:16]
         for p in points
     ]

@@ -11,7 +11,12 @@ step, draw and score through these functions.
 - loss: :func:`loss_per_member` (the public rule), :func:`loss_coefficients` and :func:`loss_and_dfa` (the same
   loss and its output gradient, by hand);
 - step: :func:`train_step` (forward, loss, hand-written backward, :func:`update`), :func:`step_groups` and
-  :func:`bundle_step` (a step of the members in groups whose weights stay in cache).
+  :func:`bundle_step` (a step of the members in groups whose weights stay in cache);
+- optimizers: three update paths (:func:`raysweep.space.update_path`, chosen per configuration so that a member takes
+  the same path alone and in any bundle): plain SGD fused into the backward (``opt`` None), Adam at torch's defaults
+  (``opt`` a list of moments ``(m, v)``: :func:`update`) and the general path (``opt`` an :class:`OptState`:
+  SGD with momentum, Nesterov and weight decay, Adam and AdamW with per-member betas, eps and weight decay:
+  :func:`update_general`). Every path takes each member's rates for the step, the schedule already applied.
 
 Pure: torch and :mod:`raysweep.model`; no Ray, no I/O.
 """
@@ -19,17 +24,20 @@ Pure: torch and :mod:`raysweep.model`; no Ray, no I/O.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-from raysweep import model
+from raysweep import model, schedules
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 # no-grad forwards over many samples (f(x; theta_0), eval) run in pieces of this many members x activations
 CHUNK_MEMBERS = 8
 CHUNK_ELEMENTS = 2**18
+# schedule multipliers are computed and moved to the device this many steps at a time
+SCHEDULE_CHUNK = 4096
 # a training step runs the members in groups whose weights (and Adam state) take at most this many bytes
 STEP_GROUP_BYTES = 2**22
 
@@ -165,17 +173,165 @@ def update(weights, grads, lrs, adam, step: int) -> None:
     torch._foreach_sub_(weights, steps)
 
 
-def train_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step: int) -> torch.Tensor:
+@dataclass
+class OptState:
+    """The general update path of a bundle (:func:`update_general`): per-member hyperparameters ``[K, 1, 1]`` (per
+    layer where a muP rule makes them differ, :mod:`raysweep.scaling`) and state.
+
+    ``kind``: SGD, Adam or AdamW. ``momentum``, ``nesterov`` (SGD; nesterov 1.0 or 0.0); ``beta1``, ``beta2`` (Adam,
+    float64: the bias corrections are computed in float64 and cast); ``eps`` per layer; ``coupled`` per layer: the
+    decay added to the gradient (SGD, Adam: ``g + lambda w``, torch.optim's ``weight_decay``); ``decoupled`` per
+    layer: the decay applied to the weights, ``w *= 1 - c lambda`` with ``c`` the step's rate (AdamW,
+    torch.optim.AdamW) or, where ``independent`` is 1.0, the schedule's multiplier (every optimizer with
+    ``weight_decay_scaling: independent``). ``state`` per layer: SGD the momentum buffer, Adam ``(m, v)``.
+    """
+
+    kind: str
+    momentum: torch.Tensor | None
+    nesterov: torch.Tensor | None
+    beta1: torch.Tensor | None
+    beta2: torch.Tensor | None
+    eps: list | None
+    coupled: list | None  # None: no member decays through its gradient
+    decoupled: list | None  # None: no member decays its weights directly
+    independent: torch.Tensor | None
+    state: list
+
+    def select(self, idx) -> OptState:
+        """The members ``idx`` (a slice: views that updates write through; an index tensor: a copy)."""
+        def pick(v):
+            if v is None:
+                return None
+            if isinstance(v, (list, tuple)):
+                return type(v)(pick(u) for u in v)
+            return v[idx]
+        return replace(self, **{k: pick(getattr(self, k)) for k in (
+            "momentum", "nesterov", "beta1", "beta2", "eps", "coupled", "decoupled", "independent", "state")})
+
+
+class ScheduleFeed:
+    """Each member's schedule multiplier (:mod:`raysweep.schedules`) at every step, ``[K, 1, 1]`` on the device,
+    computed :data:`SCHEDULE_CHUNK` steps at a time."""
+
+    def __init__(self, points, total_steps: int, dtype: torch.dtype, device):
+        self.points, self.total, self.dtype, self.device = list(points), total_steps, dtype, device
+        self.start, self.block = 0, None
+
+    def at(self, step: int) -> torch.Tensor:
+        """The multipliers of ``step`` (from 1)."""
+        t = step - 1
+        if self.block is None or not self.start <= t < self.start + len(self.block):
+            self.start = t
+            stop = min(self.total, t + SCHEDULE_CHUNK)
+            rows = schedules.table(self.points, self.total, t, max(stop, t + 1))
+            self.block = torch.tensor(rows, dtype=self.dtype, device=self.device).unsqueeze(-1).unsqueeze(-1)
+        return self.block[t - self.start]
+
+    def select(self, keep: list[int]) -> None:
+        """Keep only the members ``keep`` (indices into the members alive)."""
+        self.points = [self.points[j] for j in keep]
+        if self.block is not None:
+            self.block = self.block[:, torch.tensor(keep, device=self.block.device)]
+
+
+def scaled_rates(lrs, scale):
+    """The step's per-layer rates: ``lrs`` times the schedule's multipliers ``scale`` (``lrs`` itself when None);
+    one shared tensor stays one shared tensor (:func:`raysweep.model.backward` then applies it once)."""
+    if scale is None:
+        return lrs
+    if all(lr is lrs[0] for lr in lrs):
+        return [lrs[0] * scale] * len(lrs)
+    return [lr * scale for lr in lrs]
+
+
+def optimizer_state(path: str, kind: str, weights, members: list[dict]):
+    """The optimizer state of a bundle on update path ``path`` (:func:`raysweep.space.update_path`): None (``sgd``),
+    zero moments (``adam``) or an :class:`OptState` (``general``) from ``members``, one dict per member with
+    ``momentum``, ``nesterov``, ``beta1``, ``beta2``, ``eps`` and ``weight_decay`` (one value per layer each for the
+    last two) and ``independent`` (``weight_decay_scaling: independent``)."""
+    if path == "sgd":
+        return None
+    if path == "adam":
+        return [(torch.zeros_like(w), torch.zeros_like(w)) for w in weights]
+    w0 = weights[0]
+    depth = len(weights)
+
+    def col(values, dtype=w0.dtype):
+        return torch.tensor(values, dtype=dtype, device=w0.device).reshape(-1, 1, 1)
+
+    def layers(name, where):
+        if not any(where(m) and any(m[name]) for m in members):
+            return None
+        return [col([m[name][l] if where(m) else 0.0 for m in members]) for l in range(depth)]
+
+    sgd = kind == "SGD"
+    decoupled = (lambda m: kind == "AdamW" or m["independent"])
+    nesterov = any(m["nesterov"] for m in members)
+    independent = any(m["independent"] for m in members)
+    return OptState(
+        kind=kind,
+        momentum=col([m["momentum"] for m in members]) if sgd else None,
+        nesterov=col([float(m["nesterov"]) for m in members]) if sgd and nesterov else None,
+        beta1=None if sgd else col([m["beta1"] for m in members], torch.float64),
+        beta2=None if sgd else col([m["beta2"] for m in members], torch.float64),
+        eps=None if sgd else [col([m["eps"][l] for m in members]) for l in range(depth)],
+        coupled=layers("weight_decay", lambda m: not decoupled(m)),
+        decoupled=layers("weight_decay", decoupled),
+        independent=col([float(m["independent"]) for m in members]) if independent else None,
+        state=[torch.zeros_like(w) for w in weights] if sgd else
+        [(torch.zeros_like(w), torch.zeros_like(w)) for w in weights],
+    )
+
+
+def update_general(weights, grads, lrs, opt: OptState, step: int, scale=None) -> None:
+    """One step of the general path in place (torch.optim's formulas, each member with its own hyperparameters).
+
+    ``lrs``: per layer the step's rates ``[K, 1, 1]`` (the schedule applied); ``scale``: the schedule's multipliers
+    ``[K, 1, 1]`` (None: 1), for the ``independent`` decay. SGD: ``g += lambda w``; ``buf = mu buf + g`` (``buf = g``
+    at the first step); ``d = g + mu buf`` (Nesterov) or ``buf``; ``w -= lr d``. Adam: ``g += lambda w``; AdamW:
+    ``w *= 1 - lr lambda``; then ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
+    ``w -= (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+    """
+    if opt.coupled is not None:
+        grads = [g.addcmul(w, lam) for g, w, lam in zip(grads, weights, opt.coupled)]
+    if opt.decoupled is not None:
+        for w, lam, lr in zip(weights, opt.decoupled, lrs):
+            rate = lr if opt.independent is None else torch.where(opt.independent > 0, 1.0 if scale is None else
+                                                                  scale, lr)
+            w.mul_(1 - rate * lam)
+    if opt.kind == "SGD":
+        for w, g, buf, lr in zip(weights, grads, opt.state, lrs):
+            buf.mul_(opt.momentum).add_(g)
+            d = buf if opt.nesterov is None else torch.where(opt.nesterov > 0, g.addcmul(buf, opt.momentum), buf)
+            w.sub_(lr * d)
+        return
+    dtype = weights[0].dtype
+    c1 = (1 - opt.beta1**step).to(dtype)
+    root_c2 = (1 - opt.beta2**step).sqrt().to(dtype)
+    b1, b2 = opt.beta1.to(dtype), opt.beta2.to(dtype)
+    one_b1, one_b2 = (1 - opt.beta1).to(dtype), (1 - opt.beta2).to(dtype)
+    for w, g, (m, v), lr, eps in zip(weights, grads, opt.state, lrs, opt.eps):
+        m.mul_(b1).add_(g * one_b1)
+        v.mul_(b2).addcmul_(g * one_b2, g)
+        denom = v.sqrt().div_(root_c2).add_(eps)
+        w.sub_(m.div(denom).mul_(lr / c1))
+
+
+def train_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step: int,
+               scale=None) -> torch.Tensor:
     """One optimizer step of the members of ``weights``, in place; returns their minibatch losses ``[K]``.
 
     ``x``, ``t``, ``labels``: a minibatch as :func:`loss_and_dfa` takes it; ``lrs``: one ``[K, 1, 1]`` rate per
     layer (the same tensor for every layer: :func:`raysweep.model.backward` applies it once); ``adam``: per layer
-    the moments ``(m, v)``, or None for SGD, whose update is fused into the backward; ``step``: from 1.
+    the moments ``(m, v)`` (Adam at its defaults), an :class:`OptState` (the general path), or None for SGD, whose
+    update is fused into the backward; ``step``: from 1; ``scale``: the schedule's multipliers (general path).
     """
     raw, acts = model.forward_cached(weights, x)
     losses, dfa = loss_and_dfa(raw, out_mult, t, labels, loss_coef, dfa_coef)
     if adam is None:
         model.backward(weights, acts, dfa, sgd_lr=lrs)
+    elif isinstance(adam, OptState):
+        update_general(weights, model.backward(weights, acts, dfa), lrs, adam, step, scale)
     else:
         update(weights, model.backward(weights, acts, dfa), lrs, adam, step)
     return losses
@@ -189,22 +345,32 @@ def step_groups(n_members: int, member_bytes: int) -> list[slice]:
 
 
 def member_bytes(weights, adam) -> int:
-    """Bytes of one member's weights, and of its Adam moments when ``adam`` is not None (what
+    """Bytes of one member's weights, and of its optimizer state when ``adam`` is not None (what
     :func:`step_groups` sizes groups by)."""
-    return sum(w[0].numel() * w.element_size() for w in weights) * (1 if adam is None else 3)
+    copies = 1 if adam is None else 2 if isinstance(adam, OptState) and adam.kind == "SGD" else 3
+    return sum(w[0].numel() * w.element_size() for w in weights) * copies
 
 
 def bundle_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step: int,
-                groups: list[slice]) -> torch.Tensor:
+                groups: list[slice], scale=None) -> torch.Tensor:
     """:func:`train_step` of the whole bundle, one group of ``groups`` (:func:`step_groups`) at a time; returns
     every member's minibatch loss ``[K]``. ``x`` and ``labels`` are shared (``[B, ...]``) or per member."""
     if len(groups) == 1:
-        return train_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step)
+        return train_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step, scale)
     # large weights: a group of members at a time, so that each group's weights stay in cache
     depth = len(weights)
     return torch.cat([
         train_step([w[g] for w in weights], x if x.dim() == 2 else x[g], t[g],
                    labels if labels is None or labels.dim() == 1 else labels[g], out_mult[g], loss_coef,
                    dfa_coef[g], [lrs[0][g]] * depth if lrs[0] is lrs[-1] else [lr[g] for lr in lrs],
-                   None if adam is None else [(m[g], v[g]) for m, v in adam], step)
+                   _group_state(adam, g), step, None if scale is None else scale[g])
         for g in groups])
+
+
+def _group_state(adam, g: slice):
+    """The optimizer state of the members ``g`` (views: the updates write through)."""
+    if adam is None:
+        return None
+    if isinstance(adam, OptState):
+        return adam.select(g)
+    return [(m[g], v[g]) for m, v in adam]

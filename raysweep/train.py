@@ -1,7 +1,9 @@
 """Train one configuration, or a fused bundle of configurations that share their shapes, and yield reports.
 
-A *bundle* is K members that share batch size, width, depth, parametrization, optimizer, loss and learning-rate
-rule; they may differ in eta, gamma and seed. Their weights are stacked (``[K, fan_in, fan_out]``), every step is
+A *bundle* is K members that share batch size, width, depth, parametrization, optimizer, loss, learning-rate
+rule and update path (:func:`raysweep.space.bundle_key`); they may differ in eta, gamma, seed, the optimizer's
+hyperparameters (momentum, betas, eps, weight decay) and the learning-rate schedule (:mod:`raysweep.schedules`,
+a per-member multiplier of every layer's rate at every step). Their weights are stacked (``[K, fan_in, fan_out]``), every step is
 one batched forward and backward, and each member keeps its own learning rates, centring, data stream (one per
 distinct seed) and divergence state. A single trial is a bundle of one: there is only one training loop.
 
@@ -58,18 +60,23 @@ from raysweep.dead import CHANCE_SIGMAS, COLLAPSE_LOSS_MIN, LOSS_BAND, chance_ac
 from raysweep.errors import InfeasibleError
 from raysweep.limits import F0_CACHE_BYTES
 from raysweep.noise import NoiseFeed
-from raysweep.scaling import learning_rates
+from raysweep.scaling import epsilons, learning_rates, weight_decays
+from raysweep.schedules import is_constant
 from raysweep.seeds import data_seed, init_seed, noise_seed
-from raysweep.space import BUNDLE_KEYS, grad_noise_option, setting
+from raysweep.space import BUNDLE_KEYS, axis_value, bundle_key, grad_noise_option, setting, update_path
 from raysweep.step import (
     ADAM_BETAS,
     ADAM_EPS,
+    OptState,
+    ScheduleFeed,
     bundle_step,
     draw_samples,
     forward_chunked,
     loss_coefficients,
     loss_per_member,
     member_bytes,
+    optimizer_state,
+    scaled_rates,
     step_groups,
     targets,
 )
@@ -81,11 +88,6 @@ __all__ = [
     "noise_seed", "outside_band", "steps_for", "train", "train_bundle",
 ]  # fmt: skip
 
-
-
-def bundle_key(point: Mapping[str, Any]) -> tuple:
-    """Configs with equal keys can train as one bundle."""
-    return tuple(point[k] for k in BUNDLE_KEYS)
 
 
 @dataclass
@@ -273,7 +275,9 @@ def train_bundle(
            for l in range(depth)]
     if all(len(set(r.per_layer)) == 1 for r in rates):
         lrs = [lrs[0]] * depth  # one tensor for every layer: model.backward then applies it once
-    adam = [(torch.zeros_like(w), torch.zeros_like(w)) for w in weights] if optimizer == "Adam" else None
+    settings = [_optimizer_settings(p, width, depth) for p in points]
+    adam = optimizer_state(update_path(first), optimizer, weights, settings)  # None, Adam's moments or an OptState
+    sched = None if all(is_constant(p) for p in points) else ScheduleFeed(points, total_steps, dtype, device)
     loss_coef, df_coef = loss_coefficients(loss_name, mse_convention, batch_size, task.n_out)
     dfa_coef = out_mult * df_coef
 
@@ -312,7 +316,9 @@ def train_bundle(
         x, t, labels = feed.batch(pos, pos + batch_size)
         pos += batch_size
 
-        losses = bundle_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, lrs, adam, step, groups)
+        scale = None if sched is None else sched.at(step)
+        losses = bundle_step(weights, x, t, labels, out_mult, loss_coef, dfa_coef, scaled_rates(lrs, scale), adam,
+                             step, groups, scale)
         window.append(losses)
 
         if step % report_every and step != total_steps:
@@ -387,11 +393,28 @@ def train_bundle(
             out_mult, dfa_coef, f0_eval, initial_loss = out_mult[sel], dfa_coef[sel], f0_eval[sel], initial_loss[sel]
             feed.select(sel, out_mult)
             groups = step_groups(len(alive), nbytes)
-            if adam is not None:
+            if isinstance(adam, OptState):
+                adam = adam.select(sel)
+            elif adam is not None:
                 adam = [(m[sel], v[sel]) for m, v in adam]
+            if sched is not None:
+                sched.select(keep)
 
 
 _LR_ARGS = ("eta", "gamma", "width", "depth", "parametrization", "optimizer", "lr_rule")
+
+
+def _optimizer_settings(point: Mapping[str, Any], width: int, depth: int) -> dict:
+    """A member's optimizer hyperparameters, eps and weight decay per layer (raysweep.scaling's muP rules)."""
+    value = lambda axis: axis_value(point, axis)  # noqa: E731
+    shape = {"width": width, "depth": depth, "parametrization": point["parametrization"]}
+    return {
+        "momentum": value("momentum"), "nesterov": value("nesterov"), "beta1": value("beta1"),
+        "beta2": value("beta2"), "eps": epsilons(eps=value("eps"), eps_scaling=value("eps_scaling"), **shape),
+        "weight_decay": weight_decays(weight_decay=value("weight_decay"), optimizer=point["optimizer"],
+                                      lr_rule=point["lr_rule"], scaling=value("weight_decay_scaling"), **shape),
+        "independent": value("weight_decay_scaling") == "independent",
+    }
 
 
 def train(task, experiment: Mapping[str, Any], point: Mapping[str, Any], *, device="cpu") -> list[Report]:

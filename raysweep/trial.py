@@ -29,8 +29,8 @@ from typing import Any
 
 from raysweep.autobatch.guard import apply_malloc_policy, apply_memory_cap, is_oom
 from raysweep.plan import Bundle, Plan
-from raysweep.scaling import learning_rates, temperature
-from raysweep.space import AUTO, Experiment
+from raysweep.scaling import learning_rates, temperature, wd_timescale
+from raysweep.space import ADAM_OPTIMIZERS, AUTO, Experiment, axis_value
 
 # torch and Ray load in the worker; the driver imports this module (tune_trainable) without either
 
@@ -58,6 +58,7 @@ def trial_row(
         "temperature": temperature(p["eta"], p["batch_size"]) if p["batch_size"] != AUTO else None,
         "lr_effective": lrs.effective,
         "lr_hidden": lrs.hidden,
+        **optimizer_columns(p, lrs.effective),
         "status": status,
         "diverged_step": diverged_step,
         "error": error,
@@ -69,7 +70,9 @@ def trial_row(
         **placement,
     }
     if report is not None:
+        tau = row["wd_timescale_samples"]
         row.update(
+            wd_timescale_fraction=tau / report.samples_seen if tau is not None and report.samples_seen else None,
             steps=report.step,
             samples_seen=report.samples_seen,
             final_train_loss=report.train_loss[member],
@@ -81,6 +84,24 @@ def trial_row(
     else:
         row.update(steps=0, samples_seen=0)
     return row
+
+
+def optimizer_columns(p: Mapping[str, Any], lr: float) -> dict:
+    """The optimizer and schedule columns of point ``p`` (README schema): the axes (null where the optimizer does
+    not read them), and the weight-decay timescale at the schedule's peak from the readout layer's rate ``lr``:
+    ``1 / (lr lambda)`` steps (``1 / lambda`` with the independent scaling) and ``B`` times that in samples."""
+    value = {axis: axis_value(p, axis) for axis in (
+        "momentum", "nesterov", "beta1", "beta2", "eps", "eps_scaling", "weight_decay", "weight_decay_scaling",
+        "schedule", "warmup_steps", "warmup_fraction", "decay_fraction", "final_fraction")}
+    sgd, adam = p["optimizer"] == "SGD", p["optimizer"] in ADAM_OPTIMIZERS
+    for axis in ("momentum", "nesterov"):
+        value[axis] = value[axis] if sgd else None
+    for axis in ("beta1", "beta2", "eps", "eps_scaling"):
+        value[axis] = value[axis] if adam else None
+    steps = wd_timescale(lr, value["weight_decay"], value["weight_decay_scaling"])
+    batch = p["batch_size"] if p["batch_size"] != AUTO else None
+    return {**value, "wd_timescale_steps": steps,
+            "wd_timescale_samples": steps * batch if steps is not None and batch is not None else None}
 
 
 def failed_row(plan: Plan, bundle: Bundle, index: int, error: str, provisional: Mapping | None = None) -> dict:

@@ -338,7 +338,7 @@ def test_import_does_not_pull_ray_or_torch():
         ),
         (
             spec_with(**{"space.optimizer": "Adma"}),
-            r"^space\.optimizer: must be one of SGD, Adam, got 'Adma'; did you mean 'Adam'\?",
+            r"^space\.optimizer: must be one of SGD, Adam, AdamW, got 'Adma'; did you mean 'Adam'\?",
         ),
         (spec_with(**{"space.optimizer": ["RMSprop"]}), r"^space\.optimizer\[0\]: must be one of SGD, Adam"),
         (spec_with(**{"space.eta": []}), r"^space\.eta: must list at least one value, got \[\]"),

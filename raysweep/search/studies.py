@@ -129,7 +129,7 @@ def cell_grid(spec, all_axes) -> list[dict]:
     """The cells: the product of the axes Optuna does not search (the mup_adam/SGD pairs left out)."""
     grid_axes = [a for a in all_axes if a not in spec.search.optuna_axes]
     cells = [dict(zip(grid_axes, vals)) for vals in itertools.product(*(getattr(spec.space, a) for a in grid_axes))]
-    return [c for c in cells if not (c.get("lr_rule") == "mup_adam" and c.get("optimizer", "Adam") != "Adam")]
+    return [c for c in cells if not (c.get("lr_rule") == "mup_adam" and c.get("optimizer", "Adam") not in ("Adam", "AdamW"))]
 
 
 def study_name(spec, cell: dict) -> str:
