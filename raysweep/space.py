@@ -127,6 +127,7 @@ import yaml
 from raysweep import families, limits, search_spec
 from raysweep import fields as f
 from raysweep.autobatch.config import AutobatchConfig
+from raysweep.custom.spec import is_custom, model_option, plain
 from raysweep.scaling import learning_rates
 from raysweep.search_spec import ALGORITHMS, Scheduler, Search
 
@@ -167,6 +168,7 @@ MSE_CONVENTIONS = ("half_sum", "study")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 MODELS = ("mlp", "linear")  # raysweep.model: the MLP, or the linear student f(x) = w.x
+CUSTOM_PARAMETRIZATIONS = ("SP", "muP")  # a user's model: as built, or muP by base shapes (raysweep.custom.mup)
 # A linear student has one weight matrix [D, out], zero at step 0 and no multiplier: it has no hidden width, depth,
 # richness or parametrization, and trains every rule at eta. Its configurations carry these fixed values (the
 # columns keep their types; README "Linear teachers").
@@ -292,7 +294,7 @@ class Experiment(f.ShortRepr):
         f.set_field(self, "data_seed", _seed("experiment.data_seed", self.data_seed))
         f.set_field(self, "device", f.as_choice("experiment.device", self.device, DEVICES))
         f.set_field(self, "grad_noise_scale", grad_noise_option(self.grad_noise_scale))
-        f.set_field(self, "model", f.as_choice("experiment.model", self.model, MODELS))
+        f.set_field(self, "model", model_option(self.model))
         self._check_length()
         if self.eval_samples is _FAMILY_DEFAULT:
             f.set_field(self, "eval_samples", families.get(family).eval_samples)
@@ -318,7 +320,7 @@ class Experiment(f.ShortRepr):
     @property
     def kind(self) -> str:
         """'regression' (synthetic teachers) or 'classification' (digits, MNIST family)."""
-        return families.get(self.family).kind
+        return families.kind(self)
 
     @property
     def online(self) -> bool:
@@ -345,7 +347,9 @@ class Experiment(f.ShortRepr):
             common["grad_noise_scale"] = dict(noise)
         if common["model"] == EXPERIMENT_DEFAULTS["model"]:
             del common["model"]  # the MLP: absent, so that the config keys of every MLP sweep stay as they were
-        return {**common, **self.params}
+        elif is_custom(common["model"]):
+            common["model"] = plain(common["model"])
+        return {**common, **{k: plain(v) for k, v in self.params.items()}}
 
     def _shown(self) -> dict:
         family = families.get(self.family)
@@ -353,7 +357,7 @@ class Experiment(f.ShortRepr):
         shown = {k: v for k, v in super()._shown().items() if k not in ("params", "eval_samples")}
         if self.eval_samples != family.eval_samples:
             shown["eval_samples"] = self.eval_samples
-        changed = {k: v for k, v in self.params.items() if v != defaults[k]}
+        changed = {k: v for k, v in self.params.items() if k not in defaults or v != defaults[k]}
         return {**shown, "params": changed} if changed else shown
 
 
@@ -523,6 +527,13 @@ class SweepSpec(f.ShortRepr):
             raise f.FieldError("space", "has no point an optimizer reads (e.g. nesterov: true needs a momentum > 0; "
                                "betas and eps are Adam's, momentum SGD's)")
         _check_model(self.experiment, space)
+        if is_custom(self.experiment.model):
+            if self.autobatch is not None:
+                raise f.fail("autobatch", "must be absent with a model factory (autobatch's memory model is the "
+                             "MLP's)", "a section")
+            if self.experiment.model["base_width"] is None:  # muP's base: the smallest width of the space
+                model = f.FrozenDict({**self.experiment.model, "base_width": min(space.width)})
+                f.set_field(self.experiment, "model", model)
         search_spec.check(self.search, space, self.experiment, AXES)
         _check_size(self)
         _check_arithmetic(self)
@@ -572,7 +583,26 @@ class SweepSpec(f.ShortRepr):
 
 
 def _check_model(experiment: Experiment, space: Space) -> None:
-    """An MLP has a hidden layer (depth >= 2); a linear student has exactly :data:`LINEAR_STUDENT_AXES`."""
+    """An MLP has a hidden layer (depth >= 2); a linear student has exactly :data:`LINEAR_STUDENT_AXES`; a user's
+    model (raysweep.custom) trains SP or muP at ``lr_rule: raw`` and is sized by no autobatch memory model."""
+    if is_custom(experiment.model):
+        for i, value in enumerate(space.parametrization):
+            if value not in CUSTOM_PARAMETRIZATIONS:
+                raise f.fail(f"space.parametrization[{i}]", "must be SP or muP with a model factory (SP: the module "
+                             "as built, every parameter at eta; muP: by base shapes, raysweep.custom.mup)", value)
+        if space.lr_rule != ("raw",):
+            raise f.fail("space.lr_rule", "must be [raw] with a model factory (its rates are eta times the muP "
+                         "multipliers of raysweep.custom.mup)", list(space.lr_rule))
+        if "mup" in space.eps_scaling:
+            raise f.fail("space.eps_scaling", "must be global with a model factory (the per-layer muP eps of "
+                         "raysweep.scaling is the MLP's)", list(space.eps_scaling))
+        if AUTO in space.batch_size:
+            raise f.fail("space.batch_size", "must not hold auto with a model factory (autobatch's memory model is "
+                         "the MLP's); give the batch sizes", list(space.batch_size))
+        return
+    if experiment.family == "custom":
+        raise f.fail("experiment.model", "must be a model factory {factory: package.module:function} with the "
+                     "custom family (the MLP reads flat features of a built-in family)", experiment.model)
     if experiment.model == "linear":
         for axis, value in LINEAR_STUDENT_AXES.items():
             if getattr(space, axis) != (value,):
@@ -611,6 +641,11 @@ def _check_arithmetic(spec: SweepSpec) -> None:
     dtype (:func:`raysweep.limits.gamma_range`)."""
     exp, space = spec.experiment, spec.space
     batches = [b for b in space.batch_size if b != AUTO] or [1]
+    if is_custom(exp.model):  # a user's model: its rates and ranges are its own (raysweep.custom)
+        if exp.steps is not None and exp.steps * max(batches) > limits.INT64_MAX:
+            raise f.fail("experiment.steps", f"times the largest batch_size ({max(batches)}) must fit int64 (the "
+                         "samples_seen column)", exp.steps)
+        return
     if exp.steps is not None and exp.steps * max(batches) > limits.INT64_MAX:
         raise f.fail("experiment.steps", f"times the largest batch_size ({max(batches)}) must fit int64 (the "
                      "samples_seen column)", exp.steps)
@@ -691,6 +726,9 @@ def _parse(mapping: Any, source: str) -> SweepSpec:
     exp = f.section(mapping, "experiment", _COMMON_KEYS + all_family_keys, required=True)
     experiment = Experiment.from_dict(exp)
     axes = f.section(mapping, "space", AXES, required=True)
+    if is_custom(experiment.model):
+        # a saved spec holds lr_rule: [raw]; any other value is an error (SweepSpec)
+        axes = {"lr_rule": ["raw"], **axes}
     if experiment.model == "linear":
         for axis, value in LINEAR_STUDENT_AXES.items():
             # a saved spec (spec.yaml) holds the fixed values: those are accepted, any other is an error
