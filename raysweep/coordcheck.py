@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from raysweep.custom.spec import is_custom
 from raysweep.errors import SpecError
 from raysweep.scaling import learning_rates
 from raysweep.seeds import init_seed
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         widths = [int(v) for v in args.widths.split(",") if v.strip()]
         if len(widths) < 2 or min(widths) < 1 or args.steps < 1 or args.seeds < 1 or args.batch_size < 1:
             raise SpecError("--widths needs 2 or more positive widths; --steps, --seeds, --batch-size must be >= 1")
-        if spec.experiment.model != "mlp":
+        custom = is_custom(spec.experiment.model)
+        if spec.experiment.model != "mlp" and not custom:
             raise SpecError(f"experiment.model: a coord check scales an MLP's width; {args.space} trains the "
                             f"{spec.experiment.model} student, which has none")
     except (SpecError, ValueError) as exc:
@@ -248,8 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     n = len(spec_combinations(spec, etas=etas, gammas=gammas))
     print(f"coord check of {spec.name}: {n} combination(s), widths {widths}, {args.steps} steps, {args.seeds} "
           f"seed(s), one batch of {args.batch_size}; slope of log mean|change| vs log N per layer")
-    checks = run_spec(spec, widths=widths, steps=args.steps, seeds=range(args.seeds), batch_size=args.batch_size,
-                      etas=etas, gammas=gammas)
+    if custom:  # a model factory: its modules' outputs, trained by the general path's step
+        from raysweep.custom.coordcheck import run_spec as run_custom  # torch and the user's code
+
+        checks = run_custom(spec, widths=widths, steps=args.steps, seeds=range(args.seeds),
+                            batch_size=args.batch_size, etas=etas, gammas=gammas)
+    else:
+        checks = run_spec(spec, widths=widths, steps=args.steps, seeds=range(args.seeds), batch_size=args.batch_size,
+                          etas=etas, gammas=gammas)
     for check in checks:
         print(check.table())
     if args.plot:

@@ -39,7 +39,7 @@ from raysweep.space import axis_value, bundle_key, setting, update_path
 from raysweep.step import OptState, ScheduleFeed, optimizer_state, scaled_rates, update, update_general
 from raysweep.train import Report, divergence, steps_for
 
-__all__ = ["Members", "build_members", "train_bundle"]
+__all__ = ["Members", "as_task", "build_members", "train_bundle"]
 
 
 class Members:
@@ -182,8 +182,7 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
     factor = float(setting(experiment, "divergence_factor"))
     centred = bool(setting(experiment, "model")["centred"])
     started = time.perf_counter()
-    if not hasattr(task, "input_shape"):  # a built-in family's Task: flat features
-        task = _flat(task)
+    task = as_task(task)
 
     # --- model: the members' parameters stacked, their rates and optimizer state --------------------------------
     members = build_members(task, experiment, points, device=device, fused=fused)
@@ -278,10 +277,13 @@ def _losses(out: torch.Tensor, y: torch.Tensor, loss: str, mse_convention: str, 
     return torch.stack([functional.member_loss(o, y, loss, mse_convention, n_out) for o in out])
 
 
-def _flat(task):
-    """A built-in family's Task seen by this trainer: inputs of shape ``(dim,)``."""
+def as_task(task):
+    """The task as this trainer reads it: a CustomTask as it is; a built-in family's Task with inputs of shape
+    ``(dim,)`` (fixed data sets only)."""
     from raysweep.custom.data import CustomTask  # the same attributes
 
+    if hasattr(task, "input_shape"):
+        return task
     if task.online:
         raise ValueError(f"{task.dataset} is online; a model factory trains on fixed data sets (custom, digits, "
                          "mnist, ... or an online family with online: false)")

@@ -5,7 +5,9 @@
 self-attention with ``heads`` heads of ``d_head = d / heads``, and an MLP ``d -> 4d -> d`` with GELU), a final
 LayerNorm and a linear readout ``head`` (``d -> vocab``) divided by ``gamma``. Attention logits are scaled by
 ``1 / sqrt(d_head)`` under SP and by ``1 / d_head`` under muP (Tensor Programs V, section 5: with a fixed number of
-heads, query-key products of correlated vectors grow like ``d_head``). PyTorch's default initialisation.
+heads, query-key products of correlated vectors grow like ``d_head``). PyTorch's default initialisation, except
+that under muP the readout and the query weights start at zero (TP5's advice, followed by the mup package's
+examples: it removes the initial output's ``1 / sqrt(N)`` term from the readout's change at finite width).
 
 ``markov_language``: sequences of a random first-order Markov chain over ``vocab`` tokens (each row of the
 transition matrix a softmax of ``N(0, temperature^-2)`` logits, drawn from ``seed``), ``x`` the first
@@ -50,6 +52,11 @@ class Transformer(nn.Module):
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, n_out)
         self.gamma = gamma
+        if parametrization == "muP":  # TP5's advice for transformers: zero readout and queries (the mup package's)
+            with torch.no_grad():
+                self.head.weight.zero_()
+                for block in self.blocks:
+                    block.qkv.weight[:d].zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(x) + self.position[: x.shape[-1]]
