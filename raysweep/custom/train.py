@@ -52,7 +52,7 @@ class Members:
 
     def __init__(self, modules, points: Sequence[Mapping[str, Any]], shapes, *, fused: bool):
         first = points[0]
-        self.params, self.buffers, self.body = functional.stack(modules)
+        self.params, self.buffers, self.body = functional.stack(modules)  # contiguous: flat() views them
         self.names = list(self.params)
         named = {n: tuple(p.shape[1:]) for n, p in self.params.items()}
         self.lr_mult, self.forward_mult = mup.multipliers(shapes, named, first["optimizer"])
@@ -68,8 +68,9 @@ class Members:
         return next(iter(self.params.values())).shape[0]
 
     def flat(self, tensors: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Views ``[K, numel, 1]`` of stacked tensors, in parameter order (what raysweep.step's updates take)."""
-        return [tensors[n].view(tensors[n].shape[0], -1, 1) for n in self.names]
+        """Stacked tensors as ``[K, numel, 1]``, in parameter order (what raysweep.step's updates take): views of
+        contiguous ones (the parameters, whose updates write through), copies of the others (vmap's gradients)."""
+        return [tensors[n].reshape(tensors[n].shape[0], -1, 1) for n in self.names]
 
     def step(self, fn, x, y, f0, shared: bool, step: int, scale) -> torch.Tensor:
         """One optimizer step of every member in place; returns their minibatch losses ``[K]``."""

@@ -130,10 +130,10 @@ def test_cnn_fused_equals_solo(dtype, tol):
             assert abs(a - c) <= tol * max(1, abs(c)) and (abs(b - d) <= tol * max(1, abs(d)) or math.isnan(d))
 
 
-@pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-5)])
-def test_transformer_fused_equals_solo(dtype, tol):
+@pytest.mark.parametrize("dtype, parametrization, tol", [("float64", "muP", 1e-10), ("float32", "SP", 1e-5)])
+def test_transformer_fused_equals_solo(dtype, parametrization, tol):
     exp, task, points = setup(LANGUAGE, {"batch_size": 8, "eta": [0.003, 0.01, 0.03], "width": 16, "seed": [0, 1],
-                                         "parametrization": "muP", "optimizer": "Adam"}, dtype, steps=10)
+                                         "parametrization": parametrization, "optimizer": "Adam"}, dtype, steps=10)
     fused = list(train_bundle(task, exp, points))
     for i, p in enumerate(points):
         solo = curves(list(train_bundle(task, exp, [p])), 0)
