@@ -5,7 +5,9 @@ For each combination of the spec (:func:`raysweep.coordcheck.spec_combinations`)
 factory's model (seeded), its muP multipliers (:mod:`raysweep.custom.mup`), ``steps`` steps of the general path's
 update (:class:`raysweep.custom.train.Members`, one member) on one fixed batch; then for every module with
 parameters (and the model's output, ``out``) the size of its output's change ``mean |y_t - y_0|`` on that batch,
-fitted as ``N^slope``. Under muP every slope should be near 0 (|slope| < 0.1).
+fitted as ``N^slope``; and per layer type (``[Linear]``, ``[LayerNorm]``, ``[Conv2d]``, ...: the module's class, the
+output as ``[output]``) the geometric mean of its modules' sizes, whose slope is the mean of theirs. Under muP every
+slope should be near 0 (|slope| < 0.1).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def coord_check(experiment: Mapping, task, config: Mapping, x, y, *, widths: Seq
             for seed in seeds:
                 point = {**config, "width": width, "seed": seed}
                 members = build_members(task, experiment, [point], fused=False)
+                kinds_of = {n: type(m).__name__ for n, m in members.body.named_modules() if n}
                 before = module_outputs(members, x)
                 fn = functional.loss_fn(members.body, members.forward_mult, point["loss"],
                                         experiment.get("mse_convention", "half_sum"), task.n_out)
@@ -68,6 +71,13 @@ def coord_check(experiment: Mapping, task, config: Mapping, x, y, *, widths: Seq
                     sizes.setdefault(name, np.zeros(len(widths)))[i] += change / len(seeds)
     except (FactoryError, ValueError, TypeError, RuntimeError) as exc:
         return CoordCheck(dict(config), widths, error=f"{type(exc).__name__}: {exc}")
+    # per layer type (the module's class; the output on its own): the geometric mean of its modules' sizes, whose
+    # slope is the mean of their slopes
+    kinds: dict[str, list[str]] = {}
+    for name in sizes:
+        kinds.setdefault(kinds_of.get(name, "output"), []).append(name)
+    for kind, names in kinds.items():
+        sizes[f"[{kind}]"] = np.exp(np.mean([np.log(sizes[n]) for n in names], 0))
     layers = tuple(sizes)
     updates = np.stack([sizes[name] for name in layers], 1)
     with np.errstate(divide="ignore", invalid="ignore"):

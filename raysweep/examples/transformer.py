@@ -6,8 +6,9 @@ self-attention with ``heads`` heads of ``d_head = d / heads``, and an MLP ``d ->
 LayerNorm and a linear readout ``head`` (``d -> vocab``) divided by ``gamma``. Attention logits are scaled by
 ``1 / sqrt(d_head)`` under SP and by ``1 / d_head`` under muP (Tensor Programs V, section 5: with a fixed number of
 heads, query-key products of correlated vectors grow like ``d_head``). PyTorch's default initialisation, except
-that under muP the readout and the query weights start at zero (TP5's advice, followed by the mup package's
-examples: it removes the initial output's ``1 / sqrt(N)`` term from the readout's change at finite width).
+that under muP the readout starts at zero (TP5's advice, followed by the mup package's examples: it removes the
+initial output's ``1 / sqrt(N)`` term from the readout's change at finite width); ``zero_query: true`` zeroes the
+query weights too.
 
 ``markov_language``: sequences of a random first-order Markov chain over ``vocab`` tokens (each row of the
 transition matrix a softmax of ``N(0, temperature^-2)`` logits, drawn from ``seed``), ``x`` the first
@@ -43,7 +44,7 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     def __init__(self, vocab: int, context: int, d: int, blocks: int, heads: int, n_out: int, gamma: float,
-                 parametrization: str):
+                 parametrization: str, zero_query: bool = False):
         super().__init__()
         d_head = d // heads
         scale = 1.0 / d_head if parametrization == "muP" else 1.0 / math.sqrt(d_head)
@@ -52,10 +53,10 @@ class Transformer(nn.Module):
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, n_out)
         self.gamma = gamma
-        if parametrization == "muP":  # TP5's advice for transformers: zero readout and queries (the mup package's)
+        if parametrization == "muP":  # TP5's advice for transformers: a zero readout (and, optionally, queries)
             with torch.no_grad():
                 self.head.weight.zero_()
-                for block in self.blocks:
+                for block in (self.blocks if zero_query else ()):
                     block.qkv.weight[:d].zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,13 +65,13 @@ class Transformer(nn.Module):
 
 
 def build(*, width: int, depth: int, gamma: float, parametrization: str, input_shape, n_out: int, heads: int = 2,
-          vocab: int | None = None) -> nn.Module:
+          vocab: int | None = None, zero_query: bool = False) -> nn.Module:
     """The model factory (``experiment.model.factory: raysweep.examples.transformer:build``): ``depth - 1`` blocks
     of width ``width`` (a multiple of ``heads``); the vocabulary is ``n_out`` unless given."""
     if width % heads:
         raise ValueError(f"width {width} must be a multiple of heads {heads}")
     return Transformer(vocab or n_out, int(input_shape[0]), width, max(1, depth - 1), heads, n_out, gamma,
-                       parametrization)
+                       parametrization, zero_query)
 
 
 def markov_language(*, seed: int, vocab: int = 16, context: int = 16, n_train: int = 2048, n_test: int = 512,
