@@ -150,11 +150,15 @@ def coord_check(config: Mapping, x, y, *, n_out: int, widths: Sequence[int] = DE
                 updates[i] += np.array(sizes) / len(seeds)
     except (ValueError, TypeError, NotImplementedError) as exc:
         return CoordCheck(dict(config), widths, error=f"{type(exc).__name__}: {exc}")
+    return CoordCheck(dict(config), widths, layers, updates, fit_slopes(widths, updates))
+
+
+def fit_slopes(widths: Sequence[int], updates: np.ndarray) -> tuple[float, ...]:
+    """The log-log slope in N of each column of ``updates`` ``[widths, layers]`` (NaN where a size is not positive)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log(updates)
-    slopes = tuple(float(np.polyfit(np.log(widths), logs[:, l], 1)[0]) if np.isfinite(logs[:, l]).all()
-                   else math.nan for l in range(len(layers)))
-    return CoordCheck(dict(config), widths, layers, updates, slopes)
+    return tuple(float(np.polyfit(np.log(widths), logs[:, l], 1)[0]) if np.isfinite(logs[:, l]).all()
+                 else math.nan for l in range(updates.shape[1]))
 
 
 def _rates(config: Mapping, width: int, dim: int) -> tuple[float, ...]:
@@ -163,6 +167,34 @@ def _rates(config: Mapping, width: int, dim: int) -> tuple[float, ...]:
     if "dim" in inspect.signature(learning_rates).parameters:
         kwargs["dim"] = dim
     return learning_rates(width=width, **kwargs).per_layer
+
+
+def run_factory_spec(spec, *, widths: Sequence[int] = DEFAULT_WIDTHS, steps: int = 5,
+                     seeds: Sequence[int] = (0, 1, 2), batch_size: int = 32, etas=None, gammas=None) -> list[CoordCheck]:
+    """The coord check of a model factory's spec (:mod:`raysweep.custom.coordcheck`): every module with parameters,
+    and every layer type, trained by the general path's real update, on the spec's data."""
+    import torch  # the data's dtype
+
+    from raysweep.custom.coordcheck import coord_check as factory_check  # torch and the user's code
+    from raysweep.custom.train import as_task  # torch
+    from raysweep.data import build_task  # torch
+    from raysweep.errors import FactoryError
+
+    experiment = spec.experiment.as_dict()
+    task = as_task(build_task(experiment, dtype=getattr(torch, spec.experiment.dtype)))
+    x, y = fixed_batch(task, batch_size)
+    widths = tuple(int(n) for n in widths)
+    first = spec.points()[0]
+    checks = []
+    for combo in spec_combinations(spec, etas=etas, gammas=gammas):
+        point = {**first, **{k: combo[k] for k in COMBO_KEYS}}
+        try:
+            layers, updates = factory_check(experiment, task, point, x, y, widths=widths, steps=steps, seeds=seeds)
+        except (FactoryError, ValueError, TypeError, RuntimeError) as exc:
+            checks.append(CoordCheck(dict(combo), widths, error=f"{type(exc).__name__}: {exc}"))
+            continue
+        checks.append(CoordCheck(dict(combo), widths, layers, updates, fit_slopes(widths, updates)))
+    return checks
 
 
 def spec_combinations(spec, *, etas: Sequence[float] | None = None,
@@ -251,10 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"coord check of {spec.name}: {n} combination(s), widths {widths}, {args.steps} steps, {args.seeds} "
           f"seed(s), one batch of {args.batch_size}; slope of log mean|change| vs log N per layer")
     if custom:  # a model factory: its modules' outputs, trained by the general path's step
-        from raysweep.custom.coordcheck import run_spec as run_custom  # torch and the user's code
-
-        checks = run_custom(spec, widths=widths, steps=args.steps, seeds=range(args.seeds),
-                            batch_size=args.batch_size, etas=etas, gammas=gammas)
+        checks = run_factory_spec(spec, widths=widths, steps=args.steps, seeds=range(args.seeds),
+                                  batch_size=args.batch_size, etas=etas, gammas=gammas)
     else:
         checks = run_spec(spec, widths=widths, steps=args.steps, seeds=range(args.seeds), batch_size=args.batch_size,
                           etas=etas, gammas=gammas)

@@ -1,7 +1,7 @@
 """The coordinate check of a model factory (``python -m raysweep.coordcheck SPACE.yaml`` on a spec whose
 ``experiment.model`` is a factory): microsoft/mup's diagnostic with raysweep's own trainer step.
 
-For each combination of the spec (:func:`raysweep.coordcheck.spec_combinations`), at every width and seed: the
+For each combination of the spec (:func:`raysweep.coordcheck.run_factory_spec`), at every width and seed: the
 factory's model (seeded), its muP multipliers (:mod:`raysweep.custom.mup`), ``steps`` steps of the general path's
 update (:class:`raysweep.custom.train.Members`, one member) on one fixed batch; then for every module with
 parameters (and the model's output, ``out``) the size of its output's change ``mean |y_t - y_0|`` on that batch,
@@ -12,12 +12,9 @@ slope should be near 0 (|slope| < 0.1).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-
-from raysweep.coordcheck import CoordCheck
 
 
 def module_outputs(members, x) -> dict[str, object]:
@@ -45,32 +42,29 @@ def module_outputs(members, x) -> dict[str, object]:
 
 
 def coord_check(experiment: Mapping, task, config: Mapping, x, y, *, widths: Sequence[int], steps: int = 5,
-                seeds: Sequence[int] = (0, 1, 2)) -> CoordCheck:
-    """Train ``config`` (a point of the spec) ``steps`` steps on the batch ``(x, y)`` at every width and seed; see
-    the module docstring."""
+                seeds: Sequence[int] = (0, 1, 2)) -> tuple[tuple[str, ...], np.ndarray]:
+    """Train ``config`` (a point of the spec) ``steps`` steps on the batch ``(x, y)`` at every width and seed; returns
+    the module names (and layer types) and their mean change at every width, ``[widths, layers]`` (the module
+    docstring); :func:`raysweep.coordcheck.run_factory_spec` fits the slopes."""
     from raysweep.custom import functional  # torch.func
     from raysweep.custom.train import build_members  # torch
-    from raysweep.errors import FactoryError
 
-    widths = tuple(int(n) for n in widths)
     sizes: dict[str, np.ndarray] = {}
-    try:
-        for i, width in enumerate(widths):
-            for seed in seeds:
-                point = {**config, "width": width, "seed": seed}
-                members = build_members(task, experiment, [point], fused=False)
-                kinds_of = {n: type(m).__name__ for n, m in members.body.named_modules() if n}
-                before = module_outputs(members, x)
-                fn = functional.loss_fn(members.body, members.forward_mult, point["loss"],
-                                        experiment.get("mse_convention", "half_sum"), task.n_out)
-                for step in range(1, steps + 1):
-                    members.step(fn, x, y, None, True, step, None)
-                after = module_outputs(members, x)
-                for name in before:
-                    change = float((after[name] - before[name]).abs().mean())
-                    sizes.setdefault(name, np.zeros(len(widths)))[i] += change / len(seeds)
-    except (FactoryError, ValueError, TypeError, RuntimeError) as exc:
-        return CoordCheck(dict(config), widths, error=f"{type(exc).__name__}: {exc}")
+    kinds_of: dict[str, str] = {}
+    for i, width in enumerate(widths):
+        for seed in seeds:
+            point = {**config, "width": int(width), "seed": seed}
+            members = build_members(task, experiment, [point], fused=False)
+            kinds_of = {n: type(m).__name__ for n, m in members.body.named_modules() if n}
+            before = module_outputs(members, x)
+            fn = functional.loss_fn(members.body, members.forward_mult, point["loss"],
+                                    experiment.get("mse_convention", "half_sum"), task.n_out)
+            for step in range(1, steps + 1):
+                members.step(fn, x, y, None, True, step, None)
+            after = module_outputs(members, x)
+            for name in before:
+                change = float((after[name] - before[name]).abs().mean())
+                sizes.setdefault(name, np.zeros(len(widths)))[i] += change / len(seeds)
     # per layer type (the module's class; the output on its own): the geometric mean of its modules' sizes, whose
     # slope is the mean of their slopes
     kinds: dict[str, list[str]] = {}
@@ -79,29 +73,4 @@ def coord_check(experiment: Mapping, task, config: Mapping, x, y, *, widths: Seq
     for kind, names in kinds.items():
         sizes[f"[{kind}]"] = np.exp(np.mean([np.log(sizes[n]) for n in names], 0))
     layers = tuple(sizes)
-    updates = np.stack([sizes[name] for name in layers], 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.log(updates)
-    slopes = tuple(float(np.polyfit(np.log(widths), logs[:, l], 1)[0]) if np.isfinite(logs[:, l]).all()
-                   else math.nan for l in range(len(layers)))
-    return CoordCheck(dict(config), widths, layers, updates, slopes)
-
-
-def run_spec(spec, *, widths: Sequence[int], steps: int = 5, seeds: Sequence[int] = (0, 1, 2), batch_size: int = 32,
-             etas=None, gammas=None) -> list[CoordCheck]:
-    """:func:`coord_check` for every combination of ``spec``, on the first ``batch_size`` training samples."""
-    import torch  # the data's dtype
-
-    from raysweep.coordcheck import COMBO_KEYS, fixed_batch, spec_combinations
-    from raysweep.custom.train import as_task
-    from raysweep.data import build_task
-
-    experiment = spec.experiment.as_dict()
-    task = as_task(build_task(experiment, dtype=getattr(torch, spec.experiment.dtype)))
-    x, y = fixed_batch(task, batch_size)
-    first = spec.points()[0]
-    checks = []
-    for combo in spec_combinations(spec, etas=etas, gammas=gammas):
-        point = {**first, **{k: combo[k] for k in COMBO_KEYS}}
-        checks.append(coord_check(experiment, task, point, x, y, widths=widths, steps=steps, seeds=seeds))
-    return checks
+    return layers, np.stack([sizes[name] for name in layers], 1)

@@ -4,7 +4,6 @@ grow with width under SP (Adam at a fixed eta)."""
 import yaml
 
 from raysweep import coordcheck
-from raysweep.custom.coordcheck import run_spec
 from raysweep.space import parse_spec
 from tests.support import ROOT
 
@@ -18,7 +17,7 @@ def small_spec(**space):
 
 def test_transformer_coord_check_flat_under_mup():
     spec = parse_spec(small_spec(width=[32, 256]))
-    checks = {c.config["parametrization"]: c for c in run_spec(spec, widths=(32, 64, 128, 256), steps=5, seeds=(0, 1, 2),
+    checks = {c.config["parametrization"]: c for c in coordcheck.run_factory_spec(spec, widths=(32, 64, 128, 256), steps=5, seeds=(0, 1, 2),
                                                                batch_size=16, etas=[0.01])}
     types = {"[Embedding]", "[LayerNorm]", "[Linear]", "[output]"}
     mup, sp = checks["muP"], checks["SP"]
