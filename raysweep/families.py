@@ -242,7 +242,8 @@ def kind(experiment) -> str:
 
 
 def shape(experiment) -> tuple[int, int]:
-    """``(dim, n_out)`` of the experiment's task, from the spec alone (no data is read)."""
+    """``(dim, n_out)`` of the experiment's task, from the spec alone (no data is read; ``custom``: from its data
+    factory's tensors, built once per process, ``dim`` the elements of one input)."""
     return _family(experiment).shape(params(experiment))
 
 

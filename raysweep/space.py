@@ -25,6 +25,9 @@ The format (every key is checked; an unknown key is an error that suggests the c
                                 # f(x) = w.x, w = 0 at step 0 (raysweep.model); a linear student takes no width,
                                 # depth, gamma, parametrization or lr_rule axis (its rate is eta), and on the linear
                                 # families its eval loss is the exact population loss
+                                # | {factory: "package.module:function", kwargs: {}, readout: null,
+                                # base_width: null, centred: false}: any torch.nn.Module (raysweep.custom.spec);
+                                # parametrization SP or muP (by base shapes), lr_rule raw (filled in), no autobatch
       grad_noise_scale: null    # off (null/false, default) | true | {batches: 8, batch_size: null}: measure the
                                 # gradient noise scale at every report (raysweep.noise; batches: chunks m >= 2,
                                 # batch_size: chunk size b > 0, null for the trial's batch size)
@@ -40,6 +43,8 @@ The format (every key is checked; an unknown key is an error that suggests the c
       #   digits: test_fraction (0 < f < 1, 0.2)          sklearn's bundled digits: runs offline
       #   mnist, mnist1m: path (required; a local file, nothing is downloaded)
       #   mnist1m_sampled: path (required), max_train_samples (required, int > 0)
+      #   custom: factory (required, "package.module:function"), kwargs ({}), kind (classification |
+      #           regression): the data factory's tensors (raysweep.custom.data); needs a model factory
     space:                      # required; batch_size, eta and width are required, the other axes have defaults
       batch_size: {pow2: [0, 7]}   # ints > 0
       eta: {pow2: [-12, 12]}       # floats > 0 (base learning rate; see raysweep.scaling for the effective one)
