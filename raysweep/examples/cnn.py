@@ -1,8 +1,9 @@
 """A small CNN on sklearn's bundled digits (8 x 8 images, no download): the model and data factories of
 ``search_spaces/custom_cnn_digits.yaml``.
 
-``build``: ``depth - 1`` convolutions of ``width`` channels (3 x 3, padding 1, ReLU), a mean over the pixels and a
-linear readout ``head`` (``width -> n_out``) divided by ``gamma``. PyTorch's default initialisation; no batch norm
+``build``: ``depth - 1`` convolutions of ``width`` channels (3 x 3, padding 1, ReLU), a 2 x 2 average pooling and
+a linear readout ``head`` of the flattened features (``width * 16 -> n_out`` on 8 x 8 images) divided by
+``gamma``. PyTorch's default initialisation; no batch norm
 (``batch_norm: true`` adds one after every convolution, which makes the model unfusable in training mode).
 """
 
@@ -13,7 +14,8 @@ from torch import nn
 
 
 class CNN(nn.Module):
-    def __init__(self, channels: int, width: int, depth: int, n_out: int, gamma: float, batch_norm: bool):
+    def __init__(self, channels: int, width: int, depth: int, n_out: int, gamma: float, batch_norm: bool,
+                 pooled: int):
         super().__init__()
         layers: list[nn.Module] = []
         c = channels
@@ -23,18 +25,19 @@ class CNN(nn.Module):
                 layers.append(nn.BatchNorm2d(width))
             layers.append(nn.ReLU())
             c = width
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(width, n_out)
+        self.features = nn.Sequential(*layers, nn.AvgPool2d(2), nn.Flatten())
+        self.head = nn.Linear(width * pooled, n_out)
         self.gamma = gamma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(-2, -1))) / self.gamma
+        return self.head(self.features(x)) / self.gamma
 
 
 def build(*, width: int, depth: int, gamma: float, parametrization: str, input_shape, n_out: int,
           batch_norm: bool = False) -> nn.Module:
     """The model factory (``experiment.model.factory: raysweep.examples.cnn:build``)."""
-    return CNN(int(input_shape[0]), width, depth, n_out, gamma, batch_norm)
+    pooled = (int(input_shape[1]) // 2) * (int(input_shape[2]) // 2)
+    return CNN(int(input_shape[0]), width, depth, n_out, gamma, batch_norm, pooled)
 
 
 def digits_images(*, seed: int, test_fraction: float = 0.2) -> dict:
