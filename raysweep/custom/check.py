@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from raysweep import families
 from raysweep.custom.factory import MODEL_FIELD, build_model
 from raysweep.custom.spec import is_custom
 from raysweep.errors import FactoryError
@@ -21,8 +22,6 @@ def inputs(experiment) -> tuple[tuple[int, ...], int, Any]:
     """``(input_shape, n_out, example_inputs)`` of a typed Experiment's data: the custom family's tensors (built by
     its factory), or a built-in family's ``(dim,)`` features (random inputs; no file is read)."""
     import torch  # the example inputs
-
-    from raysweep import families
 
     if experiment.family == "custom":
         from raysweep.custom.data import factory_tensors  # torch

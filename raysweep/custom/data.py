@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
-from raysweep.custom.factory import FactoryError, load
+from raysweep.custom.factory import load
 from raysweep.custom.spec import plain
-from raysweep.errors import DataError
+from raysweep.errors import DataError, FactoryError
+from raysweep.fields import FrozenDict
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -126,8 +127,6 @@ def _cached(factory: str, kwargs: Any, data_seed: int, kind: str) -> dict:
 
 def factory_tensors(experiment: Mapping[str, Any]) -> dict:
     """The factory's tensors of a flat experiment (or its family keys), built once per process."""
-    from raysweep.fields import FrozenDict  # stdlib: the hashable kwargs of the cache key
-
     kwargs = experiment.get("kwargs") or {}
     key = FrozenDict({k: _hashable(v) for k, v in dict(kwargs).items()})
     return _cached(experiment["factory"], key, int(experiment.get("data_seed") or 0),
@@ -136,8 +135,6 @@ def factory_tensors(experiment: Mapping[str, Any]) -> dict:
 
 def _hashable(value):
     if isinstance(value, Mapping):
-        from raysweep.fields import FrozenDict  # stdlib
-
         return FrozenDict({k: _hashable(v) for k, v in value.items()})
     if isinstance(value, list):
         return tuple(_hashable(v) for v in value)

@@ -19,6 +19,7 @@ from typing import Any
 
 from raysweep.custom.spec import plain
 from raysweep.errors import FactoryError
+from raysweep.seeds import init_seed
 
 MODEL_FIELD = "experiment.model.factory"
 
@@ -52,8 +53,6 @@ def build_model(model: Mapping[str, Any], *, width: int, depth: int, gamma: floa
     not return a ``torch.nn.Module``.
     """
     import torch  # the factory's modules
-
-    from raysweep.seeds import init_seed
 
     fn = load(model["factory"], MODEL_FIELD)
     kwargs = plain(model.get("kwargs") or {})

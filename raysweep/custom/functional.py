@@ -116,7 +116,6 @@ def vmap_reason(module: torch.nn.Module, x: torch.Tensor, n_out: int) -> str | N
         params, buffers, body = stack([module, module])
         params = {n: p.clone() for n, p in params.items()}
         buffers = {n: b.clone() for n, b in buffers.items()}
-        y = torch.zeros(x.shape[0], dtype=torch.int64)
         fn = loss_fn(body, {}, "xent", "half_sum", n_out)
         out = outputs(body, {}, params, buffers, x, fused=True)
         y = torch.zeros(out.shape[1:-1], dtype=torch.int64, device=x.device)
