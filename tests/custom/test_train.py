@@ -163,3 +163,13 @@ def test_divergence_drops_a_member():
     exp, task, points = setup(CNN, {"batch_size": 16, "eta": [0.1, 1e4], "width": 8, "parametrization": "SP"})
     reports = list(train_bundle(task, exp, points))
     assert 1 in reports[0].diverged and reports[-1].members == [0] and reports[-1].finished
+
+
+def test_a_factory_on_a_built_in_family():
+    """A model factory on the digits family's flat features: fused members equal their solo runs."""
+    exp, task, points = setup({"family": "digits", "model": {"factory": "tests.support.factories:mlp"}},
+                              {"batch_size": 32, "eta": [0.05, 0.2], "width": 32, "parametrization": "muP"})
+    fused = list(train_bundle(task, exp, points))
+    assert fused[-1].eval_loss[1] < fused[0].initial_loss[1]  # it learns
+    for i, p in enumerate(points):
+        assert curves(fused, i) == curves(list(train_bundle(task, exp, [p])), 0)

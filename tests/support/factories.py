@@ -37,3 +37,8 @@ def data_not_tensors(*, seed):
 def data_float_labels(*, seed):
     x = torch.randn(8, 4)
     return x, torch.zeros(8), x, torch.zeros(8)
+
+
+def mlp(*, width, input_shape, n_out, **kwargs):
+    """A plain PyTorch MLP with biases, for a built-in family's flat features."""
+    return torch.nn.Sequential(torch.nn.Linear(input_shape[0], width), torch.nn.ReLU(), torch.nn.Linear(width, n_out))
