@@ -73,14 +73,23 @@ def grads_fused(fn, params, buffers, x, y, f0, shared: bool):
         params, buffers, x, y, f0)
 
 
-def grads_unfused(fn, params, buffers, x, y, f0, shared: bool):
-    """:func:`grads_fused`, one member at a time (buffers updated in place through views of the stack)."""
+def grads_unfused(fn, params, buffers, x, y, f0, shared: bool, rng_seeds=None):
+    """:func:`grads_fused`, one member at a time (buffers updated in place through views of the stack).
+
+    ``rng_seeds`` (one int per member, or None): each member's forward draws its random numbers (dropout) from
+    torch's global generator seeded with its own seed, on a forked RNG, so that they do not depend on the other
+    members of the bundle."""
     grads, losses = [], []
+    device = next(iter(params.values())).device
     for k in range(next(iter(params.values())).shape[0]):
         pk = {n: p[k] for n, p in params.items()}
         bk = {n: b[k] for n, b in buffers.items()}
-        g, value = grad_and_value(fn)(pk, bk, x if shared else x[k], y if shared else y[k],
-                                       None if f0 is None else f0[k])
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                                   enabled=rng_seeds is not None):
+            if rng_seeds is not None:
+                torch.manual_seed(int(rng_seeds[k]))
+            g, value = grad_and_value(fn)(pk, bk, x if shared else x[k], y if shared else y[k],
+                                           None if f0 is None else f0[k])
         grads.append(g)
         losses.append(value)
     return {n: torch.stack([g[n] for g in grads]) for n in params}, torch.stack(losses)

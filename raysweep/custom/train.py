@@ -34,7 +34,7 @@ from raysweep.custom import functional, mup
 from raysweep.custom.factory import build_model
 from raysweep.dead import chance_accuracy, dead_members, outside_band
 from raysweep.schedules import is_constant
-from raysweep.seeds import data_seed
+from raysweep.seeds import data_seed, derive_seed
 from raysweep.space import axis_value, bundle_key, setting, update_path
 from raysweep.step import OptState, ScheduleFeed, optimizer_state, scaled_rates, update, update_general
 from raysweep.train import Report, divergence, steps_for
@@ -57,6 +57,7 @@ class Members:
         named = {n: tuple(p.shape[1:]) for n, p in self.params.items()}
         self.lr_mult, self.forward_mult = mup.multipliers(shapes, named, first["optimizer"])
         self.fused = fused
+        self.seeds = [int(p["seed"]) for p in points]
         w0 = next(iter(self.params.values()))
         self.lrs = [torch.tensor([float(p["eta"]) * self.lr_mult[n] for p in points], dtype=w0.dtype,
                                  device=w0.device).reshape(-1, 1, 1) for n in self.names]
@@ -73,9 +74,13 @@ class Members:
         return [tensors[n].reshape(tensors[n].shape[0], -1, 1) for n in self.names]
 
     def step(self, fn, x, y, f0, shared: bool, step: int, scale) -> torch.Tensor:
-        """One optimizer step of every member in place; returns their minibatch losses ``[K]``."""
-        grads_fn = functional.grads_fused if self.fused else functional.grads_unfused
-        grads, losses = grads_fn(fn, self.params, self.buffers, x, y, f0, shared)
+        """One optimizer step of every member in place; returns their minibatch losses ``[K]``. Unfused, each
+        member's random numbers (dropout) come from its own seed and the step (:func:`raysweep.seeds.derive_seed`)."""
+        if self.fused:
+            grads, losses = functional.grads_fused(fn, self.params, self.buffers, x, y, f0, shared)
+        else:
+            rng = [derive_seed(seed, f"forward:{step}") for seed in self.seeds]
+            grads, losses = functional.grads_unfused(fn, self.params, self.buffers, x, y, f0, shared, rng)
         weights, grads = self.flat(self.params), self.flat(grads)
         rates = scaled_rates(self.lrs, scale)
         if self.opt is None:
@@ -101,6 +106,7 @@ class Members:
         self.params = {n: p[sel] for n, p in self.params.items()}
         self.buffers = {n: b[sel] for n, b in self.buffers.items()}
         self.lrs = [lr[sel] for lr in self.lrs]
+        self.seeds = [self.seeds[j] for j in sel.tolist()]
         if isinstance(self.opt, OptState):
             self.opt = self.opt.select(sel)
         elif self.opt is not None:

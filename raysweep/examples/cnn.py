@@ -4,7 +4,8 @@
 ``build``: ``depth - 1`` convolutions of ``width`` channels (3 x 3, padding 1, ReLU), a 2 x 2 average pooling and
 a linear readout ``head`` of the flattened features (``width * 16 -> n_out`` on 8 x 8 images) divided by
 ``gamma``. PyTorch's default initialisation; no batch norm
-(``batch_norm: true`` adds one after every convolution, which makes the model unfusable in training mode).
+(``batch_norm: true`` adds one after every convolution, which makes the model unfusable in training mode;
+``dropout: p`` adds dropout before the readout, unfusable too: its members draw their masks from their own seeds).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 
 class CNN(nn.Module):
     def __init__(self, channels: int, width: int, depth: int, n_out: int, gamma: float, batch_norm: bool,
-                 pooled: int):
+                 pooled: int, dropout: float):
         super().__init__()
         layers: list[nn.Module] = []
         c = channels
@@ -25,7 +26,8 @@ class CNN(nn.Module):
                 layers.append(nn.BatchNorm2d(width))
             layers.append(nn.ReLU())
             c = width
-        self.features = nn.Sequential(*layers, nn.AvgPool2d(2), nn.Flatten())
+        self.features = nn.Sequential(*layers, nn.AvgPool2d(2), nn.Flatten(),
+                                      *([nn.Dropout(dropout)] if dropout else []))
         self.head = nn.Linear(width * pooled, n_out)
         self.gamma = gamma
 
@@ -34,10 +36,10 @@ class CNN(nn.Module):
 
 
 def build(*, width: int, depth: int, gamma: float, parametrization: str, input_shape, n_out: int,
-          batch_norm: bool = False) -> nn.Module:
+          batch_norm: bool = False, dropout: float = 0.0) -> nn.Module:
     """The model factory (``experiment.model.factory: raysweep.examples.cnn:build``)."""
     pooled = (int(input_shape[1]) // 2) * (int(input_shape[2]) // 2)
-    return CNN(int(input_shape[0]), width, depth, n_out, gamma, batch_norm, pooled)
+    return CNN(int(input_shape[0]), width, depth, n_out, gamma, batch_norm, pooled, dropout)
 
 
 def digits_images(*, seed: int, test_fraction: float = 0.2) -> dict:

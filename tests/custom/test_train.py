@@ -173,3 +173,12 @@ def test_a_factory_on_a_built_in_family():
     assert fused[-1].eval_loss[1] < fused[0].initial_loss[1]  # it learns
     for i, p in enumerate(points):
         assert curves(fused, i) == curves(list(train_bundle(task, exp, [p])), 0)
+
+
+def test_dropout_runs_unfused_with_each_member_its_own_masks():
+    drop = {**CNN, "model": {**CNN["model"], "kwargs": {"dropout": 0.5}}}
+    exp, task, points = setup(drop, {"batch_size": 16, "eta": [0.1, 0.3], "width": 8, "seed": [0, 1],
+                                     "parametrization": "SP"})
+    reports = list(train_bundle(task, exp, points))
+    for i in (0, 3):
+        assert curves(reports, i) == curves(list(train_bundle(task, exp, [points[i]])), 0)
