@@ -1,6 +1,7 @@
 """The general path (raysweep.custom.train) against plain PyTorch, and fused members against solo runs: the CNN
 on digits and the transformer on the Markov language (acceptance: float64 to 1e-10, float32 to 1e-5)."""
 
+import copy
 import math
 
 import pytest
@@ -40,7 +41,7 @@ def curves(reports, member):
     return out
 
 
-def plain_run(exp, task, point, optimizer_fn, *, hook_mult=None, schedule=None):
+def plain_run(exp, task, point, optimizer_fn, *, hook_mult=None, schedule=None, centred=False):
     """The same training in plain PyTorch: the factory's module, torch.optim, autograd, the trainer's data order."""
     model = build_model(exp["model"], width=point["width"], depth=point["depth"], gamma=point["gamma"],
                         parametrization=point["parametrization"], input_shape=task.input_shape, n_out=task.n_out,
@@ -48,6 +49,11 @@ def plain_run(exp, task, point, optimizer_fn, *, hook_mult=None, schedule=None):
                         getattr(torch, exp["dtype"]))
     if hook_mult is not None:  # muP's readout: MuReadout's x / width_mult
         model.head.register_forward_pre_hook(lambda m, args: (args[0] * hook_mult,))
+    frozen = copy.deepcopy(model).requires_grad_(False) if centred else None  # f(x; theta_0)
+
+    def f(x):
+        return model(x) - frozen(x) if centred else model(x)
+
     opt = optimizer_fn(model)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule) if schedule else None
     gen = torch.Generator().manual_seed(data_seed(point["seed"]))
@@ -59,7 +65,7 @@ def plain_run(exp, task, point, optimizer_fn, *, hook_mult=None, schedule=None):
         idx = order[pos:pos + b]
         pos += b
         opt.zero_grad()
-        loss = F.cross_entropy(model(task.x_train[idx]).flatten(0, -2), task.y_train[idx].flatten())
+        loss = F.cross_entropy(f(task.x_train[idx]).flatten(0, -2), task.y_train[idx].flatten())
         loss.backward()
         opt.step()
         if sched:
@@ -68,7 +74,9 @@ def plain_run(exp, task, point, optimizer_fn, *, hook_mult=None, schedule=None):
         if step % exp["report_every"] == 0 or step == exp["steps"]:
             model.eval()
             with torch.no_grad():
-                ev = F.cross_entropy(model(task.x_eval).flatten(0, -2), task.y_eval.flatten()).item()
+                if frozen is not None:
+                    frozen.eval()
+                ev = F.cross_entropy(f(task.x_eval).flatten(0, -2), task.y_eval.flatten()).item()
             model.train()
             out.append((sum(window) / len(window), ev))
             window = []
@@ -152,11 +160,13 @@ def test_unfused_equals_fused_and_batch_norm_runs_unfused():
     assert [curves(reports, i) for i in range(2)] == solo
 
 
-def test_centred_starts_at_the_zero_predictor():
+def test_centred_starts_at_the_zero_predictor_and_equals_torch_optim():
     centred = {**CNN, "model": {**CNN["model"], "centred": True}}
-    exp, task, points = setup(centred, {"batch_size": 16, "eta": 0.1, "width": 8, "parametrization": "SP"})
-    first = next(iter(train_bundle(task, exp, points)))
-    assert first.initial_loss[0] == pytest.approx(math.log(10), abs=1e-12)
+    exp, task, points = setup(centred, {"batch_size": 16, "eta": 0.5, "width": 8, "parametrization": "SP"})
+    reports = list(train_bundle(task, exp, points))
+    assert reports[0].initial_loss[0] == pytest.approx(math.log(10), abs=1e-12)
+    plain = plain_run(exp, task, points[0], lambda m: torch.optim.SGD(m.parameters(), lr=0.5), centred=True)
+    assert close(curves(reports, 0), plain, 1e-10) < 1e-10
 
 
 def test_divergence_drops_a_member():
