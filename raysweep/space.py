@@ -591,6 +591,13 @@ def _check_model(experiment: Experiment, space: Space) -> None:
     """An MLP has a hidden layer (depth >= 2); a linear student has exactly :data:`LINEAR_STUDENT_AXES`; a user's
     model (raysweep.custom) trains SP or muP at ``lr_rule: raw`` and is sized by no autobatch memory model."""
     if is_custom(experiment.model):
+        if experiment.online:
+            raise f.fail("experiment.family", "must have a fixed training set with a model factory (custom, digits, "
+                         "mnist..., or online: false); the general path trains epochs over fixed data",
+                         experiment.family)
+        if experiment.grad_noise_scale is not None:
+            raise f.fail("experiment.grad_noise_scale", "must be off with a model factory (the noise scale is "
+                         "measured on the MLP path)", dict(experiment.grad_noise_scale))
         for i, value in enumerate(space.parametrization):
             if value not in CUSTOM_PARAMETRIZATIONS:
                 raise f.fail(f"space.parametrization[{i}]", "must be SP or muP with a model factory (SP: the module "
