@@ -212,7 +212,7 @@ def _run(spec, options: RunOptions, stop) -> Summary:
         )
     storage.check_reachable(root)  # an object store with no network answers nothing for minutes
     storage.check_no_links(sweep)
-    driver.check_data(spec)
+    model_lines = driver.check_data(spec)  # a model factory's: its readout, and fusion or why it is off
     # A finished sweep relaunched: say so from its rows and journal, before Ray starts.
     if not (options.dry_run or retry or options.quarantine):
         driver.check_saved_spec(sweep, spec)
@@ -244,7 +244,7 @@ def _run(spec, options: RunOptions, stop) -> Summary:
         plan, n_done = build_plan(planned_spec(spec), done)  # guided searches and schedulers: one trial per config
         cuda = _may_use_gpus(spec) and driver.cuda_available()  # else torch stays unimported
         lines = [describe_search(spec, describe(planned_spec(spec), plan, n_done, cuda=cuda, storage=sweep.local_dir)),
-                 driver.describe_storage(sweep, shared)]
+                 *model_lines, driver.describe_storage(sweep, shared)]
         lines += [f"--quarantine: would move {name} (trials and curves) to {sweep}/quarantine/" for name in skip]
         if retry:
             lines.append(f"--retry-failed: {sum(1 for r in rows if retryable(r))} failed configurations would run "

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from raysweep.custom.spec import is_custom
 from raysweep.errors import SpecError
 from raysweep.scaling import learning_rates
 from raysweep.seeds import init_seed
@@ -150,11 +151,15 @@ def coord_check(config: Mapping, x, y, *, n_out: int, widths: Sequence[int] = DE
                 updates[i] += np.array(sizes) / len(seeds)
     except (ValueError, TypeError, NotImplementedError) as exc:
         return CoordCheck(dict(config), widths, error=f"{type(exc).__name__}: {exc}")
+    return CoordCheck(dict(config), widths, layers, updates, fit_slopes(widths, updates))
+
+
+def fit_slopes(widths: Sequence[int], updates: np.ndarray) -> tuple[float, ...]:
+    """The log-log slope in N of each column of ``updates`` ``[widths, layers]`` (NaN where a size is not positive)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log(updates)
-    slopes = tuple(float(np.polyfit(np.log(widths), logs[:, l], 1)[0]) if np.isfinite(logs[:, l]).all()
-                   else math.nan for l in range(len(layers)))
-    return CoordCheck(dict(config), widths, layers, updates, slopes)
+    return tuple(float(np.polyfit(np.log(widths), logs[:, l], 1)[0]) if np.isfinite(logs[:, l]).all()
+                 else math.nan for l in range(updates.shape[1]))
 
 
 def _rates(config: Mapping, width: int, dim: int) -> tuple[float, ...]:
@@ -163,6 +168,34 @@ def _rates(config: Mapping, width: int, dim: int) -> tuple[float, ...]:
     if "dim" in inspect.signature(learning_rates).parameters:
         kwargs["dim"] = dim
     return learning_rates(width=width, **kwargs).per_layer
+
+
+def run_factory_spec(spec, *, widths: Sequence[int] = DEFAULT_WIDTHS, steps: int = 5,
+                     seeds: Sequence[int] = (0, 1, 2), batch_size: int = 32, etas=None, gammas=None) -> list[CoordCheck]:
+    """The coord check of a model factory's spec (:mod:`raysweep.custom.coordcheck`): every module with parameters,
+    and every layer type, trained by the general path's real update, on the spec's data."""
+    import torch  # the data's dtype
+
+    from raysweep.custom.coordcheck import coord_check as factory_check  # torch and the user's code
+    from raysweep.custom.train import as_task  # torch
+    from raysweep.data import build_task  # torch
+    from raysweep.errors import FactoryError
+
+    experiment = spec.experiment.as_dict()
+    task = as_task(build_task(experiment, dtype=getattr(torch, spec.experiment.dtype)))
+    x, y = fixed_batch(task, batch_size)
+    widths = tuple(int(n) for n in widths)
+    first = spec.points()[0]
+    checks = []
+    for combo in spec_combinations(spec, etas=etas, gammas=gammas):
+        point = {**first, **{k: combo[k] for k in COMBO_KEYS}}
+        try:
+            layers, updates = factory_check(experiment, task, point, x, y, widths=widths, steps=steps, seeds=seeds)
+        except (FactoryError, ValueError, TypeError, RuntimeError) as exc:
+            checks.append(CoordCheck(dict(combo), widths, error=f"{type(exc).__name__}: {exc}"))
+            continue
+        checks.append(CoordCheck(dict(combo), widths, layers, updates, fit_slopes(widths, updates)))
+    return checks
 
 
 def spec_combinations(spec, *, etas: Sequence[float] | None = None,
@@ -244,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         widths = [int(v) for v in args.widths.split(",") if v.strip()]
         if len(widths) < 2 or min(widths) < 1 or args.steps < 1 or args.seeds < 1 or args.batch_size < 1:
             raise SpecError("--widths needs 2 or more positive widths; --steps, --seeds, --batch-size must be >= 1")
-        spec_combinations(spec)  # a point the check cannot train as the sweep would: SpecError
-        if spec.experiment.model != "mlp":
+        custom = is_custom(spec.experiment.model)
+        if not custom:
+            spec_combinations(spec)  # a point the check cannot train as the sweep would: SpecError
+        if spec.experiment.model != "mlp" and not custom:
             raise SpecError(f"experiment.model: a coord check scales an MLP's width; {args.space} trains the "
                             f"{spec.experiment.model} student, which has none")
     except (SpecError, ValueError) as exc:
@@ -256,8 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     n = len(spec_combinations(spec, etas=etas, gammas=gammas))
     print(f"coord check of {spec.name}: {n} combination(s), widths {widths}, {args.steps} steps, {args.seeds} "
           f"seed(s), one batch of {args.batch_size}; slope of log mean|change| vs log N per layer")
-    checks = run_spec(spec, widths=widths, steps=args.steps, seeds=range(args.seeds), batch_size=args.batch_size,
-                      etas=etas, gammas=gammas)
+    if custom:  # a model factory: its modules' outputs, trained by the general path's step
+        checks = run_factory_spec(spec, widths=widths, steps=args.steps, seeds=range(args.seeds),
+                                  batch_size=args.batch_size, etas=etas, gammas=gammas)
+    else:
+        checks = run_spec(spec, widths=widths, steps=args.steps, seeds=range(args.seeds), batch_size=args.batch_size,
+                          etas=etas, gammas=gammas)
     for check in checks:
         print(check.table())
     if args.plot:

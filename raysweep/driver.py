@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from raysweep.autobatch.device import torch_build
 from raysweep.autobatch.launching import size_plan, wants_probe
+from raysweep.custom.spec import is_custom
 from raysweep.errors import DataError, InfeasibleError, Interrupted, OptionError, RaysweepError, SpecError
 from raysweep.fields import parse_yaml
 from raysweep.plan import resources_per_trial, run_order, unfit_resources
@@ -154,18 +155,23 @@ def install_stop_signals(grace_s: float = 10.0) -> StopSignals:
     return STOP
 
 
-def check_data(spec) -> None:
+def check_data(spec) -> list[str]:
     """The experiment's local data files, checked on the driver before Ray starts (a SpecError naming
-    ``experiment.path``); families without files import nothing."""
-    if "path" not in spec.experiment.params:
-        return
-    from raysweep.data import check_source  # torch: the data modules build tensors
+    ``experiment.path``); families without files import nothing. A model or data factory (raysweep.custom) is
+    imported, built and run once (a FactoryError, a SpecError, naming the field); returns its ``--dry-run`` lines."""
+    if "path" in spec.experiment.params:
+        from raysweep.data import check_source  # torch: the data modules build tensors
 
-    try:
-        check_source(spec.experiment.as_dict())
-    except DataError as exc:
-        key = "max_train_samples" if "max_train_samples" in str(exc) else "path"
-        raise SpecError(f"experiment.{key}: {exc} ({spec.source})") from None
+        try:
+            check_source(spec.experiment.as_dict())
+        except DataError as exc:
+            key = "max_train_samples" if "max_train_samples" in str(exc) else "path"
+            raise SpecError(f"experiment.{key}: {exc} ({spec.source})") from None
+    if is_custom(spec.experiment.model) or spec.experiment.family == "custom":
+        from raysweep.custom.check import check_spec  # torch and the user's code
+
+        return check_spec(spec)
+    return []
 
 
 def describe_storage(sweep, shared: bool) -> str:

@@ -53,6 +53,11 @@ class DataError(RaysweepError, ValueError):
     """A data set is missing or malformed; the message names the file and the expected layout."""
 
 
+class FactoryError(SpecError):
+    """A model or data factory named by import path (raysweep.custom) cannot be imported, called, or does not return
+    what it must; the message names the spec field (``experiment.model.factory``, ``experiment.factory``)."""
+
+
 class InfeasibleError(RaysweepError, ValueError):
     """A configuration cannot run as asked (e.g. a batch larger than the training set)."""
 

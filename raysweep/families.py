@@ -25,11 +25,12 @@ from typing import Any, NamedTuple
 
 from raysweep import fields as f
 from raysweep import limits
+from raysweep.custom.spec import check_factory, check_kwargs
 
 __all__ = [
     "CLASSIFICATION", "EVAL_CAP", "FAMILIES", "KINDS", "MAX_SPECTRUM_DECAY", "REGISTRY", "REGRESSION", "REQUIRED",
-    "TEACHER_PARAMETRIZATIONS", "Family", "Key", "check_params", "get", "is_online", "n_eval", "n_train", "params",
-    "shape",
+    "TEACHER_PARAMETRIZATIONS", "Family", "Key", "check_params", "get", "is_online", "kind", "n_eval", "n_train",
+    "params", "shape",
 ]  # fmt: skip
 
 REQUIRED = f.Marker("<required>")  # a key without a default: the spec must give it
@@ -77,6 +78,7 @@ class Family:
     n_test: Callable[[Mapping[str, Any]], int] | None = None
     build_args: Mapping[str, Any] = field(default_factory=dict)
     check_source: str | None = None
+    kind_key: str | None = None  # the family key that gives the kind (custom), else the static ``kind``
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -96,6 +98,11 @@ class Family:
         reads none); the checker raises DataError naming the file."""
         if self.check_source is not None:
             _resolve(self.check_source)(experiment)
+
+
+def _lazy(target: str) -> Callable:
+    """``target`` (``"module:function"``) called with the same arguments, imported at the first call."""
+    return lambda *args, **kwargs: _resolve(target)(*args, **kwargs)
 
 
 def _resolve(target: str) -> Callable:
@@ -165,6 +172,15 @@ REGISTRY: dict[str, Family] = {fam.name: fam for fam in (
     _mnist("mnist1m_sampled", "raysweep.data.mnist:build_mnist1m",
            {"path": _PATH, "max_train_samples": Key(REQUIRED, _size)}, lambda p: int(p["max_train_samples"]),
            sampled=True),
+    # any data set a user's factory makes (raysweep.custom.data): its shapes and sizes come from the factory's
+    # tensors, built (and cached) on the first question; the kind is a key, so that the spec is checked unbuilt
+    Family(
+        "custom", "classification", "raysweep.custom.data:build_custom",
+        {"factory": Key(REQUIRED, check_factory), "kwargs": Key(f.FrozenDict(), check_kwargs),
+         "kind": Key("classification", lambda p, v: f.as_choice(p, v, KINDS))},
+        shape=_lazy("raysweep.custom.data:shape"), online=lambda p: False, n_train=_lazy("raysweep.custom.data:n_train"),
+        eval_samples=None, eval_default=None, n_test=_lazy("raysweep.custom.data:n_test"), kind_key="kind",
+    ),
 )}
 FAMILIES = tuple(REGISTRY)
 REGRESSION = tuple(name for name, fam in REGISTRY.items() if fam.kind == "regression")
@@ -219,8 +235,15 @@ def params(experiment) -> Mapping[str, Any]:
             if k in experiment or key.default is not REQUIRED}
 
 
+def kind(experiment) -> str:
+    """``regression`` or ``classification``: the family's, or for ``custom`` its ``kind`` key."""
+    fam = _family(experiment)
+    return fam.kind if fam.kind_key is None else params(experiment)[fam.kind_key]
+
+
 def shape(experiment) -> tuple[int, int]:
-    """``(dim, n_out)`` of the experiment's task, from the spec alone (no data is read)."""
+    """``(dim, n_out)`` of the experiment's task, from the spec alone (no data is read; ``custom``: from its data
+    factory's tensors, built once per process, ``dim`` the elements of one input)."""
     return _family(experiment).shape(params(experiment))
 
 

@@ -25,6 +25,9 @@ The format (every key is checked; an unknown key is an error that suggests the c
                                 # f(x) = w.x, w = 0 at step 0 (raysweep.model); a linear student takes no width,
                                 # depth, gamma, parametrization or lr_rule axis (its rate is eta), and on the linear
                                 # families its eval loss is the exact population loss
+                                # | {factory: "package.module:function", kwargs: {}, readout: null,
+                                # base_width: null, centred: false}: any torch.nn.Module (raysweep.custom.spec);
+                                # parametrization SP or muP (by base shapes), lr_rule raw (filled in), no autobatch
       grad_noise_scale: null    # off (null/false, default) | true | {batches: 8, batch_size: null}: measure the
                                 # gradient noise scale at every report (raysweep.noise; batches: chunks m >= 2,
                                 # batch_size: chunk size b > 0, null for the trial's batch size)
@@ -47,6 +50,8 @@ The format (every key is checked; an unknown key is an error that suggests the c
       #   digits: test_fraction (0 < f < 1, 0.2)          sklearn's bundled digits: runs offline
       #   mnist, mnist1m: path (required; a local file, nothing is downloaded)
       #   mnist1m_sampled: path (required), max_train_samples (required, int > 0)
+      #   custom: factory (required, "package.module:function"), kwargs ({}), kind (classification |
+      #           regression): the data factory's tensors (raysweep.custom.data); needs a model factory
     space:                      # required; batch_size, eta and width are required, the other axes have defaults
       batch_size: {pow2: [0, 7]}   # ints > 0
       eta: {pow2: [-12, 12]}       # floats > 0 (base learning rate; see raysweep.scaling for the effective one)
@@ -144,6 +149,7 @@ import yaml
 from raysweep import families, limits, search_spec
 from raysweep import fields as f
 from raysweep.autobatch.config import AutobatchConfig
+from raysweep.custom.spec import is_custom, model_option, plain
 from raysweep.scaling import learning_rates
 from raysweep.search_spec import ALGORITHMS, Scheduler, Search
 
@@ -184,6 +190,7 @@ MSE_CONVENTIONS = ("half_sum", "study")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 MODELS = ("mlp", "linear")  # raysweep.model: the MLP, or the linear student f(x) = w.x
+CUSTOM_PARAMETRIZATIONS = ("SP", "muP")  # a user's model: as built, or muP by base shapes (raysweep.custom.mup)
 # A linear student has one weight matrix [D, out], zero at step 0 and no multiplier: it has no hidden width, depth,
 # richness or parametrization, and trains every rule at eta. Its configurations carry these fixed values (the
 # columns keep their types; README "Linear teachers").
@@ -317,7 +324,7 @@ class Experiment(f.ShortRepr):
         f.set_field(self, "data_seed", _seed("experiment.data_seed", self.data_seed))
         f.set_field(self, "device", f.as_choice("experiment.device", self.device, DEVICES))
         f.set_field(self, "grad_noise_scale", grad_noise_option(self.grad_noise_scale))
-        f.set_field(self, "model", f.as_choice("experiment.model", self.model, MODELS))
+        f.set_field(self, "model", model_option(self.model))
         f.set_field(self, "snapshots", snapshot_option(self.snapshots))
         f.set_field(self, "curvature", curvature_option(self.curvature))
         self._check_length()
@@ -345,7 +352,7 @@ class Experiment(f.ShortRepr):
     @property
     def kind(self) -> str:
         """'regression' (synthetic teachers) or 'classification' (digits, MNIST family)."""
-        return families.get(self.family).kind
+        return families.kind(self)
 
     @property
     def online(self) -> bool:
@@ -372,13 +379,15 @@ class Experiment(f.ShortRepr):
             common["grad_noise_scale"] = dict(noise)
         if common["model"] == EXPERIMENT_DEFAULTS["model"]:
             del common["model"]  # the MLP: absent, so that the config keys of every MLP sweep stay as they were
+        elif is_custom(common["model"]):
+            common["model"] = plain(common["model"])
         for name in ("snapshots", "curvature"):  # the other opt-in instruments: the same
             value = common.pop(name)
             if isinstance(value, Mapping):
                 common[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
             elif value is not None:
                 common[name] = value if isinstance(value, str) else list(value)
-        return {**common, **self.params}
+        return {**common, **{k: plain(v) for k, v in self.params.items()}}
 
     def _shown(self) -> dict:
         family = families.get(self.family)
@@ -386,7 +395,7 @@ class Experiment(f.ShortRepr):
         shown = {k: v for k, v in super()._shown().items() if k not in ("params", "eval_samples")}
         if self.eval_samples != family.eval_samples:
             shown["eval_samples"] = self.eval_samples
-        changed = {k: v for k, v in self.params.items() if v != defaults[k]}
+        changed = {k: v for k, v in self.params.items() if k not in defaults or v != defaults[k]}
         return {**shown, "params": changed} if changed else shown
 
 
@@ -673,6 +682,13 @@ class SweepSpec(f.ShortRepr):
         if self.n_points() == 0:
             raise f.FieldError("space", "has no point an optimizer reads (e.g. nesterov: true needs a momentum > 0; "
                                "betas and eps are Adam's, momentum SGD's)")
+        if is_custom(self.experiment.model):
+            if self.autobatch is not None:
+                raise f.fail("autobatch", "must be absent with a model factory (autobatch's memory model is the "
+                             "MLP's)", "a section")
+            if self.experiment.model["base_width"] is None:  # muP's base: the smallest width of the space
+                model = f.FrozenDict({**self.experiment.model, "base_width": min(space.width)})
+                f.set_field(self.experiment, "model", model)
         search_spec.check(self.search, space, self.experiment, AXES)
         if self.search.scheduler is not None and self.search.scheduler.type == "hyperband_sync" \
                 and not self.checkpoint.enabled:
@@ -739,7 +755,37 @@ class SweepSpec(f.ShortRepr):
 
 
 def _check_model(experiment: Experiment, space: Space) -> None:
-    """An MLP has a hidden layer (depth >= 2); a linear student has exactly :data:`LINEAR_STUDENT_AXES`."""
+    """An MLP has a hidden layer (depth >= 2); a linear student has exactly :data:`LINEAR_STUDENT_AXES`; a user's
+    model (raysweep.custom) trains SP or muP at ``lr_rule: raw`` and is sized by no autobatch memory model."""
+    if is_custom(experiment.model):
+        if experiment.online:
+            raise f.fail("experiment.family", "must have a fixed training set with a model factory (custom, digits, "
+                         "mnist..., or online: false); the general path trains epochs over fixed data",
+                         experiment.family)
+        if experiment.grad_noise_scale is not None:
+            raise f.fail("experiment.grad_noise_scale", "must be off with a model factory (the noise scale is "
+                         "measured on the MLP path)", dict(experiment.grad_noise_scale))
+        for name in ("snapshots", "curvature"):
+            if getattr(experiment, name) is not None:
+                raise f.fail(f"experiment.{name}", "must be off with a model factory (snapshots and curvature are "
+                             "taken on the MLP path)", getattr(experiment, name))
+        for i, value in enumerate(space.parametrization):
+            if value not in CUSTOM_PARAMETRIZATIONS:
+                raise f.fail(f"space.parametrization[{i}]", "must be SP or muP with a model factory (SP: the module "
+                             "as built, every parameter at eta; muP: by base shapes, raysweep.custom.mup)", value)
+        if space.lr_rule != ("raw",):
+            raise f.fail("space.lr_rule", "must be [raw] with a model factory (its rates are eta times the muP "
+                         "multipliers of raysweep.custom.mup)", list(space.lr_rule))
+        if "mup" in space.eps_scaling:
+            raise f.fail("space.eps_scaling", "must be global with a model factory (the per-layer muP eps of "
+                         "raysweep.scaling is the MLP's)", list(space.eps_scaling))
+        if AUTO in space.batch_size:
+            raise f.fail("space.batch_size", "must not hold auto with a model factory (autobatch's memory model is "
+                         "the MLP's); give the batch sizes", list(space.batch_size))
+        return
+    if experiment.family == "custom":
+        raise f.fail("experiment.model", "must be a model factory {factory: package.module:function} with the "
+                     "custom family (the MLP reads flat features of a built-in family)", experiment.model)
     if experiment.model == "linear":
         for axis, value in LINEAR_STUDENT_AXES.items():
             if getattr(space, axis) != (value,):
@@ -778,6 +824,11 @@ def _check_arithmetic(spec: SweepSpec) -> None:
     dtype (:func:`raysweep.limits.gamma_range`)."""
     exp, space = spec.experiment, spec.space
     batches = [b for b in space.batch_size if b != AUTO] or [1]
+    if is_custom(exp.model):  # a user's model: its rates and ranges are its own (raysweep.custom)
+        if exp.steps is not None and exp.steps * max(batches) > limits.INT64_MAX:
+            raise f.fail("experiment.steps", f"times the largest batch_size ({max(batches)}) must fit int64 (the "
+                         "samples_seen column)", exp.steps)
+        return
     if exp.steps is not None and exp.steps * max(batches) > limits.INT64_MAX:
         raise f.fail("experiment.steps", f"times the largest batch_size ({max(batches)}) must fit int64 (the "
                      "samples_seen column)", exp.steps)
@@ -863,6 +914,9 @@ def _parse(mapping: Any, source: str) -> SweepSpec:
     for axis in sorted(zipped & set(axes)):
         raise f.fail(f"space.{axis}", "is zipped (space.zip names it): give it in the zip rows only", axes[axis])
     axes.update({axis: [row.get(axis) for row in rows] for axis in zipped})  # Space takes them from the rows
+    if is_custom(experiment.model):
+        # a saved spec holds lr_rule: [raw]; any other value is an error (SweepSpec)
+        axes = {"lr_rule": ["raw"], **axes}
     if experiment.model == "linear":
         for axis, value in LINEAR_STUDENT_AXES.items():
             # a saved spec (spec.yaml) holds the fixed values: those are accepted, any other is an error

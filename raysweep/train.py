@@ -95,7 +95,7 @@ from raysweep.step import (
 # the names this module has always offered, now at home in raysweep.step / raysweep.seeds / raysweep.dead
 __all__ = [
     "ADAM_BETAS", "ADAM_EPS", "BUNDLE_KEYS", "CHANCE_SIGMAS", "COLLAPSE_LOSS_MIN", "F0_CACHE_BYTES", "LOSS_BAND",
-    "Report", "TrainState", "bundle_key", "chance_accuracy", "data_seed", "dead_members", "init_seed",
+    "Report", "TrainState", "bundle_key", "chance_accuracy", "data_seed", "dead_members", "divergence", "init_seed",
     "loss_per_member", "noise_seed", "outside_band", "steps_for", "train", "train_bundle",
 ]  # fmt: skip
 
@@ -510,20 +510,10 @@ def train_bundle(
                     if task.kind == "classification"
                     else None
                 )
-        finite = torch.isfinite(losses)
-        first_bad = (~finite).to(torch.int8).argmax(1) + (step - len(window) + 1)  # first non-finite step
-        bad_np = torch.where(finite.all(1), -1, first_bad).cpu().numpy()
-        train_loss = (losses.sum(1) / len(window)).cpu().numpy()
         eval_np = eval_loss.cpu().numpy()
         acc_np = acc.cpu().numpy() if acc is not None else None
         initial_np = initial_loss.cpu().numpy()
-        limit = factor * initial_np.astype(np.float64)  # float64: a large factor must not overflow a float32 loss
-        diverged = {}
-        for j, member in enumerate(alive):
-            if bad_np[j] >= 0:
-                diverged[member] = int(bad_np[j])
-            elif not (np.isfinite(eval_np[j]) and train_loss[j] <= limit[j] and eval_np[j] <= limit[j]):
-                diverged[member] = step
+        train_loss, diverged = divergence(losses, step, eval_np, initial_np, factor, alive)
         # dead: judged on this report's eval pass; it only flags (a dead member keeps training)
         active = units.sum(2).amin(1).cpu().numpy() / width if depth > 1 else np.full(len(alive), np.nan)
         left_band[alive] |= outside_band(train_loss, initial_np) | outside_band(eval_np, initial_np)
@@ -575,6 +565,26 @@ def train_bundle(
 
 
 _LR_ARGS = ("eta", "gamma", "width", "depth", "parametrization", "optimizer", "lr_rule")
+
+
+def divergence(losses: torch.Tensor, step: int, eval_loss: np.ndarray, initial_loss: np.ndarray, factor: float,
+               alive: Sequence[int]) -> tuple[np.ndarray, dict[int, int]]:
+    """The divergence rule at a report (module docstring): ``losses`` ``[K, window]`` are the members' minibatch
+    losses of the steps since the last report (the last one is ``step``). Returns each member's mean train loss
+    and ``{member: diverged step}``: the first step with a non-finite loss, or ``step`` when the mean train loss or
+    the eval loss exceeds ``factor`` times the initial loss (or the eval loss is not finite)."""
+    finite = torch.isfinite(losses)
+    first_bad = (~finite).to(torch.int8).argmax(1) + (step - losses.shape[1] + 1)  # first non-finite step
+    bad_np = torch.where(finite.all(1), -1, first_bad).cpu().numpy()
+    train_loss = (losses.sum(1) / losses.shape[1]).cpu().numpy()
+    limit = factor * np.asarray(initial_loss).astype(np.float64)  # float64: a large factor must not overflow float32
+    diverged = {}
+    for j, member in enumerate(alive):
+        if bad_np[j] >= 0:
+            diverged[member] = int(bad_np[j])
+        elif not (np.isfinite(eval_loss[j]) and train_loss[j] <= limit[j] and eval_loss[j] <= limit[j]):
+            diverged[member] = step
+    return train_loss, diverged
 
 
 def _optimizer_settings(point: Mapping[str, Any], width: int, depth: int) -> dict:

@@ -29,8 +29,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from raysweep.autobatch.guard import apply_malloc_policy, apply_memory_cap, is_oom
+from raysweep.custom.spec import is_custom, model_name
 from raysweep.plan import Bundle, Plan
-from raysweep.scaling import learning_rates, temperature, wd_timescale
+from raysweep.scaling import LearningRates, learning_rates, temperature, wd_timescale
 from raysweep.space import ADAM_OPTIMIZERS, AUTO, CURVATURE_KINDS as CURVATURE_COLUMNS, Experiment, axis_value
 
 # torch and Ray load in the worker; the driver imports this module (tune_trainable) without either
@@ -45,13 +46,15 @@ def trial_row(
     """The trials row of bundle member ``index`` (``report`` is its last report, ``member`` its slot in it): the
     one place a row is built (:func:`failed_row` too)."""
     p = bundle.points[index]
-    lrs = learning_rates(**{k: p[k] for k in _LR_ARGS})
     exp = plan.experiment
+    # a model factory's parameters train at eta times their muP multipliers (raysweep.custom.mup): eta is recorded
+    lrs = LearningRates((p["eta"],), p["lr_rule"]) if is_custom(exp.model) else \
+        learning_rates(**{k: p[k] for k in _LR_ARGS})
     row = {
         "config_key": bundle.keys[index],
         "family": exp.family,
         "dataset": dataset,
-        "model": exp.model,
+        "model": model_name(exp.model),
         **{k: p[k] for k in ("parametrization", "optimizer", "lr_rule", "loss")},
         "loss_convention": exp.mse_convention if p["loss"] == "mse" else "mean",
         **{k: p[k] for k in ("batch_size", "eta", "width", "depth", "gamma", "seed")},
@@ -163,7 +166,10 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
     """
     import torch
 
-    from raysweep.train import train_bundle  # torch
+    if is_custom(plan.experiment.model):
+        from raysweep.custom.train import train_bundle  # torch: a model factory's general path
+    else:
+        from raysweep.train import train_bundle  # torch
 
     started = time.perf_counter()
     torch.set_num_threads(max(1, int(plan.cpus_per_trial)))

@@ -24,6 +24,8 @@ def has_real_gpus(cluster_resources: Mapping[str, float]) -> bool:
 
 
 def wants_probe(spec, cluster_resources: Mapping[str, float]) -> bool:
+    if isinstance(spec.experiment.model, Mapping):  # a model factory: the MLP memory model cannot size it
+        return False
     auto = AUTO in spec.space.batch_size
     gpus = has_real_gpus(cluster_resources) and spec.experiment.device != "cpu" and not spec.resources.gpus_per_trial
     return spec.autobatch is not None or auto or gpus

@@ -1,0 +1,128 @@
+"""muP for any model by base shapes: per-parameter learning-rate multipliers and a readout multiplier, inferred
+from the parameters' shapes at two widths.
+
+The method of microsoft/mup (Yang et al., "Tensor Programs V", 2022, Table 3 as reparametrized in the package's
+``MuReadout``, ``MuSGD`` and ``MuAdam``), implemented here because the ``mup`` package works on modules in place
+(``set_base_shapes`` writes an ``infshape`` on every parameter) while raysweep trains stacked functional parameters.
+The factory builds the model at the base width ``N0`` and at ``2 N0``: a dimension of a parameter whose size
+differs is *infinite* (it scales with width), the others are finite. At width N a dimension's ``width_mult`` is its
+size over its base size (``N / N0`` for a width dimension). With ``fan_out`` dimension 0 and ``fan_in``
+dimension 1 (``nn.Linear``, ``nn.Conv*``; an ``nn.Embedding`` ``[vocab, d]`` is then vector-like, as it should):
+
+=======================  ============================================  ==========================================
+parameter                Adam / AdamW learning rate                    SGD learning rate
+=======================  ============================================  ==========================================
+no infinite dimension    eta                                           eta
+vector-like (one)        eta (input weights, biases, norms, readout)   eta * width_mult (of that dimension)
+matrix-like (two)        eta / fanin_mult (hidden weights)             eta * fanin_mult / fanout_mult
+=======================  ============================================  ==========================================
+
+and the readout (named in the spec, or detected: the last ``nn.Linear`` whose input dimension is infinite and
+whose output dimension is finite) multiplies its weight by ``1 / fanin_mult`` in the forward (``MuReadout``'s
+``x / width_mult``; the bias is not scaled). Initialisation stays PyTorch's (variance ~ 1/fan_in), which with these
+multipliers is Table 3's: the readout's effective variance ~ 1/fan_in^2. Weight decay keeps one timescale per
+parameter (``lambda / lr_mult`` with the ``lr`` scaling: MuSGD's ``weight_decay / width_mult``, MuAdam's
+``weight_decay * width_mult``). At the base width every multiplier is 1: muP is the model as built (SP).
+
+What this cannot see: a multiplier inside the forward (attention's ``1 / d_head`` instead of ``1 / sqrt(d_head)``
+under muP is the factory's, which receives ``parametrization``), and parameters with more than two infinite
+dimensions (an error). Pure: torch; no Ray, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from raysweep.custom.factory import build_model
+from raysweep.errors import FactoryError
+
+READOUT_FIELD = "experiment.model.readout"
+
+
+@dataclass(frozen=True)
+class BaseShapes:
+    """Per parameter name: its base shape and which dimensions are infinite; and the readout module's name."""
+
+    base: Mapping[str, tuple[int, ...]]
+    infinite: Mapping[str, tuple[bool, ...]]
+    readout: str
+
+    def kind(self, name: str) -> str:
+        n = sum(self.infinite[name])
+        return ("finite", "vector-like", "matrix-like")[n] if n <= 2 else f"{n} infinite dimensions"
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for name in self.infinite:
+            counts[self.kind(name)] = counts.get(self.kind(name), 0) + 1
+        return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + " parameters"
+
+    def width_mults(self, name: str, shape: tuple[int, ...]) -> tuple[float, float]:
+        """``(fanout_mult, fanin_mult)`` of a parameter of ``shape`` (1 for finite dimensions and for a vector)."""
+        mults = [s / b if inf else 1.0 for s, b, inf in zip(shape, self.base[name], self.infinite[name])]
+        return (mults[0] if mults else 1.0), (mults[1] if len(mults) > 1 else 1.0)
+
+    def vector_mult(self, name: str, shape: tuple[int, ...]) -> float:
+        """The width_mult of a vector-like parameter's infinite dimension."""
+        for s, b, inf in zip(shape, self.base[name], self.infinite[name]):
+            if inf:
+                return s / b
+        return 1.0
+
+
+def base_shapes(model: Mapping[str, Any], *, depth: int, gamma: float, input_shape, n_out: int,
+                parametrization: str = "muP") -> BaseShapes:
+    """Build the factory at the base width and twice it (meta-free, on the CPU) and infer :class:`BaseShapes`."""
+    import torch  # nn.Linear for the readout
+
+    base_width = int(model["base_width"])
+    build = dict(depth=depth, gamma=gamma, parametrization=parametrization, input_shape=input_shape, n_out=n_out)
+    base = build_model(model, width=base_width, **build)
+    delta = build_model(model, width=2 * base_width, **build)
+    b = {n: tuple(p.shape) for n, p in base.named_parameters()}
+    d = {n: tuple(p.shape) for n, p in delta.named_parameters()}
+    if set(b) != set(d) or any(len(b[n]) != len(d[n]) for n in b):
+        raise FactoryError(f"experiment.model.factory: the model's parameters differ in name or rank between width "
+                           f"{base_width} and {2 * base_width}; muP by base shapes needs the same parameters at "
+                           "every width")
+    infinite = {n: tuple(x != y for x, y in zip(b[n], d[n])) for n in b}
+    for n, inf in infinite.items():
+        if sum(inf) > 2:
+            raise FactoryError(f"experiment.model.factory: parameter {n} has {sum(inf)} dimensions that scale with "
+                               "width; muP by base shapes handles at most two (fan_out, fan_in)")
+    readout = model.get("readout")
+    modules = dict(base.named_modules())
+    if readout is not None:
+        if readout not in modules or f"{readout}.weight" not in b or len(b[f"{readout}.weight"]) != 2:
+            raise FactoryError(f"{READOUT_FIELD}: {readout!r} must name a module with a 2-d weight (e.g. an "
+                               f"nn.Linear); the model's modules: {', '.join(n for n in modules if n)[:300]}")
+    else:
+        found = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear)
+                 and infinite[f"{n}.weight"] == (False, True)]
+        if not found:
+            raise FactoryError(f"{READOUT_FIELD}: no readout detected (an nn.Linear whose input scales with width and "
+                               "whose output does not); name it: experiment.model.readout")
+        readout = found[-1]
+    return BaseShapes(b, infinite, readout)
+
+
+def multipliers(shapes: BaseShapes | None, named_shapes: Mapping[str, tuple[int, ...]], optimizer: str
+                ) -> tuple[dict[str, float], dict[str, float]]:
+    """``(lr_mult, forward_mult)`` per parameter name at the model's shapes (module docstring). ``shapes`` None
+    (SP): every multiplier 1."""
+    lr = {n: 1.0 for n in named_shapes}
+    forward: dict[str, float] = {}
+    if shapes is None:
+        return lr, forward
+    for name, shape in named_shapes.items():
+        n_inf = sum(shapes.infinite[name])
+        fanout, fanin = shapes.width_mults(name, shape)
+        if n_inf == 2:
+            lr[name] = 1.0 / fanin if optimizer != "SGD" else fanin / fanout
+        elif n_inf == 1 and optimizer == "SGD":
+            lr[name] = shapes.vector_mult(name, shape)
+    weight = f"{shapes.readout}.weight"
+    forward[weight] = 1.0 / shapes.width_mults(weight, named_shapes[weight])[1]
+    return lr, forward
