@@ -170,14 +170,18 @@ class _Feed:
 
 
 def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[str, Any]], *,
-                 device: torch.device | str = "cpu", fused: bool | None = None) -> Iterator[Report]:
+                 device: torch.device | str = "cpu", fused: bool | None = None, resume=None,
+                 on_weights=None) -> Iterator[Report]:
     """Train the bundle ``points`` of a user model on ``task`` (a :class:`raysweep.custom.data.CustomTask`, or a
     built-in family's Task) and yield a Report every ``report_every`` steps; the last has ``finished=True``.
 
     ``fused``: force (True) or forbid (False) the vmapped step; None decides from the model. Raises
     ``ValueError`` when the points do not share :func:`raysweep.space.bundle_key`, InfeasibleError for a batch
-    larger than the training set.
+    larger than the training set. ``resume`` and ``on_weights`` (:func:`raysweep.train.train_bundle`'s checkpoint
+    resume and snapshots) are the MLP path's: here they must be None (its reports export no state).
     """
+    if resume is not None or on_weights is not None:
+        raise ValueError("a model factory's bundle has no checkpoint resume or weight snapshots (MLP path only)")
     device = torch.device(device)
     if len({bundle_key(p) for p in points}) != 1:
         raise ValueError("a bundle's points must share raysweep.space.bundle_key")
