@@ -310,10 +310,7 @@ def fit_eta_power_law(table: pd.DataFrame, x: str = "batch_size") -> pd.DataFram
                     "fit_ok", "fit_note"]
     rows = []
     for keys, sub in iter_groups(table, by):
-        keep = np.isfinite(sub["log2_eta_star"].to_numpy(float)) & ~sub["edge"].isin(
-            [EDGE_GRID_LOW, EDGE_GRID_HIGH]).to_numpy()
-        sub = sub[keep & (sub[x].to_numpy(float) > 0)]
-        lx, ly = np.log2(sub[x].to_numpy(float)), sub["log2_eta_star"].to_numpy(float)
+        lx, ly = eta_star_points(sub, x)
         row = dict(zip(by, keys)) | {"n_points": len(lx)}
         rmse = np.nan
         if len(np.unique(lx)) >= 2:
@@ -332,6 +329,15 @@ def fit_eta_power_law(table: pd.DataFrame, x: str = "batch_size") -> pd.DataFram
         ok, note = fit_verdict(len(lx), 3, rmse, MAX_RMSE_OCTAVES, finite=np.isfinite(row.get("slope", np.nan)))
         rows.append(row | {"fit_ok": ok, "fit_note": note})
     return pd.DataFrame(rows, columns=columns)
+
+
+def eta_star_points(eta_star: pd.DataFrame, x: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(log2 x, log2 eta*)`` of a group's rows that a fit of eta*(x) may use: eta* finite and inside the eta grid
+    (not at its edge), x > 0."""
+    keep = np.isfinite(eta_star["log2_eta_star"].to_numpy(float)) & ~eta_star["edge"].isin(
+        [EDGE_GRID_LOW, EDGE_GRID_HIGH]).to_numpy()
+    sub = eta_star[keep & (eta_star[x].to_numpy(float) > 0)]
+    return np.log2(sub[x].to_numpy(float)), sub["log2_eta_star"].to_numpy(float)
 
 
 def all_diverged(trials: pd.DataFrame) -> pd.DataFrame:

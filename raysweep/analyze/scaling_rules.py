@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from raysweep.analyze.load import ensure_prepared, group_columns
-from raysweep.analyze.optimum import EDGE_GRID_HIGH, EDGE_GRID_LOW, config_table, iter_groups, optimal_eta
+from raysweep.analyze.optimum import config_table, eta_star_points, iter_groups, optimal_eta
 from raysweep.analyze.quality import MAX_RMSE_OCTAVES, fit_verdict
 
 RULES = ("linear", "sqrt")
@@ -196,10 +196,7 @@ def fit_eta_peak(table: pd.DataFrame, x: str = "batch_size") -> pd.DataFrame:
                     "fit_note"]
     rows = []
     for keys, sub in iter_groups(table, by):
-        keep = np.isfinite(sub["log2_eta_star"].to_numpy(float)) & ~sub["edge"].isin(
-            [EDGE_GRID_LOW, EDGE_GRID_HIGH]).to_numpy()
-        sub = sub[keep & (sub[x].to_numpy(float) > 0)]
-        lx, ly = np.log2(sub[x].to_numpy(float)), sub["log2_eta_star"].to_numpy(float)
+        lx, ly = eta_star_points(sub, x)
         row = dict(zip(by, keys)) | {"n_points": len(lx)}
         rmse = np.nan
         if len(np.unique(lx)) >= 3:

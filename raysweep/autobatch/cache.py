@@ -51,6 +51,18 @@ def key_hash(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+
+def read_entries(path: Path, version: int) -> dict:
+    """A cache file ``{"version", "entries"}`` of this ``version``, or an empty one when the file is missing,
+    unreadable or of another version (a cache is never trusted across formats)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"version": version, "entries": {}}
+    if not isinstance(data, dict) or data.get("version") != version:
+        return {"version": version, "entries": {}}
+    return data
+
 class ModelCache:
     """The cache file of one folder."""
 
@@ -59,13 +71,7 @@ class ModelCache:
         self.path = self.folder / CACHE_FILE
 
     def _read(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {"version": CACHE_VERSION, "entries": {}}
-        if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
-            return {"version": CACHE_VERSION, "entries": {}}
-        return data
+        return read_entries(self.path, CACHE_VERSION)
 
     def lookup(self, key: dict) -> MemoryModel | None:
         """The model stored under ``key``, or None. Reads one file; touches no device."""

@@ -73,7 +73,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from raysweep.autobatch.cache import key_hash, write_json_atomic
+from raysweep.autobatch.cache import key_hash, read_entries, write_json_atomic
 from raysweep.autobatch.config import MODES
 from raysweep.autobatch.device import (
     CpuRssCounters,
@@ -627,13 +627,7 @@ class MeasurementCache:
         self.path = Path(folder) / CACHE_FILE
 
     def _read(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {"version": CACHE_VERSION, "entries": {}}
-        if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
-            return {"version": CACHE_VERSION, "entries": {}}
-        return data
+        return read_entries(self.path, CACHE_VERSION)
 
     def lookup(self, key: dict) -> dict[int, dict]:
         entry = self._read()["entries"].get(key_hash(key))
