@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -315,8 +316,8 @@ def cap_child(job_path: Path) -> int:
 
     import torch
 
-    import raysweep.data  # noqa: F401 - imported before the limit: imports are the process's context, not the trial's
-    import raysweep.train  # noqa: F401
+    for name in ("raysweep.data", "raysweep.train"):  # before the limit: imports are the process's context
+        importlib.import_module(name)
     from raysweep.autobatch.device import read_status
     from raysweep.trial import Bundle, Plan, run_bundle
 

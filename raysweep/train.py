@@ -96,7 +96,7 @@ from raysweep.step import (
 __all__ = [
     "ADAM_BETAS", "ADAM_EPS", "BUNDLE_KEYS", "CHANCE_SIGMAS", "COLLAPSE_LOSS_MIN", "F0_CACHE_BYTES", "LOSS_BAND",
     "Report", "TrainState", "bundle_key", "chance_accuracy", "data_seed", "dead_members", "divergence", "init_seed",
-    "loss_per_member", "noise_seed", "outside_band", "steps_for", "train", "train_bundle",
+    "loss_per_member", "noise_seed", "optimizer_settings", "outside_band", "steps_for", "train", "train_bundle",
 ]  # fmt: skip
 
 
@@ -381,7 +381,7 @@ def train_bundle(
            for l in range(depth)]
     if all(len(set(r.per_layer)) == 1 for r in rates):
         lrs = [lrs[0]] * depth  # one tensor for every layer: model.backward then applies it once
-    settings = [_optimizer_settings(p, width, depth) for p in points]
+    settings = [optimizer_settings(p, width, depth) for p in points]
     adam = optimizer_state(update_path(first), optimizer, weights, settings)  # None, Adam's moments or an OptState
     sched = None if all(is_constant(p) for p in points) else ScheduleFeed(points, total_steps, dtype, device)
     loss_coef, df_coef = loss_coefficients(loss_name, mse_convention, batch_size, task.n_out)
@@ -587,7 +587,7 @@ def divergence(losses: torch.Tensor, step: int, eval_loss: np.ndarray, initial_l
     return train_loss, diverged
 
 
-def _optimizer_settings(point: Mapping[str, Any], width: int, depth: int) -> dict:
+def optimizer_settings(point: Mapping[str, Any], width: int, depth: int) -> dict:
     """A member's optimizer hyperparameters, eps and weight decay per layer (raysweep.scaling's muP rules)."""
     value = lambda axis: axis_value(point, axis)  # noqa: E731
     shape = {"width": width, "depth": depth, "parametrization": point["parametrization"]}
