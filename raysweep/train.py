@@ -531,9 +531,7 @@ def train_bundle(
         if curv is not None and curv.due():
             curvature = curv.measure(
                 weights, alive, feed.stream.tolist(), out_mult, [j for j, m in enumerate(alive) if m in diverged],
-                # preconditioned sharpness reads Adam's default path (betas 0.9, 0.999, eps 1e-8); the general
-                # path's own betas and eps are not measured
-                adam=None if isinstance(adam, OptState) else adam, step=step, lrs=lrs,
+                adam=adam, step=step, lrs=lrs,
                 lr_effective=[rates[m].effective for m in alive],
                 member_seeds=[int(points[m]["seed"]) for m in alive])
         report = Report(
