@@ -181,7 +181,8 @@ def check_cap(s: Settings, keep: dict) -> CheckResult:
     from raysweep.autobatch.guard import cap_fraction
     from raysweep.autobatch.sizing import plan_resources, trial_need
     from raysweep.plan import build_plan, bundle_id
-    from raysweep.space import config_key, parse_spec
+    from raysweep.points import config_key
+    from raysweep.space import parse_spec
 
     model = keep.get("model") or probe_model(s)[0]
     spec = parse_spec(cap_spec(s))

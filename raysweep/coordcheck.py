@@ -42,7 +42,8 @@ from raysweep.errors import SpecError
 from raysweep.scaling import learning_rates
 from raysweep.seeds import init_seed
 from raysweep.schedules import is_constant
-from raysweep.space import AXIS_DEFAULTS, axis_value, load_spec, update_path
+from raysweep.points import AXIS_DEFAULTS, axis_value, update_path
+from raysweep.space import load_spec
 
 # torch and matplotlib load when a check runs, so that --help and spec errors answer at once
 
@@ -112,7 +113,7 @@ def coord_check(config: Mapping, x, y, *, n_out: int, widths: Sequence[int] = DE
                 seeds: Sequence[int] = (0, 1, 2), mse_convention: str = "half_sum",
                 total_steps: int | None = None) -> CoordCheck:
     """Train ``config`` (keys :data:`COMBO_KEYS`, and any optimizer or schedule axis of
-    :data:`raysweep.space.AXIS_DEFAULTS` off its default) for ``steps`` steps on the batch ``(x, y)`` at every width
+    :data:`raysweep.points.AXIS_DEFAULTS` off its default) for ``steps`` steps on the batch ``(x, y)`` at every width
     and seed; see the module docstring for what is measured. The update is the trainer's (:mod:`raysweep.step`:
     plain SGD, Adam at its defaults, or the general path with momentum, betas, eps and weight decay per layer), each
     step's rates times the schedule's multiplier of that step in a run of ``total_steps`` (default ``steps``)."""

@@ -3,7 +3,7 @@
 Pure planning: no Ray, no torch. A configuration that already has a trials row (``done``) is not planned again;
 that is how a relaunch resumes and how a larger space runs only its new points.
 
-Bundles: configurations that share :data:`raysweep.space.BUNDLE_KEYS` (batch size, width, depth,
+Bundles: configurations that share :data:`raysweep.points.BUNDLE_KEYS` (batch size, width, depth,
 parametrization, optimizer, loss, lr rule) train as one stacked model, at most ``fusion.max_members`` at a time.
 ``fusion: {enabled: false}`` gives one trial per configuration.
 """
@@ -23,8 +23,8 @@ from raysweep.autobatch.config import AutobatchConfig
 from raysweep.autobatch.device import cpu_device_info
 from raysweep.autobatch.sizing import plan_resources
 from raysweep.errors import NoCachedModelError, RaysweepError
-from raysweep.space import (AUTO, AXES, AXIS_DEFAULTS, BUNDLE_KEYS, Experiment, SweepSpec, axis_value, bundle_key,
-                            config_keys, setting)
+from raysweep.points import AXES, AXIS_DEFAULTS, BUNDLE_KEYS, axis_value, bundle_key, config_keys
+from raysweep.space import AUTO, Experiment, SweepSpec, setting
 
 
 @dataclass(frozen=True)

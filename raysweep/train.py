@@ -1,7 +1,7 @@
 """Train one configuration, or a fused bundle of configurations that share their shapes, and yield reports.
 
 A *bundle* is K members that share batch size, width, depth, parametrization, optimizer, loss, learning-rate
-rule and update path (:func:`raysweep.space.bundle_key`); they may differ in eta, gamma, seed, the optimizer's
+rule and update path (:func:`raysweep.points.bundle_key`); they may differ in eta, gamma, seed, the optimizer's
 hyperparameters (momentum, betas, eps, weight decay) and the learning-rate schedule (:mod:`raysweep.schedules`,
 a per-member multiplier of every layer's rate). Their weights are stacked (``[K, fan_in, fan_out]``), every step is
 one batched forward and backward, and each member keeps its own learning rates, centring, data stream (one per
@@ -71,9 +71,9 @@ from raysweep.scaling import epsilons, learning_rates, weight_decays
 from raysweep.schedules import is_constant
 from raysweep.seeds import data_seed, init_seed, noise_seed
 from raysweep.sharpness import CurvatureFeed
-from raysweep.space import (
-    BUNDLE_KEYS, axis_value, bundle_key, curvature_option, grad_noise_option, setting, snapshot_steps, update_path,
-)
+from raysweep.instrument_spec import curvature_option, grad_noise_option, snapshot_steps
+from raysweep.points import BUNDLE_KEYS, axis_value, bundle_key, update_path
+from raysweep.space import setting
 from raysweep.step import (
     ADAM_BETAS,
     ADAM_EPS,
@@ -345,7 +345,7 @@ def train_bundle(
     The last report has ``finished=True``; every other one can :meth:`~Report.export` the bundle's state, and
     ``resume`` (such a state of these points) continues from it: the reports after its step are bit-identical to
     those of an uninterrupted run. ``on_weights(step, members, weights)``, when given, is called at step 0 and after
-    each step of :func:`raysweep.space.snapshot_steps` (``experiment.snapshots``) with the bundle indices of the
+    each step of :func:`raysweep.instrument_spec.snapshot_steps` (``experiment.snapshots``) with the bundle indices of the
     members still training and their stacked weights: it must only read them (copy what it keeps). Raises
     :class:`InfeasibleError` for a batch larger than the data set
     and ``ValueError`` when the points do not share :data:`BUNDLE_KEYS`.

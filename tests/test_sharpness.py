@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from raysweep.data import build_task
-from raysweep.space import config_keys, curvature_option, parse_spec
+from raysweep.instrument_spec import curvature_option
+from raysweep.points import config_keys
+from raysweep.space import parse_spec
 from raysweep.train import train_bundle
 from raysweep.trial import curve_row
 

@@ -1,7 +1,7 @@
 """Train a bundle of user models (``experiment.model: {factory: ...}``) and yield :class:`raysweep.train.Report`s.
 
 The general path beside the MLP's hand-written one (:mod:`raysweep.train`), with the same contract: K members that
-share :func:`raysweep.space.bundle_key` (they may differ in eta, gamma, seed, the optimizer's hyperparameters and
+share :func:`raysweep.points.bundle_key` (they may differ in eta, gamma, seed, the optimizer's hyperparameters and
 the schedule); one data stream per distinct seed (a fresh permutation of the training set every epoch, the tail
 smaller than a batch dropped); a report every ``report_every`` steps with the train loss (mean over the window),
 the eval loss and accuracy, the initial loss; divergence by :func:`raysweep.train.divergence` (a non-finite
@@ -35,7 +35,8 @@ from raysweep.custom.factory import build_model
 from raysweep.dead import chance_accuracy, dead_members, outside_band
 from raysweep.schedules import is_constant
 from raysweep.seeds import data_seed, derive_seed
-from raysweep.space import axis_value, bundle_key, setting, update_path
+from raysweep.points import axis_value, bundle_key, update_path
+from raysweep.space import setting
 from raysweep.step import OptState, ScheduleFeed, optimizer_state, scaled_rates, update, update_general
 from raysweep.train import Report, divergence, steps_for
 
@@ -176,7 +177,7 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
     built-in family's Task) and yield a Report every ``report_every`` steps; the last has ``finished=True``.
 
     ``fused``: force (True) or forbid (False) the vmapped step; None decides from the model. Raises
-    ``ValueError`` when the points do not share :func:`raysweep.space.bundle_key`, InfeasibleError for a batch
+    ``ValueError`` when the points do not share :func:`raysweep.points.bundle_key`, InfeasibleError for a batch
     larger than the training set. ``resume`` and ``on_weights`` (:func:`raysweep.train.train_bundle`'s checkpoint
     resume and snapshots) are the MLP path's: here they must be None (its reports export no state).
     """
@@ -184,7 +185,7 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
         raise ValueError("a model factory's bundle has no checkpoint resume or weight snapshots (MLP path only)")
     device = torch.device(device)
     if len({bundle_key(p) for p in points}) != 1:
-        raise ValueError("a bundle's points must share raysweep.space.bundle_key")
+        raise ValueError("a bundle's points must share raysweep.points.bundle_key")
     first = points[0]
     batch_size, loss_name = int(first["batch_size"]), first["loss"]
     mse_convention = setting(experiment, "mse_convention")
