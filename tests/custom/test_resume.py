@@ -95,11 +95,15 @@ def check(monkeypatch, tmp_path, experiment, space, dtype, centred, *, fused=Tru
             state = checkpoint.load_latest(sweep, "b1").state
         else:
             state = through_bytes(state)
-        resumed, _, final_resumed = train(monkeypatch, task, exp, points, resume=state)
+        resumed, again, final_resumed = train(monkeypatch, task, exp, points, resume=state, export_at=(EDGE,))
         assert resumed[0].step == at + 2
         assert rows(resumed) == rows([r for r in whole if r.step > at]), at
         assert final_resumed.keys() == final.keys()
         assert all(torch.equal(final_resumed[n], final[n]) for n in final), at
+        if at < EDGE:  # the state it exports again: every tensor the uninterrupted run's (theta_0's buffers too)
+            ours, theirs = again[EDGE].tensors(), states[EDGE].tensors()
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+            assert again[EDGE].meta() | {"wall_time_s": 0} == states[EDGE].meta() | {"wall_time_s": 0}
     return whole
 
 
