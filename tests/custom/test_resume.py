@@ -139,3 +139,13 @@ def test_a_state_of_other_points_or_another_model_is_refused(monkeypatch):
     wider = [dict(p, width=8) for p in points]
     with pytest.raises(ValueError, match="resume: a state of another model"):
         next(custom_train.train_bundle(task, exp, wider, resume=states[MID]))
+
+
+def test_centred_dropout_draws_the_same_masks_for_theta_and_theta_0():
+    """Unfused and centred, the theta_0 forward draws the step's masks (seed and step): at step 1 the centred
+    output f(x; theta) - f(x; theta_0) is exactly zero, so the first minibatch loss is the zero predictor's."""
+    space = {"optimizer": "SGD", "eta": [0.1, 0.2], "batch_size": 16, "width": 4,
+             "model_kwargs": {"dropout": 0.5}}
+    exp, task, points = setup(CNN, space, "float64", True, steps=1)
+    (report,) = custom_train.train_bundle(task, exp, points[:2])
+    assert report.train_loss == pytest.approx([math.log(10)] * 2, abs=1e-12)
