@@ -151,7 +151,10 @@ class TrainState:
     ``position`` the samples of it already used (resuming redraws the block or permutation and skips them);
     ``noise_rng``: the noise feed's generator per seed (gradient noise scale), else empty; ``left_band`` and
     ``dead_since`` (-1: not dead) per member: the dead-network rule's memory; ``wall_time_s`` so far; ``extra``:
-    tensors a caller keeps with the state (the trial's snapshots not written yet), by name.
+    tensors a caller keeps with the state (the trial's snapshots not written yet), by name. A model factory's
+    bundle (:mod:`raysweep.custom.train`) keeps its stacked parameters in ``weights`` (the model's parameter order)
+    and its stacked buffers by name in ``buffers`` (batch norm's running statistics...), and with ``centred`` those of
+    the ``theta_0`` copy (a train-mode forward may update them) in ``init_buffers``; both are empty on the MLP path.
     The initial weights, learning rates, eval targets and curvature batches are not kept: they follow from the
     points (curvature's probes are seeded from the seed and the step, and its report count from ``step``).
     """
@@ -167,6 +170,8 @@ class TrainState:
     dead_since: list[int]
     wall_time_s: float = 0.0
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    init_buffers: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Flat name -> tensor (contiguous, CPU), e.g. for safetensors; :meth:`from_parts` reads it back."""
@@ -175,6 +180,8 @@ class TrainState:
         out.update({f"data_rng.{s}": t for s, t in self.data_rng.items()})
         out.update({f"noise_rng.{s}": t for s, t in self.noise_rng.items()})
         out.update({f"extra.{k}": t for k, t in self.extra.items()})
+        out.update({f"buffers.{k}": t for k, t in self.buffers.items()})
+        out.update({f"init_buffers.{k}": t for k, t in self.init_buffers.items()})
         return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
 
     def meta(self) -> dict:
@@ -190,13 +197,16 @@ class TrainState:
         def rng(prefix):
             return {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
+        def named(prefix):
+            return {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
         return cls(step=int(meta["step"]), members=[int(m) for m in meta["members"]],
                    weights=[tensors[f"weights.{i}"] for i in range(int(meta["n_layers"]))],
                    optimizer=[tensors[f"optimizer.{i}"] for i in range(int(meta["n_optimizer"]))],
                    data_rng=rng("data_rng"), position=int(meta["position"]), noise_rng=rng("noise_rng"),
                    left_band=[bool(v) for v in meta["left_band"]], dead_since=[int(v) for v in meta["dead_since"]],
                    wall_time_s=float(meta["wall_time_s"]),
-                   extra={k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("extra.")})
+                   extra=named("extra"), buffers=named("buffers"), init_buffers=named("init_buffers"))
 
     def subset(self, rows: Sequence[int]) -> TrainState:
         """The members at ``rows`` (positions in :attr:`members`), renumbered ``0 .. len(rows) - 1``: the state of a
@@ -206,7 +216,8 @@ class TrainState:
                           optimizer=[t[sel] for t in self.optimizer], data_rng=dict(self.data_rng),
                           position=self.position, noise_rng=dict(self.noise_rng),
                           left_band=[self.left_band[r] for r in rows], dead_since=[self.dead_since[r] for r in rows],
-                          wall_time_s=self.wall_time_s)
+                          wall_time_s=self.wall_time_s, buffers={k: b[sel] for k, b in self.buffers.items()},
+                          init_buffers={k: b[sel] for k, b in self.init_buffers.items()})
 
 
 class _Feed:
