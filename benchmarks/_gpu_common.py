@@ -16,6 +16,8 @@ TITLES = {
     "cap": "2. Per-trial memory cap: one trial runs out of its share, its neighbour finishes",
     "trainer": "3. Fused trainer: member-steps/s",
     "grid": "4. The 200-configuration grid: trainer vs plain loop, and eta*(B)",
+    "paths": "5. The newer paths on the device: general optimizer path, resume, curvature, model factories, "
+             "find_batch_size",
     "compile": "3b. The trainer's step under torch.compile / CUDA graphs",
 }
 # The common task: the online polynomial teacher of fusion.py and sweep.py (D = 32, blocks of P = 4,096).
@@ -51,6 +53,14 @@ class Settings:
     # 5. compile: (width, members, optimizer) shapes, and torch.compile modes
     compile_shapes: tuple[tuple[int, int, str], ...] = ((256, 64, "SGD"), (256, 64, "Adam"))
     compile_modes: tuple[str, ...] = ("default", "reduce-overhead")
+    # 5. paths: the MLP bundle (width, members, batch, steps), the CNN (width, steps), find_batch_size's budget
+    paths_width: int = 512
+    paths_members: int = 16
+    paths_batch: int = 256
+    paths_steps: int = 200
+    paths_cnn_width: int = 32
+    paths_cnn_steps: int = 100
+    paths_fbs_budget_mib: int = 4096
     budget_s: float | None = 450.0
 
     def to_dict(self) -> dict:
@@ -65,13 +75,17 @@ def settings(kind: str, quick: bool, budget_s: float | None = None) -> Settings:
         s = Settings(kind, quick, probe_widths=(64, 256, 1024), probe_batch_sizes=(32, 256, 2048), probe_members=4,
                      cap_shape=(256, 3, 64, 4), cap_big_batch_size=2**18, cap_steps=3000, window_s=1.0,
                      max_measure_s=60.0, compile_shapes=((64, 16, "SGD"), (64, 16, "Adam")),
-                     compile_modes=("default",), budget_s=None)
+                     compile_modes=("default",), paths_width=128, paths_members=8, paths_batch=64,
+                     paths_steps=80, paths_cnn_width=16, paths_cnn_steps=40, paths_fbs_budget_mib=512,
+                     budget_s=None)
     else:
         s = Settings(kind, quick, probe_widths=(32, 128), probe_depths=(2,), probe_batch_sizes=(16, 128),
                      probe_members=2, extra_points=1, cap_shape=(128, 2, 32, 2), cap_big_batch_size=2**18,
                      cap_steps=6000, widths=(64, 256), members=(1, 4, 16), window_s=0.1, max_measure_s=10.0,
                      grid_batch_sizes=(1, 4, 16, 64), grid_etas=tuple(2.0**e for e in range(-6, 7)), grid_steps=200,
-                     compile_shapes=((64, 16, "SGD"),), compile_modes=("default",), budget_s=None)
+                     compile_shapes=((64, 16, "SGD"),), compile_modes=("default",), paths_width=32, paths_members=4,
+                     paths_batch=16, paths_steps=24, paths_cnn_width=8, paths_cnn_steps=12,
+                     paths_fbs_budget_mib=320, budget_s=None)
     if quick and kind == "cuda":  # a smoke test on a GPU: CPU-quick sizes, CUDA device
         s = Settings(**{**settings("cpu", True).to_dict(), "kind": "cuda", "quick": True, "budget_s": 450.0,
                         "compile_modes": ("default", "reduce-overhead"),

@@ -23,8 +23,11 @@ README), both rewritten after every check: a run cut short keeps what it measure
 4. ``grid``: the 200-configuration grid of ``benchmarks/sweep.py`` trained by the trainer directly (bundles as
    ``raysweep.plan`` makes them, no Ray) and by the plain sequential loop on the same device, and eta*(B) of both
    (``raysweep.analyze.optimal_eta``).
-5. ``compile``: the trainer's step under ``torch.compile`` (and, on CUDA, its ``reduce-overhead`` mode, which
-   replays CUDA graphs), in a child process with a time limit: whether either helps.
+5. ``paths``: what the CPU tests claim bit for bit, on the device (``_gpu_paths``): the general optimizer path's
+   fused members against each alone, exact resume through a checkpoint's bytes, curvature on/off, a model factory
+   (the shipped CNN) fused against alone and its resume, and ``find_batch_size`` of a plain module.
+6. ``compile`` (table 3b): the trainer's step under ``torch.compile`` (and, on CUDA, its ``reduce-overhead`` mode,
+   which replays CUDA graphs), in a child process with a time limit: whether either helps.
 
 On an H200 every check together takes under 8 minutes (``--budget-s``, default 450 s on CUDA: a check that would
 start past it is skipped and says so). ``--cpu`` runs every check on the CPU; ``--cpu --quick`` does it in about a
@@ -171,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
           f"budget {'none' if s.budget_s is None else f'{s.budget_s:.0f} s'}; writing {args.out}", flush=True)
 
     import _gpu_memory
+    import _gpu_paths
     import _gpu_speed
 
     keep: dict = {}  # the probe's memory model, for the cap check
     checks = {"probe": (_gpu_memory.check_probe, s, keep), "cap": (_gpu_memory.check_cap, s, keep),
               "trainer": (_gpu_speed.check_trainer, s, deadline), "grid": (_gpu_speed.check_grid, s, deadline),
-              "compile": (_gpu_speed.check_compile, s, deadline)}
+              "paths": (_gpu_paths.check_paths, s, deadline), "compile": (_gpu_speed.check_compile, s, deadline)}
     for name in CHECKS:
         if name in wanted:
             run_check(out, name, deadline, *checks[name])

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 MISSING = ("ray", "optuna", "matplotlib", "polars", "duckdb", "hypothesis")
-TITLES = {"probe": "1.", "cap": "2.", "trainer": "3.", "grid": "4.", "compile": "3b."}
+TITLES = {"probe": "1.", "cap": "2.", "trainer": "3.", "grid": "4.", "paths": "5.", "compile": "3b."}
 
 # Loaded by every Python process of the run (the script, the probe subprocess, its forkserver, the trial processes):
 # each of MISSING then fails to import, as on the GPU image.
@@ -61,10 +61,10 @@ def _positive(x) -> bool:
 def test_modules_import_without_ray_optuna_matplotlib(tmp_path):
     """The script's modules and every raysweep module it reaches import on an image without them."""
     code = ("import sys; sys.path.insert(0, 'benchmarks'); "
-            "import gpu_check, _gpu_common, _gpu_memory, _gpu_speed, _plain, sweep; "
+            "import gpu_check, _gpu_common, _gpu_memory, _gpu_paths, _gpu_speed, _plain, sweep; "
             "import raysweep.analyze.optimum, raysweep.autobatch.host, raysweep.autobatch.probe, "
             "raysweep.autobatch.steps, raysweep.autobatch.sizing, raysweep.plan, raysweep.trial, raysweep.train, "
-            "raysweep.data, raysweep.space; "
+            "raysweep.data, raysweep.space, raysweep.custom.train, raysweep.autobatch.module; "
             "import raysweep.analyze as ra; assert callable(ra.optimal_eta)\n"
             "try:\n    import ray\nexcept ImportError:\n    print('no ray')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_blocked_env(tmp_path), capture_output=True,
@@ -151,6 +151,20 @@ def test_quick_grid_eta_star_of_trainer_and_plain_loop_agree(quick_run):
         assert abs(a - p) <= data["grid_step_octaves"], b  # within one grid step
     assert all(data["agree_within_one_step"])
     assert len(data["rows_trainer"]) == len(data["rows_plain"]) == 52
+
+
+@pytest.mark.slow
+def test_quick_paths_rows(quick_run):
+    paths = quick_run[0]["checks"]["paths"]
+    assert [r[0] for r in paths["rows"]] == ["general", "resume", "curvature", "factory", "factory resume",
+                                              "find_batch_size"]
+    rows = paths["data"]["rows"]
+    # the CPU claims hold here bit for bit; on a GPU the same rows say whether they hold there
+    assert all(rows[n]["gap"] == 0 for n in ("general", "resume", "curvature", "factory", "factory resume"))
+    assert rows["curvature"]["time_ratio"] > 1 and rows["factory"]["fused_rate"] > 0
+    fbs = rows["find_batch_size"]
+    assert fbs["need_bytes"] <= 320 * 2**20 and 2 * fbs["batch_size"] in fbs["sizes_tried"]
+    assert paths["data"]["passed"] and all(r[4] == "yes" for r in paths["rows"])
 
 
 @pytest.mark.slow
