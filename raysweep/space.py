@@ -621,9 +621,6 @@ def _check_model(experiment: Experiment, space: Space) -> None:
             raise f.fail("experiment.family", "must have a fixed training set with a model factory (custom, digits, "
                          "mnist..., or online: false); the general path trains epochs over fixed data",
                          experiment.family)
-        if experiment.grad_noise_scale is not None:
-            raise f.fail("experiment.grad_noise_scale", "must be off with a model factory (the noise scale is "
-                         "measured on the MLP path)", dict(experiment.grad_noise_scale))
         for name in ("snapshots", "curvature"):
             if getattr(experiment, name) is not None:
                 raise f.fail(f"experiment.{name}", "must be off with a model factory (snapshots and curvature are "

@@ -20,10 +20,14 @@ loss is the zero predictor's); otherwise it is the model's output and the initia
 Unfused, the random numbers of a member's forwards at a step (dropout; the ``theta_0`` forward's too, so that
 both terms of the centred function draw the same masks) come from its seed and the step alone.
 
+Gradient noise scale (``experiment.grad_noise_scale``), as the MLP path: at every report each member's
+``grad_sq``, ``grad_trace_cov`` and ``grad_noise_scale`` from noise batches of its stream's own generator, by the
+trainer's own gradients (:mod:`raysweep.custom.noise`); no training number moves.
+
 Checkpoints (:mod:`raysweep.checkpoint`), as the MLP path: every report but the last exports a
 :class:`raysweep.train.TrainState` (the stacked parameters and buffers, the optimizer's tensors, the members alive
 and their dead-rule memory, each data stream's generator state before the current epoch and the position in it,
-the buffers of the centred ``theta_0`` copy) and ``resume`` continues from it bit for bit. ``theta_0``'s
+the buffers of the centred ``theta_0`` copy, the noise batches' generators) and ``resume`` continues from it bit for bit. ``theta_0``'s
 parameters, the rates, the eval outputs at ``theta_0`` and the schedule follow from the points and are rebuilt.
 
 Pure: torch and the user's factory; no Ray, no I/O.
@@ -41,10 +45,12 @@ import torch
 
 from raysweep.custom import functional, mup
 from raysweep.custom.factory import build_model
+from raysweep.custom.noise import NoiseFeed
 from raysweep.dead import chance_accuracy, dead_members, outside_band
+from raysweep.instrument_spec import grad_noise_option
+from raysweep.points import axis_value, bundle_key, update_path
 from raysweep.schedules import is_constant
 from raysweep.seeds import data_seed, derive_seed
-from raysweep.points import axis_value, bundle_key, update_path
 from raysweep.space import setting
 from raysweep.step import (
     OptState, ScheduleFeed, optimizer_state, optimizer_tensors, scaled_rates, update, update_general,
@@ -249,6 +255,9 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
     # --- data: one stream per distinct seed --------------------------------------------------------------------
     seeds = sorted({int(p["seed"]) for p in points})
     feed = _Feed(task, seeds, [seeds.index(int(p["seed"])) for p in points], batch_size, device)
+    noise, option = None, grad_noise_option(setting(experiment, "grad_noise_scale"))
+    if option is not None:  # its own generators: the training stream never moves for it
+        noise = NoiseFeed(task, seeds, option["batches"], option["batch_size"] or batch_size, device)
     x_eval, y_eval = task.x_eval.to(device), task.y_eval.to(device)
     out0 = members.outputs(x_eval)  # f(x_eval; theta_0), eval mode
     f0_eval = out0 if centred else None
@@ -285,7 +294,8 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
         return TrainState(
             step=step, members=kept, weights=[copy(members.params[n]) for n in members.names],
             optimizer=[copy(t) for t in optimizer_tensors(members.opt)],
-            data_rng={seeds[i]: st.clone() for i, st in enumerate(feed.before)}, position=pos, noise_rng={},
+            data_rng={seeds[i]: st.clone() for i, st in enumerate(feed.before)}, position=pos,
+            noise_rng={} if noise is None else dict(zip(seeds, noise.states())),
             left_band=[bool(left_band[m]) for m in kept], dead_since=[dead_since.get(m, -1) for m in kept],
             wall_time_s=time.perf_counter() - started, buffers={n: copy(b) for n, b in members.buffers.items()},
             init_buffers={n: copy(b) for n, b in init_buffers.items()} if centred else {})
@@ -300,6 +310,8 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
             for n, b in init_buffers.items():
                 b.copy_(resume.init_buffers[n])
         feed.restore([resume.data_rng[s] for s in seeds])
+        if noise is not None:
+            noise.restore([resume.noise_rng[s] for s in seeds])
         pos = resume.position
         left_band[alive] = resume.left_band
         dead_since = {m: d for m, d in zip(alive, resume.dead_since) if d >= 0}
@@ -338,6 +350,10 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
                 dead_since.setdefault(member, step)
             else:
                 dead_since.pop(member, None)
+        gns = {}
+        if noise is not None:
+            gns = noise.estimate(members, fn, feed.stream, step,
+                                 (init_params, init_buffers) if centred else None)
         report = Report(
             step=step,
             epoch=step // (task.n_train // batch_size),
@@ -352,6 +368,7 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
             active_fraction=[None] * len(alive),
             finished=step == total_steps or len(diverged) == len(alive),
             wall_time_s=time.perf_counter() - started,
+            **gns,
         )
         if not report.finished:
             report.export = functools.partial(export, diverged)

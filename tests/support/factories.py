@@ -1,4 +1,5 @@
-"""Bad model and data factories for the tests of raysweep.custom's checks (named by import path in specs)."""
+"""Model and data factories for the tests of raysweep.custom (named by import path in specs): bad ones for its checks, and
+small good ones."""
 
 import torch
 
@@ -42,3 +43,8 @@ def data_float_labels(*, seed):
 def mlp(*, width, input_shape, n_out, **kwargs):
     """A plain PyTorch MLP with biases, for a built-in family's flat features."""
     return torch.nn.Sequential(torch.nn.Linear(input_shape[0], width), torch.nn.ReLU(), torch.nn.Linear(width, n_out))
+
+
+def linear(*, input_shape, n_out, **kwargs):
+    """A bias-free linear model f(x) = x W^T, for a built-in family's flat features (closed-form gradients)."""
+    return torch.nn.Linear(input_shape[0], n_out, bias=False)
