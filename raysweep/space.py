@@ -617,10 +617,6 @@ def _check_model(experiment: Experiment, space: Space) -> None:
     """An MLP has a hidden layer (depth >= 2); a linear student has exactly :data:`LINEAR_STUDENT_AXES`; a user's
     model (raysweep.custom) trains SP or muP at ``lr_rule: raw`` and is sized by no autobatch memory model."""
     if is_custom(experiment.model):
-        if experiment.online:
-            raise f.fail("experiment.family", "must have a fixed training set with a model factory (custom, digits, "
-                         "mnist..., or online: false); the general path trains epochs over fixed data",
-                         experiment.family)
         for name in ("snapshots", "curvature"):
             if getattr(experiment, name) is not None:
                 raise f.fail(f"experiment.{name}", "must be off with a model factory (snapshots and curvature are "

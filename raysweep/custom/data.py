@@ -65,6 +65,24 @@ class CustomTask:
                 f"n_out={self.n_out}, n_train={self.n_train}, n_eval={self.n_eval})")
 
 
+class OnlineTeacher:
+    """A built-in online family's Task (poly_online, mlp_teacher, linear, ...) as the general trainer reads it:
+    inputs of shape ``(dim,)``, no fixed training set (``n_train`` None), fresh blocks from ``draw_block``; every
+    other attribute is the Task's."""
+
+    def __init__(self, task):
+        self.task = task
+        self.input_shape = (int(task.dim),)
+
+    def __getattr__(self, name: str):
+        if name == "task":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.task, name)
+
+    def __repr__(self) -> str:
+        return f"OnlineTeacher({self.task!r})"
+
+
 def _field(key: str) -> str:
     return f"experiment.{key}"
 

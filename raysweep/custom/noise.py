@@ -1,8 +1,8 @@
 """The gradient noise scale of a model factory's bundle: :mod:`raysweep.noise`'s two-batch estimator (McCandlish et
 al. 2018, App. A.1) with the general path's own gradients.
 
-At a report, each data stream (distinct seed) draws ``m`` chunks of ``b`` training indices uniformly with
-replacement from a generator of its own (:func:`raysweep.seeds.noise_seed`: the training stream never moves for it);
+At a report, each data stream (distinct seed) draws ``m`` chunks of ``b`` samples (fresh ones of an online teacher,
+or training indices uniformly with replacement) from a generator of its own (:func:`raysweep.seeds.noise_seed`: the training stream never moves for it);
 every member's gradient of each chunk is the trainer's (:func:`raysweep.custom.functional.grads_fused` or, for a
 model that cannot be vmapped, ``grads_unfused``), of the loss the trainer optimizes (centred ``f - f0`` when the
 model is), with respect to every parameter as stored. ``|G_b|^2`` is the mean over chunks of each chunk gradient's
@@ -24,6 +24,7 @@ import torch
 from raysweep.custom import functional
 from raysweep.noise import noise_scale, two_batch
 from raysweep.seeds import derive_seed, noise_seed
+from raysweep.step import draw_samples
 
 __all__ = ["NoiseFeed"]
 
@@ -41,10 +42,16 @@ class NoiseFeed:
         ``init``: ``(params, buffers)`` at theta_0 when the model is centred, else None."""
         n = self.batches * self.size
         streams = sorted(set(stream))
-        drawn = {s: torch.randint(self.task.n_train, (n,), generator=self.gens[s]).to(self.device) for s in streams}
         shared = len(streams) == 1
-        idx = drawn[streams[0]] if shared else torch.stack([drawn[s] for s in stream])
-        x, y = self.task.x_train[idx], self.task.y_train[idx]
+        if self.task.online:  # fresh samples of the teacher
+            drawn = {s: draw_samples(self.task, self.gens[s], n) for s in streams}
+            x, y = drawn[streams[0]] if shared else (torch.stack([drawn[s][0] for s in stream]),
+                                                     torch.stack([drawn[s][1] for s in stream]))
+        else:  # training indices, uniformly with replacement
+            drawn = {s: torch.randint(self.task.n_train, (n,), generator=self.gens[s]).to(self.device)
+                     for s in streams}
+            idx = drawn[streams[0]] if shared else torch.stack([drawn[s] for s in stream])
+            x, y = self.task.x_train[idx], self.task.y_train[idx]
         total: dict[str, torch.Tensor] = {}
         small = None
         for c, lo in enumerate(range(0, n, self.size)):

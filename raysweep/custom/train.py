@@ -2,8 +2,8 @@
 
 The general path beside the MLP's hand-written one (:mod:`raysweep.train`), with the same contract: K members that
 share :func:`raysweep.points.bundle_key` (they may differ in eta, gamma, seed, the optimizer's hyperparameters and
-the schedule); one data stream per distinct seed (a fresh permutation of the training set every epoch, the tail
-smaller than a batch dropped); a report every ``report_every`` steps with the train loss (mean over the window),
+the schedule); one data stream per distinct seed (a fresh permutation of a fixed training set every epoch, the
+tail smaller than a batch dropped; or an online teacher's fresh blocks, as the MLP path draws them); a report every ``report_every`` steps with the train loss (mean over the window),
 the eval loss and accuracy, the initial loss; divergence by :func:`raysweep.train.divergence` (a non-finite
 minibatch loss, or a loss past ``divergence_factor`` x the initial loss), a diverged member dropped from the stack;
 dead by :func:`raysweep.dead.dead_members` (the collapse-to-chance rule: a user model has no hidden units to count,
@@ -53,7 +53,7 @@ from raysweep.schedules import is_constant
 from raysweep.seeds import data_seed, derive_seed
 from raysweep.space import setting
 from raysweep.step import (
-    OptState, ScheduleFeed, optimizer_state, optimizer_tensors, scaled_rates, update, update_general,
+    OptState, ScheduleFeed, draw_samples, optimizer_state, optimizer_tensors, scaled_rates, update, update_general,
 )
 from raysweep.train import Report, TrainState, divergence, steps_for
 
@@ -178,24 +178,32 @@ def build_members(task, experiment: Mapping[str, Any], points: Sequence[Mapping[
     if first["parametrization"] == "muP":
         shapes = mup.base_shapes(model, gamma=float(first["gamma"]), **shape_args)
     if fused is None:
-        fused = functional.vmap_reason(modules[0], task.x_train[:2], task.n_out) is None
+        fused = functional.vmap_reason(modules[0], task.x_eval[:2], task.n_out) is None
     return Members(modules, points, shapes, fused=fused)
 
 
 class _Feed:
-    """Minibatches of a fixed training set: one stream per distinct seed, a fresh permutation per epoch."""
+    """Minibatches: one stream per distinct seed. A fixed training set is read in a fresh permutation per epoch;
+    an online teacher gives a block of fresh samples per stream when one is used up (at least one batch: the MLP
+    path's blocks, :class:`raysweep.train` ``_Feed``). ``size``: the samples of a source (epoch or block)."""
 
     def __init__(self, task, seeds: list[int], member_stream: list[int], batch_size: int, device):
         self.task, self.batch_size = task, batch_size
         self.gens = [torch.Generator().manual_seed(data_seed(s)) for s in seeds]
         self.stream = list(member_stream)
         self.shared = len(seeds) == 1
+        self.size = max(task.block_size, batch_size) if task.online else task.n_train
         self.orders: list[torch.Tensor] = []
-        self.before: list[torch.Tensor] = []  # the generators' states before the current epoch's permutations
+        self.blocks: list[tuple[torch.Tensor, torch.Tensor]] = []  # online: the current block of every stream
+        self.before: list[torch.Tensor] = []  # the generators' states before the current permutations / blocks
         self.device = device
 
     def refresh(self) -> None:
         self.before = [g.get_state() for g in self.gens]
+        if self.task.online:
+            self.blocks = [self.task.draw_block(g) if self.size == self.task.block_size
+                           else draw_samples(self.task, g, self.size) for g in self.gens]
+            return
         self.orders = [torch.randperm(self.task.n_train, generator=g).to(self.device) for g in self.gens]
 
     def restore(self, before: Sequence[torch.Tensor]) -> None:
@@ -206,6 +214,12 @@ class _Feed:
 
     def batch(self, lo: int, hi: int):
         """``(x, y)``: ``[B, ...]`` when one stream feeds every member, else ``[K, B, ...]``."""
+        if self.task.online:
+            if self.shared:
+                x, y = self.blocks[0]
+                return x[lo:hi], y[lo:hi]
+            return (torch.stack([self.blocks[s][0][lo:hi] for s in self.stream]),
+                    torch.stack([self.blocks[s][1][lo:hi] for s in self.stream]))
         if self.shared:
             idx = self.orders[0][lo:hi]
         else:
@@ -267,7 +281,7 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
     dead_since: dict[int, int] = {}
     alive = list(range(len(points)))
     window: list[torch.Tensor] = []
-    pos = task.n_train  # the first step draws the first permutation
+    pos = feed.size  # the first step draws the first permutation / block
 
     def keep_only(keep: list[int]) -> None:
         """Drop every member but ``keep`` (positions in ``alive``) from the stacked tensors."""
@@ -320,7 +334,7 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
 
     # --- the loop: step, report, drop diverged members ---------------------------------------------------------
     for step in range(start, total_steps + 1):
-        if pos + batch_size > task.n_train:
+        if pos + batch_size > feed.size:
             feed.refresh()
             pos = 0
         x, y = feed.batch(pos, pos + batch_size)
@@ -356,7 +370,7 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
                                  (init_params, init_buffers) if centred else None)
         report = Report(
             step=step,
-            epoch=step // (task.n_train // batch_size),
+            epoch=None if task.online else step // (task.n_train // batch_size),
             samples_seen=step * batch_size,
             members=list(alive),
             train_loss=[float(v) for v in train_loss],
@@ -387,14 +401,13 @@ def _losses(out: torch.Tensor, y: torch.Tensor, loss: str, mse_convention: str, 
 
 def as_task(task):
     """The task as this trainer reads it: a CustomTask as it is; a built-in family's Task with inputs of shape
-    ``(dim,)`` (fixed data sets only)."""
-    from raysweep.custom.data import CustomTask  # the same attributes
+    ``(dim,)``: a fixed data set as a CustomTask, an online teacher as an OnlineTeacher."""
+    from raysweep.custom.data import CustomTask, OnlineTeacher  # the same attributes
 
     if hasattr(task, "input_shape"):
         return task
     if task.online:
-        raise ValueError(f"{task.dataset} is online; a model factory trains on fixed data sets (custom, digits, "
-                         "mnist, ... or an online family with online: false)")
+        return OnlineTeacher(task)
     return CustomTask(dataset=task.dataset, kind=task.kind, input_shape=(task.dim,), n_out=task.n_out,
                       x_eval=task.x_eval, y_eval=task.y_eval, x_train=task.x_train, y_train=task.y_train,
                       params=task.params)

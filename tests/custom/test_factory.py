@@ -55,9 +55,9 @@ def test_factory_model_axes():
     with pytest.raises(SpecError, match="space.lr_rule"):
         parse_spec({"name": "x", "experiment": {**DIGITS, "model": CNN},
                     "space": {"batch_size": 8, "eta": 0.1, "width": 8, "lr_rule": "study", "loss": "xent"}})
-    with pytest.raises(SpecError, match="experiment.family"):  # the general path trains on fixed data
-        parse_spec({"name": "x", "experiment": {"family": "poly_online", "steps": 5, "model": CNN},
-                    "space": {"batch_size": 8, "eta": 0.1, "width": 8}})
+    online = parse_spec({"name": "x", "experiment": {"family": "poly_online", "steps": 5, "model": CNN},
+                         "space": {"batch_size": 8, "eta": 0.1, "width": 8}})  # fresh blocks, as the MLP path
+    assert online.experiment.online
     noisy = parse_spec({"name": "x", "experiment": {**DIGITS, "model": CNN, "grad_noise_scale": True},
                         "space": {"batch_size": 8, "eta": 0.1, "width": 8, "loss": "xent"}})
     assert noisy.experiment.grad_noise_scale == {"batches": 8, "batch_size": None}  # measured by the general path

@@ -48,3 +48,34 @@ def mlp(*, width, input_shape, n_out, **kwargs):
 def linear(*, input_shape, n_out, **kwargs):
     """A bias-free linear model f(x) = x W^T, for a built-in family's flat features (closed-form gradients)."""
     return torch.nn.Linear(input_shape[0], n_out, bias=False)
+
+
+class _StudyMLP(torch.nn.Module):
+    """raysweep's own SP MLP (raysweep.model) as an nn.Module: bias-free linear layers holding the MLP path's N(0, 1)
+    draws, h = relu(h W / sqrt(fan_in)), f = h W_out / (gamma sqrt(N))."""
+
+    def __init__(self, weights, gamma: float, width: int):
+        super().__init__()
+        self.layers = torch.nn.ModuleList()
+        for w in weights:
+            layer = torch.nn.Linear(w.shape[0], w.shape[1], bias=False, dtype=w.dtype)
+            with torch.no_grad():
+                layer.weight.copy_(w.T)
+            self.layers.append(layer)
+        self.out_scale = 1.0 / (gamma * width**0.5)
+
+    def forward(self, x):
+        h = x
+        for layer in self.layers[:-1]:
+            h = torch.relu(layer(h) / layer.in_features**0.5)
+        return self.layers[-1](h) * self.out_scale
+
+
+def study_mlp(*, width, depth, gamma, input_shape, n_out, **kwargs):
+    """The MLP path's SP network and initial weights (build_model seeds torch with the trial's init seed, which
+    raysweep.model.init_weights then draws from): the general path trains the same function from the same start."""
+    from raysweep import model
+
+    weights = model.init_weights(model.layer_widths(input_shape[0], width, depth, n_out), [torch.initial_seed()],
+                                 dtype=torch.float64)
+    return _StudyMLP([w[0] for w in weights], gamma, width)
