@@ -799,7 +799,7 @@ def _search(trials_on: TrialDevice, refs: dict, *, mode, target_memory_fraction,
             rec = {k: v for k, v in trials_on.run(batch_size, budget).items() if k != "user_error"}
             known[batch_size] = rec
             measured += 1
-        trial = _decide(batch_size, rec, budget, margin, cached)
+        trial = decide_trial(batch_size, rec, budget, margin, cached)
         tried.append(trial)
         say(format_trial(trial, budget))
         return trial.fits
@@ -827,7 +827,8 @@ def _name_of(value) -> str | None:
     return value if isinstance(value, str) else (reference_of(value) if value is not None else None)
 
 
-def _decide(batch_size: int, rec: dict, budget: int, margin: float, cached: bool) -> SizeTrial:
+def decide_trial(batch_size: int, rec: dict, budget: int, margin: float, cached: bool) -> SizeTrial:
+    """The margin rule on one measurement: fits when it ran and ``context + peak * (1 + margin) <= budget``."""
     common = {"batch_size": batch_size, "peak_bytes": rec.get("peak_bytes"), "context_bytes": rec.get("context_bytes"),
               "cached": cached, "wall_time_s": rec.get("wall_time_s"), "error": rec.get("error")}
     if rec["status"] != "ok":
