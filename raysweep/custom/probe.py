@@ -5,20 +5,20 @@ fused or not as the trainer decides) and runs ``steps`` (>= 2, so that the optim
 :meth:`raysweep.custom.train.Members.step` on minibatches of the task's training set (with ``f(x; theta_0)`` when
 the model is centred), or, in ``val`` mode, the trainer's no-grad eval forward. :func:`peak_bytes` measures it with
 autobatch's counters (:mod:`raysweep.autobatch.device`: the CUDA allocator's peak, or the process's resident-set
-growth on a CPU) and :func:`raysweep.autobatch.probe.measure` (an out-of-memory error is a result).
-:func:`largest_batch` doubles the batch size from ``min_batch_size`` while the measured peak stays within a byte
-budget and no step runs out of memory: the largest power-of-two multiple that fits, or None. Learning rates are
-tiny: the probe measures memory, not training. Pure: torch and the user's code; no Ray, no I/O.
+growth on a CPU) and :func:`raysweep.autobatch.probe.measure` (an out-of-memory error is a result). Learning rates
+are tiny: the probe measures memory, not training. Autobatch sizes a factory's sweep with :func:`run_steps`
+(:mod:`raysweep.autobatch.factory`: its search, margin, splits and cache). Pure: torch and the user's code; no Ray,
+no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 PROBE_ETA = 1e-9
 
-__all__ = ["PROBE_ETA", "largest_batch", "peak_bytes", "run_steps"]
+__all__ = ["PROBE_ETA", "peak_bytes", "run_steps"]
 
 
 def run_steps(experiment: Mapping[str, Any], task, point: Mapping[str, Any], *, n_members: int, batch_size: int,
@@ -64,17 +64,3 @@ def peak_bytes(experiment: Mapping[str, Any], task, point: Mapping[str, Any], *,
     return measure(counters_for(kind), lambda: run_steps(experiment, task, point, n_members=n_members,
                                                          batch_size=batch_size, mode=mode, steps=steps,
                                                          device=device))
-
-
-def largest_batch(fits: Callable[[int], bool], *, min_batch_size: int = 1, max_batch_size: int = 2**20
-                  ) -> int | None:
-    """The largest ``min_batch_size * 2^k <= max_batch_size`` for which ``fits(batch_size)`` holds, trying sizes
-    in doubling order and stopping at the first that does not fit (memory grows with the batch); None when even
-    ``min_batch_size`` does not. ``fits`` runs the probe: e.g. ``lambda b: (m := peak_bytes(..., batch_size=b))
-    ["status"] == "ok" and m["peak_bytes"] <= budget``. At most ``1 + log2(max / min)`` calls."""
-    best, size = None, min_batch_size
-    while size <= max_batch_size:
-        if not fits(size):
-            break
-        best, size = size, size * 2
-    return best
