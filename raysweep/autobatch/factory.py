@@ -205,31 +205,38 @@ class CudaSweepHost:
 
 
 def _fresh_cuda_context(counters) -> int:
-    """Bytes a fresh process holds on the GPU with CUDA initialised and one tiny tensor (its context)."""
-    import multiprocessing
+    """Bytes a fresh process holds on the GPU with CUDA initialised and one tiny tensor (its context): the global
+    free memory before it starts and while it holds them (a plain subprocess: no multiprocessing main module)."""
+    import subprocess
+    import sys
 
-    ctx = multiprocessing.get_context("spawn")  # a child that initialises CUDA on its own
     free_before = counters.free_bytes()
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_context_child, args=(child, counters.index))
-    proc.start()
-    child.close()
+    code = "from raysweep.autobatch.factory import _context_child; _context_child()"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(counters.index)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
     try:
-        reserved = parent.recv()
-        context = context_from_free_delta(free_before, counters.free_bytes(), reserved)
-        parent.send("done")
+        line = proc.stdout.readline()
+        if not line.strip():
+            raise RaysweepError(f"the CUDA context probe exited with code {proc.wait(60)}")
+        return context_from_free_delta(free_before, counters.free_bytes(), int(line))
     finally:
-        proc.join(60)
-    return int(context)
+        proc.stdin.close()  # the child lets its context go
+        proc.wait(60)
+        proc.stdout.close()
 
 
-def _context_child(conn, index: int) -> None:
+def _context_child() -> None:
+    """The subprocess of :func:`_fresh_cuda_context`: a CUDA context held until stdin closes."""
+    import sys
+
     import torch  # a CUDA context
 
+    index = int(sys.argv[1])
     torch.zeros(1, device=f"cuda:{index}")
     torch.cuda.synchronize(index)
-    conn.send(int(torch.cuda.memory_reserved(index)))
-    conn.recv()  # hold the context until the parent has read the free memory
+    print(int(torch.cuda.memory_reserved(index)), flush=True)
+    sys.stdin.read()
 
 
 class RaySweepTrials:
