@@ -4,6 +4,8 @@ refused with its evidence or landed as failed rows, the measurement cache; the l
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from raysweep.autobatch import launching
@@ -152,3 +154,37 @@ def test_the_launcher_probes_a_factory_spec_under_the_mlp_conditions():
                         "space": {"batch_size": 16, "eta": 0.1, "width": 8, "loss": "xent"}})
     assert not launching.wants_probe(plain, {"GPU": 4.0})  # logical GPUs only
     assert launching.wants_probe(plain, {"GPU": 1.0, "accelerator_type:H100": 1.0})
+
+
+class FlatCounters:
+    """CUDA-like counters that see nothing (the steps run on the CPU): the in-process trial's mechanics only."""
+
+    index = 0
+
+    def free_bytes(self):
+        return 10**9
+
+    def current_bytes(self):
+        return 0
+
+    def reset_peak(self):
+        pass
+
+    def peak_bytes(self):
+        return 0, 0
+
+    def release(self):
+        pass
+
+
+def test_a_sweep_job_crosses_as_plain_data_and_runs_the_real_step_in_process():
+    from raysweep.autobatch.module import CudaTrials, job_from_dict
+
+    spec = cnn_spec([8], [0.1, 0.2])
+    job = SweepJob(spec.experiment.as_dict(), spec.points()[0], 2, "train", 2)
+    again = job_from_dict(json.loads(json.dumps(job.to_dict())))  # the kind picks the class
+    assert isinstance(again, SweepJob) and again == job
+    trials = CudaTrials(again, counters=FlatCounters(), device="cpu")
+    trials.check(8)
+    rec = trials.run(8, 10**9)  # the real CNN's train steps of 2 members at batch 8
+    assert rec["status"] == "ok" and rec["error"] is None
