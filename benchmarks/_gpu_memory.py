@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -180,7 +181,8 @@ def check_cap(s: Settings, keep: dict) -> CheckResult:
     from raysweep.autobatch.guard import cap_fraction
     from raysweep.autobatch.sizing import plan_resources, trial_need
     from raysweep.plan import build_plan, bundle_id
-    from raysweep.space import config_key, parse_spec
+    from raysweep.points import config_key
+    from raysweep.space import parse_spec
 
     model = keep.get("model") or probe_model(s)[0]
     spec = parse_spec(cap_spec(s))
@@ -315,8 +317,8 @@ def cap_child(job_path: Path) -> int:
 
     import torch
 
-    import raysweep.data  # noqa: F401 - imported before the limit: imports are the process's context, not the trial's
-    import raysweep.train  # noqa: F401
+    for name in ("raysweep.data", "raysweep.train"):  # before the limit: imports are the process's context
+        importlib.import_module(name)
     from raysweep.autobatch.device import read_status
     from raysweep.trial import Bundle, Plan, run_bundle
 

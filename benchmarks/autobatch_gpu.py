@@ -137,7 +137,7 @@ def packed_run(kind: str, spec, model) -> dict:
     import ray
 
     from raysweep.autobatch import plan_resources
-    from raysweep.space import config_key
+    from raysweep.points import config_key
 
     experiment = spec.experiment.as_dict()
     points = spec.points()

@@ -42,7 +42,8 @@ from raysweep.errors import SpecError
 from raysweep.scaling import learning_rates
 from raysweep.seeds import init_seed
 from raysweep.schedules import is_constant
-from raysweep.space import load_spec, update_path
+from raysweep.points import AXIS_DEFAULTS, axis_value, update_path
+from raysweep.space import load_spec
 
 # torch and matplotlib load when a check runs, so that --help and spec errors answer at once
 
@@ -66,8 +67,10 @@ class CoordCheck:
 
     @property
     def title(self) -> str:
+        """The combination: :data:`COMBO_KEYS`, then the optimizer and schedule axes it sets off their defaults."""
+        keys = COMBO_KEYS + tuple(k for k in AXIS_DEFAULTS if k in self.config)
         return " ".join(f"{k}={self.config[k]:g}" if isinstance(self.config[k], float) else f"{k}={self.config[k]}"
-                        for k in COMBO_KEYS)
+                        for k in keys)
 
     def table(self) -> str:
         """The block the command line prints: one line per layer, its slope, a reading and the sizes per width."""
@@ -107,13 +110,18 @@ def fixed_batch(task, batch_size: int):
 
 
 def coord_check(config: Mapping, x, y, *, n_out: int, widths: Sequence[int] = DEFAULT_WIDTHS, steps: int = 5,
-                seeds: Sequence[int] = (0, 1, 2), mse_convention: str = "half_sum") -> CoordCheck:
-    """Train ``config`` (keys :data:`COMBO_KEYS`) for ``steps`` steps on the batch ``(x, y)`` at every width and
-    seed; see the module docstring for what is measured."""
+                seeds: Sequence[int] = (0, 1, 2), mse_convention: str = "half_sum",
+                total_steps: int | None = None) -> CoordCheck:
+    """Train ``config`` (keys :data:`COMBO_KEYS`, and any optimizer or schedule axis of
+    :data:`raysweep.points.AXIS_DEFAULTS` off its default) for ``steps`` steps on the batch ``(x, y)`` at every width
+    and seed; see the module docstring for what is measured. The update is the trainer's (:mod:`raysweep.step`:
+    plain SGD, Adam at its defaults, or the general path with momentum, betas, eps and weight decay per layer), each
+    step's rates times the schedule's multiplier of that step in a run of ``total_steps`` (default ``steps``)."""
     import torch
 
     from raysweep import model  # torch: like raysweep.step; the command line's errors stay light
-    from raysweep.step import loss_per_member, update  # torch
+    from raysweep.step import ScheduleFeed, loss_per_member, optimizer_state, scaled_rates, update, update_general
+    from raysweep.train import optimizer_settings  # torch
 
     widths = tuple(int(n) for n in widths)
     dtype = x.dtype if x.is_floating_point() else torch.float32
@@ -136,14 +144,19 @@ def coord_check(config: Mapping, x, y, *, n_out: int, widths: Sequence[int] = DE
                 with torch.no_grad():
                     f0 = model.forward(weights, x, mult, hidden=h0)
                 weights = [w.requires_grad_(True) for w in weights]
-                adam = [(torch.zeros_like(w), torch.zeros_like(w)) for w in weights] \
-                    if config["optimizer"] == "Adam" else None
+                path = update_path(config)
+                opt = optimizer_state(path, config["optimizer"], weights, [optimizer_settings(config, width, depth)])
+                sched = None if is_constant(config) else ScheduleFeed([config], total_steps or steps, dtype, x.device)
                 for step in range(1, steps + 1):
                     loss = loss_per_member(model.forward(weights, x, mult) - f0, target, config["loss"],
                                            mse_convention)
-                    grads = torch.autograd.grad(loss.sum(), weights)
+                    grads = list(torch.autograd.grad(loss.sum(), weights))
+                    scale = None if sched is None else sched.at(step)
                     with torch.no_grad():
-                        update(weights, list(grads), lrs, adam, step)
+                        if path == "general":
+                            update_general(weights, grads, scaled_rates(lrs, scale), opt, step, scale)
+                        else:
+                            update(weights, grads, scaled_rates(lrs, scale), opt, step)
                 ht: list = []
                 with torch.no_grad():
                     ft = model.forward(weights, x, mult, hidden=ht)
@@ -180,17 +193,20 @@ def run_factory_spec(spec, *, widths: Sequence[int] = DEFAULT_WIDTHS, steps: int
     from raysweep.custom.train import as_task  # torch
     from raysweep.data import build_task  # torch
     from raysweep.errors import FactoryError
+    from raysweep.train import steps_for  # torch
 
     experiment = spec.experiment.as_dict()
     task = as_task(build_task(experiment, dtype=getattr(torch, spec.experiment.dtype)))
     x, y = fixed_batch(task, batch_size)
+    total = steps_for(experiment, task, batch_size)  # a schedule's length: the sweep's run at the check's batch
     widths = tuple(int(n) for n in widths)
     first = spec.points()[0]
     checks = []
     for combo in spec_combinations(spec, etas=etas, gammas=gammas):
-        point = {**first, **{k: combo[k] for k in COMBO_KEYS}}
+        point = {**first, **AXIS_DEFAULTS, **combo}
         try:
-            layers, updates = factory_check(experiment, task, point, x, y, widths=widths, steps=steps, seeds=seeds)
+            layers, updates = factory_check(experiment, task, point, x, y, widths=widths, steps=steps, seeds=seeds,
+                                            total_steps=total)
         except (FactoryError, ValueError, TypeError, RuntimeError) as exc:
             checks.append(CoordCheck(dict(combo), widths, error=f"{type(exc).__name__}: {exc}"))
             continue
@@ -200,19 +216,15 @@ def run_factory_spec(spec, *, widths: Sequence[int] = DEFAULT_WIDTHS, steps: int
 
 def spec_combinations(spec, *, etas: Sequence[float] | None = None,
                       gammas: Sequence[float] | None = None) -> list[dict]:
-    """The distinct (parametrization, optimizer, lr_rule, loss, depth, gamma, eta) of a spec's points, in the spec's
-    order; ``etas`` / ``gammas`` replace the spec's values of those axes. SpecError for a point the check cannot
-    train as the sweep would: an optimizer off its defaults (momentum, betas, eps, weight decay, AdamW) or a
-    learning-rate schedule."""
+    """The distinct (parametrization, optimizer, lr_rule, loss, depth, gamma, eta, and the optimizer and schedule
+    axes off their defaults: momentum, betas, eps, weight decay, schedule, ...) of a spec's points, in the spec's
+    order; ``etas`` / ``gammas`` replace the spec's values of those axes."""
     seen: dict[tuple, dict] = {}
     for point in spec.points():
-        if update_path(point) == "general" or not is_constant(point):
-            raise SpecError(f"space: the coord check runs SGD and Adam at torch's defaults with a constant rate; "
-                            f"{spec.source} has {point['optimizer']} with other settings or a schedule (momentum, "
-                            "betas, eps, weight decay, AdamW, schedule axes)")
+        extra = {a: axis_value(point, a) for a in AXIS_DEFAULTS if axis_value(point, a) != AXIS_DEFAULTS[a]}
         for eta, gamma in itertools.product(etas or [point["eta"]], gammas or [point["gamma"]]):
-            combo = {k: point[k] for k in COMBO_KEYS} | {"eta": float(eta), "gamma": float(gamma)}
-            seen.setdefault(tuple(combo[k] for k in COMBO_KEYS), combo)
+            combo = {k: point[k] for k in COMBO_KEYS} | {"eta": float(eta), "gamma": float(gamma)} | extra
+            seen.setdefault(tuple(combo[k] for k in COMBO_KEYS) + tuple(extra.items()), combo)
     return list(seen.values())
 
 
@@ -222,13 +234,15 @@ def run_spec(spec, *, widths: Sequence[int] = DEFAULT_WIDTHS, steps: int = 5, se
     import torch
 
     from raysweep.data import build_task  # torch: the data modules build tensors
+    from raysweep.train import steps_for  # torch
 
     experiment = spec.experiment.as_dict()
     dtype = torch.float64 if spec.experiment.dtype == "float64" else torch.float32
     task = build_task(experiment, dtype=dtype)
     x, y = fixed_batch(task, batch_size)
+    total = steps_for(experiment, task, batch_size)  # a schedule's length: the sweep's run at the check's batch
     return [coord_check(combo, x, y, n_out=task.n_out, widths=widths, steps=steps, seeds=seeds,
-                        mse_convention=spec.experiment.mse_convention)
+                        mse_convention=spec.experiment.mse_convention, total_steps=total)
             for combo in spec_combinations(spec, etas=etas, gammas=gammas)]
 
 
@@ -278,8 +292,6 @@ def main(argv: list[str] | None = None) -> int:
         if len(widths) < 2 or min(widths) < 1 or args.steps < 1 or args.seeds < 1 or args.batch_size < 1:
             raise SpecError("--widths needs 2 or more positive widths; --steps, --seeds, --batch-size must be >= 1")
         custom = is_custom(spec.experiment.model)
-        if not custom:
-            spec_combinations(spec)  # a point the check cannot train as the sweep would: SpecError
         if spec.experiment.model != "mlp" and not custom:
             raise SpecError(f"experiment.model: a coord check scales an MLP's width; {args.space} trains the "
                             f"{spec.experiment.model} student, which has none")

@@ -170,13 +170,20 @@ def sharpness(loss_fn: Callable, weights: Sequence[torch.Tensor], *, steps: int 
 
 
 def adam_preconditioner(adam: Sequence[tuple[torch.Tensor, torch.Tensor]], step: int,
-                        eps: float | None = None) -> list[torch.Tensor]:
+                        eps: float | Sequence[torch.Tensor] | None = None,
+                        beta2: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Adam's diagonal preconditioner ``P = sqrt(v_hat) + eps`` per layer from the optimizer state ``adam`` (per
-    layer ``(m, v)``, as :func:`raysweep.step.update` keeps it) after ``step`` steps; ``v_hat = v / (1 - beta2^step)``,
-    ``eps`` defaults to :data:`raysweep.step.ADAM_EPS`. Adam's step is ``lr / (1 - beta1^step) * P^-1 m``."""
-    eps = ADAM_EPS if eps is None else eps
-    c2 = 1 - ADAM_BETAS[1] ** step
-    return [torch.sqrt(v).div_(math.sqrt(c2)).add_(eps) for _, v in adam]  # raysweep.step.update's denominator
+    layer ``(m, v)``) after ``step`` steps; ``v_hat = v / (1 - beta2^step)``. At torch's defaults (``eps`` and
+    ``beta2`` None: :data:`raysweep.step.ADAM_EPS`, :data:`raysweep.step.ADAM_BETAS`) it is
+    :func:`raysweep.step.update`'s denominator; with each member's ``beta2`` (``[K, 1, 1]``, float64) and ``eps``
+    per layer (``[K, 1, 1]`` each), as an :class:`raysweep.step.OptState` holds them, it is
+    :func:`raysweep.step.update_general`'s. Adam's step is ``lr / (1 - beta1^step) * P^-1 m``."""
+    if beta2 is None:
+        eps = ADAM_EPS if eps is None else eps
+        c2 = 1 - ADAM_BETAS[1] ** step
+        return [torch.sqrt(v).div_(math.sqrt(c2)).add_(eps) for _, v in adam]  # raysweep.step.update's denominator
+    root_c2 = (1 - beta2**step).sqrt().to(adam[0][1].dtype)
+    return [torch.sqrt(v).div_(root_c2).add_(e) for (_, v), e in zip(adam, eps)]  # update_general's denominator
 
 
 def preconditioned_sharpness(loss_fn: Callable, weights: Sequence[torch.Tensor], precond: Sequence[torch.Tensor],

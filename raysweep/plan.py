@@ -3,7 +3,7 @@
 Pure planning: no Ray, no torch. A configuration that already has a trials row (``done``) is not planned again;
 that is how a relaunch resumes and how a larger space runs only its new points.
 
-Bundles: configurations that share :data:`raysweep.space.BUNDLE_KEYS` (batch size, width, depth,
+Bundles: configurations that share :data:`raysweep.points.BUNDLE_KEYS` (batch size, width, depth,
 parametrization, optimizer, loss, lr rule) train as one stacked model, at most ``fusion.max_members`` at a time.
 ``fusion: {enabled: false}`` gives one trial per configuration.
 """
@@ -24,7 +24,8 @@ from raysweep.autobatch.device import cpu_device_info
 from raysweep.autobatch.sizing import plan_resources
 from raysweep.custom.spec import is_custom
 from raysweep.errors import NoCachedModelError, RaysweepError
-from raysweep.space import AUTO, BUNDLE_KEYS, Experiment, SweepSpec, bundle_key, config_keys, setting
+from raysweep.points import AXES, AXIS_DEFAULTS, BUNDLE_KEYS, axis_value, bundle_key, config_keys
+from raysweep.space import AUTO, Experiment, SweepSpec, setting
 
 
 @dataclass(frozen=True)
@@ -189,13 +190,26 @@ def describe(spec: SweepSpec, plan: Plan, n_done: int, *, cuda: bool, storage=No
     for b in [plan.bundles[bid] for bid in order[:20]]:
         p = b.points[0]
         shape = " ".join(f"{k}={p[k]}" for k in BUNDLE_KEYS)
-        varied = {k: sorted({q[k] for q in b.points}) for k in ("eta", "gamma", "seed")}
         lines.append(f"  {b.bundle_id}: {len(b.points)} x [{shape}] " + " ".join(
-            f"{k}={v if len(v) > 1 else v[0]}" for k, v in varied.items()))
+            f"{k}={v if len(v) > 1 else v[0]}" for k, v in member_axes(b.points).items()))
     if len(plan.bundles) > 20:
         lines.append(f"  ... and {len(plan.bundles) - 20} more trials")
     lines += autobatch_lines(spec, plan, cuda=cuda, storage=storage)
     return "\n".join(lines)
+
+
+def member_axes(points) -> dict[str, list]:
+    """What a dry-run line shows of a bundle's members beside its shape: eta, gamma and seed, and every other axis
+    that varies across the members or is off its default (momentum, betas, weight decay, the schedule, ...), each
+    as its sorted distinct values."""
+    shown = {}
+    for k in AXES:
+        if k in BUNDLE_KEYS or not any(k in q for q in points):
+            continue
+        values = sorted({axis_value(q, k) for q in points}, key=lambda v: (str(type(v)), v))
+        if k in ("eta", "gamma", "seed") or len(values) > 1 or values[0] != AXIS_DEFAULTS.get(k, values[0]):
+            shown[k] = values
+    return shown
 
 
 def autobatch_lines(spec: SweepSpec, plan: Plan, *, cuda: bool, storage=None, limit: int = 20) -> list[str]:

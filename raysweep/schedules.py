@@ -59,7 +59,7 @@ def multiplier(t: int, total_steps: int, schedule: str = "constant", **kwargs) -
 def schedule_args(point: Mapping[str, Any]) -> dict:
     """The schedule keywords of :func:`multiplier` in ``point`` (the axes' defaults for those it lacks)."""
     defaults = {"schedule": "constant", "warmup_steps": 0, "warmup_fraction": 0.0, "decay_fraction": 0.2,
-                "final_fraction": 0.0}  # raysweep.space.AXIS_DEFAULTS (this module imports no spec code)
+                "final_fraction": 0.0}  # raysweep.points.AXIS_DEFAULTS (this module imports no spec code)
     return {k: point.get(k, v) for k, v in defaults.items()}
 
 

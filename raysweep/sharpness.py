@@ -14,10 +14,10 @@ Kinds (every value per member, float64):
 - ``batch_sharpness``: ``E_b [g_b^T H_b g_b / |g_b|^2]`` over minibatches ``b`` of the trial's batch size cut from
   the curvature batch (Andreyev and Beneventano 2024, "Edge of Stochastic Stability"): what SGD's stability
   depends on, where GD's is the sharpness;
-- ``preconditioned_sharpness``: Adam only (null for SGD): the largest eigenvalue of ``P^-1 H`` with Adam's
+- ``preconditioned_sharpness``: Adam and AdamW only (null for SGD): the largest eigenvalue of ``P^-1 H`` with Adam's
   preconditioner ``P = (1 - beta1^t) (diag(sqrt(v_hat)) + eps)``, each layer's scaled by ``lr_eff / lr_layer`` so that
   its stability threshold is ``(2 + 2 beta1) / ((1 - beta1) lr_eff)`` = 38 / ``lr_eff`` at beta1 = 0.9
-  (Cohen et al. 2022, "Adaptive Gradient Methods at the Edge of Stability");
+  (each member's beta1, beta2 and eps; Cohen et al. 2022, "Adaptive Gradient Methods at the Edge of Stability");
 - ``hessian_trace``: Hutchinson's estimate of tr(H) with ``steps`` Rademacher probes.
 
 All members are measured at once (the Hessian of the bundle is block-diagonal across members), each with probes from
@@ -35,7 +35,7 @@ import torch
 
 from raysweep import curvature
 from raysweep.seeds import curvature_seed, derive_seed
-from raysweep.step import ADAM_BETAS, draw_samples, forward_chunked, targets
+from raysweep.step import ADAM_BETAS, OptState, draw_samples, forward_chunked, targets
 
 COLUMNS = ("sharpness", "batch_sharpness", "preconditioned_sharpness", "hessian_trace")
 
@@ -76,7 +76,9 @@ class CurvatureFeed:
         option's by default.
 
         ``members``: bundle indices of the slots; ``stream``: each slot's stream; ``skip``: slots not to measure
-        (diverged at this report); ``adam``: per layer ``(m, v)`` (Adam) and ``step`` its count; ``lrs``: per layer
+        (diverged at this report); ``adam``: per layer ``(m, v)`` (Adam at its defaults) or the general path's
+        :class:`raysweep.step.OptState` (Adam or AdamW with its own betas and eps; SGD's is not measured), and ``step``
+        its count; ``lrs``: per layer
         ``[K, 1, 1]`` rates; ``lr_effective``: each slot's ``lr_eff``; ``member_seeds``: each slot's seed (its
         probes come from a generator of its own, seeded from it and ``step``).
         """
@@ -124,18 +126,31 @@ class CurvatureFeed:
                 return curvature.member_loss(ws, xb, yb, a, fb, loss=self.loss, mse_convention=self.mse_convention)
 
             put("batch_sharpness", curvature.batch_sharpness(of_batch, w, batches))
+        if isinstance(adam, OptState) and adam.kind == "SGD":
+            adam = None  # SGD with momentum or decay: no preconditioner
         if "preconditioned_sharpness" in kinds and adam is not None:
+            per_member = {}
+            if isinstance(adam, OptState):  # the general path: each member's betas and eps
+                per_member = {"beta1": adam.beta1[sel], "beta2": adam.beta2[sel], "eps": [e[sel] for e in adam.eps]}
+                adam = adam.state
             precond = adam_preconditioner([(m[sel], v[sel]) for m, v in adam], step, [lr[sel] for lr in lrs],
                                           torch.tensor([lr_effective[j] for j in slots], dtype=w[0].dtype,
-                                                       device=w[0].device).reshape(-1, 1, 1))
+                                                       device=w[0].device).reshape(-1, 1, 1), **per_member)
             put("preconditioned_sharpness", curvature.preconditioned_sharpness(
                 loss_fn, w, precond, steps=int(option["steps"]), generator=gens()))
         return out
 
 
-def adam_preconditioner(moments, step: int, lrs, lr_effective) -> list[torch.Tensor]:
+def adam_preconditioner(moments, step: int, lrs, lr_effective, *, beta1=None, beta2=None,
+                        eps=None) -> list[torch.Tensor]:
     """Adam's preconditioner per layer as Cohen et al. 2022 define it, ``(1 - beta1^t) (sqrt(v_hat) + eps)``
     (:func:`raysweep.curvature.adam_preconditioner` times ``1 - beta1^t``), each layer's scaled by
-    ``lr_eff / lr_layer`` (``[K, 1, 1]`` each), from the moments ``(m, v)`` after ``step`` updates (step >= 1)."""
-    c1 = 1 - ADAM_BETAS[0] ** step
-    return [p.mul_(c1 * lr_effective / lr) for p, lr in zip(curvature.adam_preconditioner(moments, step), lrs)]
+    ``lr_eff / lr_layer`` (``[K, 1, 1]`` each), from the moments ``(m, v)`` after ``step`` updates (step >= 1).
+    ``beta1``, ``beta2`` (``[K, 1, 1]``, float64) and ``eps`` (per layer) are each member's on the general update
+    path (an :class:`raysweep.step.OptState`); None: torch's defaults."""
+    if beta1 is None:
+        c1 = 1 - ADAM_BETAS[0] ** step
+    else:
+        c1 = (1 - beta1**step).to(moments[0][1].dtype)
+    return [p.mul_(c1 * lr_effective / lr) for p, lr in
+            zip(curvature.adam_preconditioner(moments, step, eps=eps, beta2=beta2), lrs)]

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from raysweep import storage
-from raysweep.space import snapshot_steps
+from raysweep.instrument_spec import snapshot_steps
 
 FOLDER = "snapshots"
 INIT_FOLDER = "theta0"

@@ -123,24 +123,24 @@ YAML detail: ``1e-5`` reads as a float here (YAML 1.2), and a duplicate key is a
 axes): the grid is the product of the other axes and these rows (a row is one combination, e.g. a batch size with the
 eta and betas a scaling rule gives it). Grid search only. The zipped axes then hold the distinct values of the rows.
 
-Points: a grid runs the Cartesian product, axes in :data:`AXES` order (the last varies fastest), values in the
-given order, minus the points no optimizer reads (:func:`compatible`): ``lr_rule: mup_adam`` with SGD (mup_adam is an
-Adam rule), ``nesterov: true`` with ``momentum: 0``, SGD with a beta1, beta2, eps or eps_scaling off its default,
-Adam/AdamW with momentum or nesterov off its default. A random
-search draws ``n_samples`` distinct points with ``random.Random(search.seed)``: each axis value uniformly, repeats
-redrawn, in draw order; it gets every point when n_samples >= the grid size. The guided algorithms (optuna and
-the eta scans) choose among the grid's points (eta scans) or its ranges (optuna) at run time: ``points()`` gives the
-grid for them.
+Points: a grid runs the Cartesian product, axes in :data:`raysweep.points.AXES` order (the last varies fastest),
+values in the given order, minus the points no optimizer reads (:func:`raysweep.points.compatible`): ``lr_rule:
+mup_adam`` with SGD (mup_adam is an Adam rule), ``nesterov: true`` with ``momentum: 0``, SGD with a beta1, beta2,
+eps or eps_scaling off its default, Adam/AdamW with momentum or nesterov off its default. A random search draws
+``n_samples`` distinct points with ``random.Random(search.seed)``: each axis value uniformly, repeats redrawn, in
+draw order; it gets every point when n_samples >= the grid size. The guided algorithms (optuna and the eta scans)
+choose among the grid's points (eta scans) or its ranges (optuna) at run time: ``points()`` gives the grid for
+them. What a point is (its key, bundle and update path) lives in :mod:`raysweep.points`; the instrument options in
+:mod:`raysweep.instrument_spec`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -150,37 +150,24 @@ from raysweep import families, limits, search_spec
 from raysweep import fields as f
 from raysweep.autobatch.config import AutobatchConfig
 from raysweep.custom.spec import is_custom, model_option, plain
-from raysweep.scaling import learning_rates
+from raysweep.instrument_spec import curvature_option, grad_noise_option, snapshot_option
+from raysweep.points import AXES, AXIS_DEFAULTS, COUPLED_AXES, compatible
+from raysweep.scaling import ADAM_OPTIMIZERS, learning_rates
 from raysweep.search_spec import ALGORITHMS, Scheduler, Search
 
 __all__ = [  # closed sets first, then the types and functions
-    "ADAM_OPTIMIZERS", "ALGORITHMS", "AUTO", "AXES", "AXIS_DEFAULTS", "EPS_SCALINGS", "SCHEDULES",
-    "WEIGHT_DECAY_SCALINGS", "CLASSIFICATION_FAMILIES", "DEVICES", "DTYPES", "EXPERIMENT_DEFAULTS", "FAMILIES",
-    "LINEAR_STUDENT_AXES", "LOSSES", "LR_RULES", "MODELS", "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS",
-    "REGRESSION_FAMILIES",
-    "Checkpoint", "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "axis_value",
-    "bundle_key", "compatible", "config_key", "config_keys", "curvature_option", "grad_noise_option",
-    "hashed_point", "setting", "snapshot_option", "snapshot_steps", "update_path",
+    "ALGORITHMS", "AUTO", "EPS_SCALINGS", "SCHEDULES", "WEIGHT_DECAY_SCALINGS", "CLASSIFICATION_FAMILIES",
+    "CUSTOM_PARAMETRIZATIONS", "DEVICES", "DTYPES", "EXPERIMENT_DEFAULTS", "FAMILIES", "LINEAR_STUDENT_AXES",
+    "LOSSES", "LR_RULES", "MODELS", "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS", "REGRESSION_FAMILIES",
+    "Checkpoint", "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "setting",
     "check_name", "load_spec", "parse_spec",
 ]  # fmt: skip
 
-# The optimizer and schedule axes and their defaults. A point whose value of one of them is its default hashes as if
-# the axis did not exist (config_key), so sweeps from before these axes keep their keys.
-AXIS_DEFAULTS: dict[str, Any] = {
-    "momentum": 0.0, "nesterov": False, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "eps_scaling": "global",
-    "weight_decay": 0.0, "weight_decay_scaling": "lr", "schedule": "constant", "warmup_steps": 0,
-    "warmup_fraction": 0.0, "decay_fraction": 0.2, "final_fraction": 0.0,
-}
-AXES = ("batch_size", "eta", "width", "gamma", "depth", "seed", "parametrization", "optimizer", "loss", "lr_rule",
-        *AXIS_DEFAULTS)
 REGRESSION_FAMILIES = families.REGRESSION  # the registry (raysweep.families) holds every family fact
 CLASSIFICATION_FAMILIES = families.CLASSIFICATION
 FAMILIES = REGRESSION_FAMILIES + CLASSIFICATION_FAMILIES
-# Configurations that agree on these axes can train as one fused bundle (same data order and shapes).
-BUNDLE_KEYS = ("batch_size", "width", "depth", "parametrization", "optimizer", "loss", "lr_rule")
 PARAMETRIZATIONS = ("SP", "muP", "torch_sp")  # torch_sp: PyTorch's default init, no multipliers (see scaling)
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
-ADAM_OPTIMIZERS = ("Adam", "AdamW")
 SCHEDULES = ("constant", "cosine", "linear", "wsd")  # raysweep.schedules.SCHEDULES (this module imports no torch)
 WEIGHT_DECAY_SCALINGS = ("lr", "independent")
 EPS_SCALINGS = ("global", "mup")
@@ -195,11 +182,6 @@ CUSTOM_PARAMETRIZATIONS = ("SP", "muP")  # a user's model: as built, or muP by b
 # richness or parametrization, and trains every rule at eta. Its configurations carry these fixed values (the
 # columns keep their types; README "Linear teachers").
 LINEAR_STUDENT_AXES = {"width": 1, "depth": 1, "gamma": 1.0, "parametrization": "SP", "lr_rule": "raw"}
-GRAD_NOISE_KEYS = ("batches", "batch_size")
-DEFAULT_NOISE_BATCHES = 8  # raysweep.noise.DEFAULT_BATCHES (this module imports no torch)
-SNAPSHOT_LOG = "log"  # experiment.snapshots: log -> steps {0} + {1, 2, 5} x 10^k + the last
-CURVATURE_KINDS = ("sharpness", "batch_sharpness", "preconditioned_sharpness", "hessian_trace")
-CURVATURE_DEFAULTS = {"every": 1, "top_k": 1, "kinds": ("sharpness",), "batch": 1024, "steps": 20}
 
 _FAMILY_DEFAULT = f.Marker("<family default>")  # Experiment.eval_samples: the family's (raysweep.families)
 _pos_int = lambda p, v: f.as_int(p, v, ge=1)  # noqa: E731
@@ -240,40 +222,6 @@ _AXIS_RULES = {
     "decay_fraction": ("float", lambda p, v: f.as_float(p, v, gt=0, le=1)),
     "final_fraction": ("float", lambda p, v: f.as_float(p, v, ge=0, le=1)),
 }
-# the axes compatible() reads: the grid counts their product point by point
-_COUPLED_AXES = ("lr_rule", "optimizer", "momentum", "nesterov", "beta1", "beta2", "eps", "eps_scaling")
-
-
-def axis_value(point: Mapping[str, Any], axis: str) -> Any:
-    """``point[axis]``, or the axis's default (:data:`AXIS_DEFAULTS`) for a point written without it."""
-    return point[axis] if axis in point else AXIS_DEFAULTS[axis]
-
-
-def hashed_point(point: Mapping[str, Any]) -> dict:
-    """What :func:`config_key` hashes of a point: every axis except the optimizer and schedule axes at their
-    defaults, so that the keys of sweeps from before those axes do not change."""
-    return {k: v for k, v in point.items() if not (k in AXIS_DEFAULTS and v == AXIS_DEFAULTS[k]
-                                                   and type(v) is type(AXIS_DEFAULTS[k]))}
-
-
-def update_path(point: Mapping[str, Any]) -> str:
-    """How a point's optimizer step runs (:mod:`raysweep.step`): ``sgd`` (plain SGD, the update fused into the
-    backward), ``adam`` (Adam at torch's defaults: betas 0.9, 0.999, eps 1e-8, no weight decay) or ``general``
-    (per-member momentum, betas, eps and weight decay). A schedule runs on every path."""
-    opt = point["optimizer"]
-    plain = axis_value(point, "weight_decay") == 0
-    if opt == "SGD" and plain and axis_value(point, "momentum") == 0:
-        return "sgd"
-    if opt == "Adam" and plain and all(axis_value(point, a) == AXIS_DEFAULTS[a]
-                                       for a in ("beta1", "beta2", "eps", "eps_scaling")):
-        return "adam"
-    return "general"
-
-
-def bundle_key(point: Mapping[str, Any]) -> tuple:
-    """Configs with equal keys can train as one fused bundle: :data:`BUNDLE_KEYS` and the :func:`update_path`
-    (so that a member takes the same path alone and in any bundle: its numbers do not depend on its bundle)."""
-    return (*(point[k] for k in BUNDLE_KEYS), update_path(point))
 
 
 @dataclass(frozen=True, repr=False)
@@ -290,10 +238,10 @@ class Experiment(f.ShortRepr):
     diverged (at step 0 the centred network is the zero predictor, so the initial loss does not depend on gamma).
     ``eval_samples`` is 2048 for synthetic families when not given and None (the full test set, capped at 10000)
     for classification families.
-    ``grad_noise_scale``: None (off) or ``{"batches": m, "batch_size": b or None}`` (see :func:`grad_noise_option`).
+    ``grad_noise_scale``: None (off) or ``{"batches": m, "batch_size": b or None}``; ``snapshots``: None (off),
+    ``"log"`` or a tuple of steps; ``curvature``: None (off) or ``{"every", "top_k", "kinds", "batch", "steps"}``
+    (each normalized by :mod:`raysweep.instrument_spec`).
     ``model``: ``mlp`` or ``linear`` (the student ``f(x) = w.x`` from ``w = 0``; :data:`LINEAR_STUDENT_AXES`).
-    ``snapshots``: None (off), ``"log"`` or a tuple of steps (:func:`snapshot_option`). ``curvature``: None (off)
-    or ``{"every", "top_k", "kinds", "batch", "steps"}`` (:func:`curvature_option`).
     """
 
     family: str
@@ -397,95 +345,6 @@ class Experiment(f.ShortRepr):
             shown["eval_samples"] = self.eval_samples
         changed = {k: v for k, v in self.params.items() if k not in defaults or v != defaults[k]}
         return {**shown, "params": changed} if changed else shown
-
-
-def grad_noise_option(value: Any, path: str = "experiment.grad_noise_scale") -> f.FrozenDict | None:
-    """The gradient-noise-scale option, normalized: None (off: null or false), or
-    ``{"batches": m, "batch_size": b}`` (``true`` is ``{batches: 8, batch_size: null}``). ``batches`` is the number
-    of chunks of the noise batch, an int >= 2 (null: 8); ``batch_size`` the chunk size, an int > 0, or null for the
-    trial's batch size. Raises a SpecError naming the field."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        value = {}
-    if not isinstance(value, Mapping):
-        raise f.fail(path, "must be true, false, null or a mapping {batches: m, batch_size: b}", value)
-    f.check_keys(value, GRAD_NOISE_KEYS, path)
-    batches = value.get("batches")
-    if batches is None:
-        batches = DEFAULT_NOISE_BATCHES
-    else:
-        try:
-            batches = f.as_int(f"{path}.batches", batches, ge=2, le=limits.MAX_DIM)
-        except f.FieldError:
-            must = (f"must be an integer >= 2 and <= {limits.text(limits.MAX_DIM)} (the number of chunks of the "
-                    "noise batch; the estimator needs two)")
-            raise f.fail(f"{path}.batches", must, batches) from None
-    batch_size = f.optional(_size, f"{path}.batch_size", value.get("batch_size"))
-    if batch_size is not None and batches * batch_size > limits.MAX_DIM:
-        raise f.fail(path, f"must hold at most {limits.text(limits.MAX_DIM)} samples (batches x batch_size)",
-                     dict(batches=batches, batch_size=batch_size), limits.why(limits.MAX_DIM))
-    return f.FrozenDict(batches=batches, batch_size=batch_size)
-
-
-def snapshot_option(value: Any, path: str = "experiment.snapshots") -> str | tuple[int, ...] | None:
-    """The weight-snapshot option, normalized: None (off: null or false), ``"log"`` (steps 0, 1, 2, 5, 10, 20,
-    50, ... and the last: :func:`snapshot_steps`), or a sorted tuple of distinct steps >= 0. SpecError naming the
-    field otherwise."""
-    if value is None or value is False:
-        return None
-    if isinstance(value, str) and value.strip().lower() == SNAPSHOT_LOG:
-        return SNAPSHOT_LOG
-    if isinstance(value, (list, tuple)) and value:
-        return tuple(sorted({f.as_int(f"{path}[{i}]", v, ge=0) for i, v in enumerate(value)}))
-    raise f.fail(path, "must be null, false, log or a non-empty list of steps >= 0", value)
-
-
-def snapshot_steps(option: Any, total_steps: int) -> tuple[int, ...]:
-    """The steps at which a trial of ``total_steps`` steps snapshots its weights (step 0: the initial weights).
-
-    ``"log"``: 0, the steps {1, 2, 5} x 10^k up to ``total_steps``, and ``total_steps``; a list: its steps up to
-    ``total_steps``; None: none. Pure."""
-    option = snapshot_option(option)
-    if option is None:
-        return ()
-    if option != SNAPSHOT_LOG:
-        return tuple(s for s in option if s <= total_steps)
-    steps, scale = {0, int(total_steps)}, 1
-    while scale <= total_steps:
-        steps.update(m * scale for m in (1, 2, 5) if m * scale <= total_steps)
-        scale *= 10
-    return tuple(sorted(steps))
-
-
-def curvature_option(value: Any, path: str = "experiment.curvature") -> f.FrozenDict | None:
-    """The curvature-tracking option, normalized: None (off: null or false), or ``{"every": r, "top_k": k,
-    "kinds": (...), "batch": n, "steps": s}`` (``true`` takes every default, :data:`CURVATURE_DEFAULTS`):
-    measure every ``r`` reports (int > 0), the top ``k`` Hessian eigenvalues by ``s`` Lanczos steps (ints > 0,
-    k <= s) on a curvature batch of ``n`` samples (int > 0), the ``kinds`` of :data:`CURVATURE_KINDS`. SpecError
-    naming the field otherwise."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        value = {}
-    if not isinstance(value, Mapping):
-        raise f.fail(path, "must be true, false, null or a mapping {every, top_k, kinds, batch, steps}", value)
-    f.check_keys(value, tuple(CURVATURE_DEFAULTS), path)
-    out = {k: value.get(k) if value.get(k) is not None else d for k, d in CURVATURE_DEFAULTS.items()}
-    for key in ("every", "top_k", "steps"):
-        out[key] = f.as_int(f"{path}.{key}", out[key], ge=1, le=limits.MAX_DIM)
-    out["batch"] = _size(f"{path}.batch", out["batch"])
-    if out["top_k"] > out["steps"]:
-        raise f.fail(f"{path}.top_k", f"must be at most steps ({out['steps']}): Lanczos finds at most one "
-                     "eigenvalue per step", out["top_k"])
-    kinds = out["kinds"]
-    if isinstance(kinds, str):
-        kinds = [kinds]
-    if not isinstance(kinds, (list, tuple)) or not kinds:
-        raise f.fail(f"{path}.kinds", f"must be a non-empty list of {', '.join(CURVATURE_KINDS)}", kinds)
-    chosen = {f.as_choice(f"{path}.kinds", k, CURVATURE_KINDS) for k in kinds}
-    out["kinds"] = tuple(k for k in CURVATURE_KINDS if k in chosen)
-    return f.FrozenDict(out)
 
 
 _COMMON_KEYS = tuple(fld.name for fld in fields(Experiment) if fld.name != "params")
@@ -720,8 +579,8 @@ class SweepSpec(f.ShortRepr):
     def _n_grid(self) -> int:
         rows, zipped = self.space.zip or (f.FrozenDict(),), self.space.zipped
         others = math.prod(len(getattr(self.space, axis)) for axis in AXES
-                           if axis not in _COUPLED_AXES and axis not in zipped)
-        free = [axis for axis in _COUPLED_AXES if axis not in zipped]
+                           if axis not in COUPLED_AXES and axis not in zipped)
+        free = [axis for axis in COUPLED_AXES if axis not in zipped]
         coupled = sum(compatible({**dict(zip(free, values)), **row}) for row in rows
                       for values in itertools.product(*(getattr(self.space, axis) for axis in free)))
         return others * coupled
@@ -873,18 +732,6 @@ def _fields_dict(obj: Any) -> dict:
     return {fld.name: getattr(obj, fld.name) for fld in fields(obj)}
 
 
-def compatible(point: Mapping) -> bool:
-    """Whether the optimizer reads every axis of ``point`` (a grid skips the other points, see the module doc):
-    mup_adam is a rule for Adam and AdamW; nesterov needs a momentum; SGD reads no beta or eps, Adam no momentum."""
-    opt = point["optimizer"]
-    if point["lr_rule"] == "mup_adam" and opt not in ADAM_OPTIMIZERS:
-        return False
-    if axis_value(point, "nesterov") and axis_value(point, "momentum") == 0:
-        return False
-    unread = ("beta1", "beta2", "eps", "eps_scaling") if opt == "SGD" else ("momentum", "nesterov")
-    return all(axis_value(point, a) == AXIS_DEFAULTS[a] for a in unread)
-
-
 def parse_spec(mapping: Any, *, source: str = "<string>") -> SweepSpec:
     """Validate a mapping (e.g. parsed YAML) into a :class:`SweepSpec`; SpecError names the field and ``source``."""
     try:
@@ -959,25 +806,3 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
     """Read and validate a search-space file. Any problem (missing, empty, bad YAML, bad field) is a SpecError."""
     source = os.fspath(path)
     return parse_spec(f.read_yaml(source), source=source)
-
-
-def config_key(experiment_dict: Mapping, point: Mapping) -> str:
-    """A stable 16-hex-digit key of one trial configuration: the experiment mapping plus the point (less the
-    optimizer and schedule axes at their defaults: :func:`hashed_point`).
-
-    sha256 of canonical JSON (sorted keys, no spaces, ints as ints, floats as their shortest repr, tuples as
-    lists), so the same configuration gets the same key in every process and Python version, and any change
-    of a value (1 vs 1.0 included) gives another key.
-    """
-    text = f.canonical_json({"experiment": experiment_dict, "point": hashed_point(point)})
-    return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
-
-
-def config_keys(experiment_dict: Mapping, points: Iterable[Mapping]) -> list[str]:
-    """``[config_key(experiment_dict, p) for p in points]``, encoding the experiment once."""
-    experiment_text = f.canonical_json(experiment_dict)
-    return [
-        hashlib.sha256(f.canonical_pair_json("experiment", experiment_text, "point", hashed_point(p))
-                       .encode("ascii")).hexdigest()[:16]
-        for p in points
-    ]

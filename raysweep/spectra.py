@@ -36,7 +36,7 @@ from raysweep.seeds import derive_seed
 FOLDER = "spectra"
 SETTINGS = "settings.json"
 SUFFIX = ".parquet"
-DEFAULT_BATCH = 1024  # raysweep.space.CURVATURE_DEFAULTS["batch"]
+DEFAULT_BATCH = 1024  # raysweep.instrument_spec.CURVATURE_DEFAULTS["batch"]
 
 
 @dataclass(frozen=True)

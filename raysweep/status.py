@@ -39,7 +39,8 @@ from raysweep.errors import NoResultsError, RaysweepError, SpecError
 from raysweep.fields import parse_yaml
 from raysweep.manifest import MANIFEST, read_manifest
 from raysweep.search.scan import columns, rule_of, scan_column
-from raysweep.space import AXES, config_keys, parse_spec
+from raysweep.points import AXES, config_keys
+from raysweep.space import parse_spec
 
 # pyarrow (raysweep.storage, raysweep.results) is imported inside the functions that read a sweep: the Python API
 # imports this module, and `import raysweep.api` stays light
@@ -49,7 +50,7 @@ __all__ = ["SweepStatus", "checkpointed_keys", "find_sweeps", "main", "read_stat
 STATUSES = ("completed", "diverged", "failed", "pruned")
 CHECKPOINTS = "checkpoints"  # <sweep>/checkpoints/<bundle id>/...: mid-trial checkpoints and their JSON metadata
 CHECKPOINT_METADATA_MAX_BYTES = 1 << 20  # a larger .json file there is not metadata: not read
-_CONFIG_KEY = re.compile(r"^[0-9a-f]{16}$")  # raysweep.space.config_key's form
+_CONFIG_KEY = re.compile(r"^[0-9a-f]{16}$")  # raysweep.points.config_key's form
 
 
 @dataclass(frozen=True)

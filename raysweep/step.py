@@ -12,7 +12,7 @@ step, draw and score through these functions.
   loss and its output gradient, by hand);
 - step: :func:`train_step` (forward, loss, hand-written backward, :func:`update`), :func:`step_groups` and
   :func:`bundle_step` (a step of the members in groups whose weights stay in cache);
-- optimizers: three update paths (:func:`raysweep.space.update_path`, chosen per configuration so that a member takes
+- optimizers: three update paths (:func:`raysweep.points.update_path`, chosen per configuration so that a member takes
   the same path alone and in any bundle): plain SGD fused into the backward (``opt`` None), Adam at torch's defaults
   (``opt`` a list of moments ``(m, v)``: :func:`update`) and the general path (``opt`` an :class:`OptState`:
   SGD with momentum, Nesterov and weight decay, Adam and AdamW with per-member betas, eps and weight decay:
@@ -245,7 +245,7 @@ def scaled_rates(lrs, scale):
 
 
 def optimizer_state(path: str, kind: str, weights, members: list[dict]):
-    """The optimizer state of a bundle on update path ``path`` (:func:`raysweep.space.update_path`): None (``sgd``),
+    """The optimizer state of a bundle on update path ``path`` (:func:`raysweep.points.update_path`): None (``sgd``),
     zero moments (``adam``) or an :class:`OptState` (``general``) from ``members``, one dict per member with
     ``momentum``, ``nesterov``, ``beta1``, ``beta2``, ``eps`` and ``weight_decay`` (one value per layer each for the
     last two) and ``independent`` (``weight_decay_scaling: independent``)."""

@@ -1,7 +1,7 @@
 """Train one configuration, or a fused bundle of configurations that share their shapes, and yield reports.
 
 A *bundle* is K members that share batch size, width, depth, parametrization, optimizer, loss, learning-rate
-rule and update path (:func:`raysweep.space.bundle_key`); they may differ in eta, gamma, seed, the optimizer's
+rule and update path (:func:`raysweep.points.bundle_key`); they may differ in eta, gamma, seed, the optimizer's
 hyperparameters (momentum, betas, eps, weight decay) and the learning-rate schedule (:mod:`raysweep.schedules`,
 a per-member multiplier of every layer's rate). Their weights are stacked (``[K, fan_in, fan_out]``), every step is
 one batched forward and backward, and each member keeps its own learning rates, centring, data stream (one per
@@ -71,9 +71,9 @@ from raysweep.scaling import epsilons, learning_rates, weight_decays
 from raysweep.schedules import is_constant
 from raysweep.seeds import data_seed, init_seed, noise_seed
 from raysweep.sharpness import CurvatureFeed
-from raysweep.space import (
-    BUNDLE_KEYS, axis_value, bundle_key, curvature_option, grad_noise_option, setting, snapshot_steps, update_path,
-)
+from raysweep.instrument_spec import curvature_option, grad_noise_option, snapshot_steps
+from raysweep.points import BUNDLE_KEYS, axis_value, bundle_key, update_path
+from raysweep.space import setting
 from raysweep.step import (
     ADAM_BETAS,
     ADAM_EPS,
@@ -96,7 +96,7 @@ from raysweep.step import (
 __all__ = [
     "ADAM_BETAS", "ADAM_EPS", "BUNDLE_KEYS", "CHANCE_SIGMAS", "COLLAPSE_LOSS_MIN", "F0_CACHE_BYTES", "LOSS_BAND",
     "Report", "TrainState", "bundle_key", "chance_accuracy", "data_seed", "dead_members", "divergence", "init_seed",
-    "loss_per_member", "noise_seed", "outside_band", "steps_for", "train", "train_bundle",
+    "loss_per_member", "noise_seed", "optimizer_settings", "outside_band", "steps_for", "train", "train_bundle",
 ]  # fmt: skip
 
 
@@ -151,7 +151,10 @@ class TrainState:
     ``position`` the samples of it already used (resuming redraws the block or permutation and skips them);
     ``noise_rng``: the noise feed's generator per seed (gradient noise scale), else empty; ``left_band`` and
     ``dead_since`` (-1: not dead) per member: the dead-network rule's memory; ``wall_time_s`` so far; ``extra``:
-    tensors a caller keeps with the state (the trial's snapshots not written yet), by name.
+    tensors a caller keeps with the state (the trial's snapshots not written yet), by name. A model factory's
+    bundle (:mod:`raysweep.custom.train`) keeps its stacked parameters in ``weights`` (the model's parameter order)
+    and its stacked buffers by name in ``buffers`` (batch norm's running statistics...), and with ``centred`` those of
+    the ``theta_0`` copy (a train-mode forward may update them) in ``init_buffers``; both are empty on the MLP path.
     The initial weights, learning rates, eval targets and curvature batches are not kept: they follow from the
     points (curvature's probes are seeded from the seed and the step, and its report count from ``step``).
     """
@@ -167,6 +170,8 @@ class TrainState:
     dead_since: list[int]
     wall_time_s: float = 0.0
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    init_buffers: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Flat name -> tensor (contiguous, CPU), e.g. for safetensors; :meth:`from_parts` reads it back."""
@@ -175,6 +180,8 @@ class TrainState:
         out.update({f"data_rng.{s}": t for s, t in self.data_rng.items()})
         out.update({f"noise_rng.{s}": t for s, t in self.noise_rng.items()})
         out.update({f"extra.{k}": t for k, t in self.extra.items()})
+        out.update({f"buffers.{k}": t for k, t in self.buffers.items()})
+        out.update({f"init_buffers.{k}": t for k, t in self.init_buffers.items()})
         return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
 
     def meta(self) -> dict:
@@ -190,13 +197,16 @@ class TrainState:
         def rng(prefix):
             return {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
+        def named(prefix):
+            return {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
         return cls(step=int(meta["step"]), members=[int(m) for m in meta["members"]],
                    weights=[tensors[f"weights.{i}"] for i in range(int(meta["n_layers"]))],
                    optimizer=[tensors[f"optimizer.{i}"] for i in range(int(meta["n_optimizer"]))],
                    data_rng=rng("data_rng"), position=int(meta["position"]), noise_rng=rng("noise_rng"),
                    left_band=[bool(v) for v in meta["left_band"]], dead_since=[int(v) for v in meta["dead_since"]],
                    wall_time_s=float(meta["wall_time_s"]),
-                   extra={k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("extra.")})
+                   extra=named("extra"), buffers=named("buffers"), init_buffers=named("init_buffers"))
 
     def subset(self, rows: Sequence[int]) -> TrainState:
         """The members at ``rows`` (positions in :attr:`members`), renumbered ``0 .. len(rows) - 1``: the state of a
@@ -206,7 +216,8 @@ class TrainState:
                           optimizer=[t[sel] for t in self.optimizer], data_rng=dict(self.data_rng),
                           position=self.position, noise_rng=dict(self.noise_rng),
                           left_band=[self.left_band[r] for r in rows], dead_since=[self.dead_since[r] for r in rows],
-                          wall_time_s=self.wall_time_s)
+                          wall_time_s=self.wall_time_s, buffers={k: b[sel] for k, b in self.buffers.items()},
+                          init_buffers={k: b[sel] for k, b in self.init_buffers.items()})
 
 
 class _Feed:
@@ -345,7 +356,7 @@ def train_bundle(
     The last report has ``finished=True``; every other one can :meth:`~Report.export` the bundle's state, and
     ``resume`` (such a state of these points) continues from it: the reports after its step are bit-identical to
     those of an uninterrupted run. ``on_weights(step, members, weights)``, when given, is called at step 0 and after
-    each step of :func:`raysweep.space.snapshot_steps` (``experiment.snapshots``) with the bundle indices of the
+    each step of :func:`raysweep.instrument_spec.snapshot_steps` (``experiment.snapshots``) with the bundle indices of the
     members still training and their stacked weights: it must only read them (copy what it keeps). Raises
     :class:`InfeasibleError` for a batch larger than the data set
     and ``ValueError`` when the points do not share :data:`BUNDLE_KEYS`.
@@ -381,7 +392,7 @@ def train_bundle(
            for l in range(depth)]
     if all(len(set(r.per_layer)) == 1 for r in rates):
         lrs = [lrs[0]] * depth  # one tensor for every layer: model.backward then applies it once
-    settings = [_optimizer_settings(p, width, depth) for p in points]
+    settings = [optimizer_settings(p, width, depth) for p in points]
     adam = optimizer_state(update_path(first), optimizer, weights, settings)  # None, Adam's moments or an OptState
     sched = None if all(is_constant(p) for p in points) else ScheduleFeed(points, total_steps, dtype, device)
     loss_coef, df_coef = loss_coefficients(loss_name, mse_convention, batch_size, task.n_out)
@@ -531,9 +542,7 @@ def train_bundle(
         if curv is not None and curv.due():
             curvature = curv.measure(
                 weights, alive, feed.stream.tolist(), out_mult, [j for j, m in enumerate(alive) if m in diverged],
-                # preconditioned sharpness reads Adam's default path (betas 0.9, 0.999, eps 1e-8); the general
-                # path's own betas and eps are not measured
-                adam=None if isinstance(adam, OptState) else adam, step=step, lrs=lrs,
+                adam=adam, step=step, lrs=lrs,
                 lr_effective=[rates[m].effective for m in alive],
                 member_seeds=[int(points[m]["seed"]) for m in alive])
         report = Report(
@@ -587,7 +596,7 @@ def divergence(losses: torch.Tensor, step: int, eval_loss: np.ndarray, initial_l
     return train_loss, diverged
 
 
-def _optimizer_settings(point: Mapping[str, Any], width: int, depth: int) -> dict:
+def optimizer_settings(point: Mapping[str, Any], width: int, depth: int) -> dict:
     """A member's optimizer hyperparameters, eps and weight decay per layer (raysweep.scaling's muP rules)."""
     value = lambda axis: axis_value(point, axis)  # noqa: E731
     shape = {"width": width, "depth": depth, "parametrization": point["parametrization"]}

@@ -32,7 +32,10 @@ from raysweep.autobatch.guard import apply_malloc_policy, apply_memory_cap, is_o
 from raysweep.custom.spec import is_custom, model_name
 from raysweep.plan import Bundle, Plan
 from raysweep.scaling import LearningRates, learning_rates, temperature, wd_timescale
-from raysweep.space import ADAM_OPTIMIZERS, AUTO, CURVATURE_KINDS as CURVATURE_COLUMNS, Experiment, axis_value
+from raysweep.instrument_spec import CURVATURE_KINDS as CURVATURE_COLUMNS
+from raysweep.points import axis_value
+from raysweep.scaling import ADAM_OPTIMIZERS
+from raysweep.space import AUTO, Experiment
 
 # torch and Ray load in the worker; the driver imports this module (tune_trainable) without either
 

@@ -85,11 +85,34 @@ def test_a_linear_student_spec_has_no_width_to_check(tmp_path, capsys):
     assert "experiment.model: a coord check scales an MLP's width" in capsys.readouterr().err
 
 
-def test_an_optimizer_off_its_defaults_is_refused_not_run_as_plain_sgd(tmp_path, capsys):
+def test_an_optimizer_off_its_defaults_is_checked_as_the_sweep_trains_it(tmp_path, capsys):
     path = tmp_path / "adamw.yaml"
     path.write_text(yaml.safe_dump({
         "name": "w", "experiment": {"family": "poly_online", "dim": 16, "steps": 10},
-        "space": {"batch_size": [8], "eta": [0.01], "width": [64], "optimizer": ["AdamW"], "weight_decay": [0.1]},
+        "space": {"batch_size": [8], "eta": [0.01], "width": [64], "optimizer": ["AdamW"], "weight_decay": [0.1],
+                  "lr_rule": ["mup_adam"]},
     }))
-    assert main([str(path)]) == 2
-    assert "the coord check runs SGD and Adam at torch's defaults" in capsys.readouterr().err
+    assert main([str(path), "--widths", "64,128,256", "--steps", "3", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "parametrization=muP optimizer=AdamW lr_rule=mup_adam loss=mse depth=3 gamma=1 eta=0.01 " \
+           "weight_decay=0.1" in out.splitlines()
+
+
+def test_the_general_path_and_the_schedule_move_the_check_as_they_move_training():
+    import torch
+
+    task = build_task({"family": "poly_online", "dim": 16, "data_seed": 0}, dtype=torch.float64)
+    x, y = fixed_batch(task, 32)
+    base = {"parametrization": "muP", "optimizer": "Adam", "lr_rule": "mup_adam", "loss": "mse", "depth": 3,
+            "gamma": 1.0, "eta": 1e-2}
+    check = lambda config, **kw: coord_check(config, x, y, n_out=1, widths=(64, 128), seeds=(0,), steps=3, **kw)
+    adam = check(base).updates
+    # AdamW without decay (the general path) is Adam at its defaults (the plain path): the same numbers
+    np.testing.assert_allclose(check(base | {"optimizer": "AdamW"}).updates, adam, rtol=1e-10)
+    for changed in ({"optimizer": "AdamW", "weight_decay": 0.5}, {"beta1": 0.5}, {"eps": 1e-2}):
+        assert not np.allclose(check(base | changed).updates, adam, rtol=1e-6), changed
+    sgd = base | {"optimizer": "SGD", "lr_rule": "study", "eta": 0.05}
+    assert not np.allclose(check(sgd | {"momentum": 0.9}).updates, check(sgd).updates, rtol=1e-6)
+    # a linear warmup over 10 steps: the first three steps run at 1/10, 2/10, 3/10 of eta (far smaller updates)
+    warm = check(sgd | {"schedule": "linear", "warmup_steps": 10}, total_steps=100).updates
+    assert (warm < 0.5 * check(sgd).updates).all()

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from raysweep import curvature, model
-from raysweep.step import ADAM_BETAS, update
+from raysweep.step import ADAM_BETAS, optimizer_state, update, update_general
 
 DT = torch.float64
 D, N, B = 3, 4, 6
@@ -258,6 +258,26 @@ def test_adam_preconditioner_is_the_update_denominator():
     for before, after, (m, _), p in zip(c.w, w, adam, precond):
         expected = before - (0.1 / (1 - ADAM_BETAS[0] ** step)) * m / p
         assert torch.allclose(after, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_adam_preconditioner_is_the_general_update_denominator_with_each_members_betas_and_eps():
+    c = case("muP", "xent", 3)
+    gen = torch.Generator().manual_seed(13)
+    grads = [torch.randn(t.shape, generator=gen, dtype=DT) for t in c.w]
+    members = [{"momentum": 0.0, "nesterov": False, "beta1": b1, "beta2": b2, "eps": [e] * len(c.w),
+                "weight_decay": [0.0] * len(c.w), "independent": False}
+               for b1, b2, e in ((0.9, 0.999, 1e-8), (0.5, 0.9, 1e-3), (0.95, 0.95, 1e-6))]
+    opt = optimizer_state("general", "Adam", c.w, members)
+    for m, v in opt.state:
+        m.copy_(torch.randn(m.shape, generator=gen, dtype=DT))
+        v.copy_(torch.rand(v.shape, generator=gen, dtype=DT))
+    step, lrs = 5, [torch.full((3, 1, 1), 0.1, dtype=DT)] * len(c.w)
+    w = [t.clone() for t in c.w]
+    update_general(w, grads, lrs, opt, step)  # the moments are updated in place to those of this step
+    precond = curvature.adam_preconditioner(opt.state, step, eps=opt.eps, beta2=opt.beta2)
+    c1 = torch.tensor([1 - b1**step for b1 in (0.9, 0.5, 0.95)], dtype=DT).reshape(-1, 1, 1)
+    for before, after, (m, _), p in zip(c.w, w, opt.state, precond):
+        assert torch.allclose(after, before - (0.1 / c1) * m / p, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("param,name,depth", [("SP", "mse_half_sum", 2), ("muP", "xent", 3), ("muP", "mse_study", 3)])

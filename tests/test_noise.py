@@ -27,7 +27,8 @@ from torch.func import functional_call, grad, vmap
 from raysweep import model, noise
 from raysweep.data import build_task
 from raysweep.errors import SpecError
-from raysweep.space import config_key, parse_spec
+from raysweep.points import config_key
+from raysweep.space import parse_spec
 from raysweep.seeds import init_seed, noise_seed
 from raysweep.step import draw_samples, loss_coefficients
 from raysweep.train import train, train_bundle

@@ -22,15 +22,8 @@ from raysweep import model
 from raysweep.scaling import epsilons, learning_rates, wd_timescale, weight_decays
 from raysweep.schedules import multiplier, multipliers
 from raysweep.seeds import init_seed
-from raysweep.space import (
-    AXIS_DEFAULTS,
-    bundle_key,
-    config_key,
-    config_keys,
-    load_spec,
-    parse_spec,
-    update_path,
-)
+from raysweep.points import AXIS_DEFAULTS, bundle_key, config_key, config_keys, update_path
+from raysweep.space import load_spec, parse_spec
 from raysweep.train import train, train_bundle
 from tests.support.training import point, task_for
 

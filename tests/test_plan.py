@@ -54,3 +54,17 @@ def test_dry_run_lists_bundles_in_run_order():
     text = describe(spec, plan, 0, cuda=False)
     assert "costliest first" in text
     assert text.index("batch_size=128") < text.index("batch_size=1 ")
+
+
+def test_dry_run_names_every_axis_that_varies_within_a_bundle():
+    from raysweep.plan import describe
+
+    spec = spec_of({"batch_size": [8], "eta": [0.1, 0.2], "width": [16], "optimizer": "AdamW",
+                    "beta2": [0.95, 0.999], "weight_decay": [0.0, 0.1], "schedule": "cosine", "momentum": 0.0})
+    plan, _ = build_plan(spec)
+    (line,) = [ln for ln in describe(spec, plan, 0, cuda=False).splitlines() if " x [" in ln]
+    assert line.startswith(f"  {next(iter(plan.bundles))}: 8 x [batch_size=8 width=16")
+    # varied: listed; off its default: shown once; at its default and fixed: left out
+    assert "eta=[0.1, 0.2]" in line and "beta2=[0.95, 0.999]" in line and "weight_decay=[0.0, 0.1]" in line
+    assert "schedule=cosine" in line and "gamma=1.0" in line and "seed=0" in line
+    assert "momentum" not in line and "beta1" not in line and "warmup" not in line

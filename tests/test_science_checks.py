@@ -342,3 +342,17 @@ def test_eos_shows_adams_preconditioned_sharpness_as_info():
     adam = [r for r in rows if r.quantity.startswith("Adam B=128 eta=0.01")]
     assert len(adam) == 1 and adam[0].status == "info" and adam[0].value == pytest.approx(1.0)
     assert all(r.status in ("pass", "info") for r in rows)
+
+
+def test_eos_measures_each_adam_trial_against_its_own_beta1s_edge():
+    trials, curves = _eos_rows()
+    adam_trials, adam_curves = _eos_rows(adam=True)
+    for t in adam_trials:  # AdamW at beta1 = 0.5 whose preconditioned sharpness sits at (2 + 1) / (0.5 eta)
+        t.update(optimizer="AdamW", beta1=0.5)
+        for r in adam_curves[t["config_key"]]:
+            r["preconditioned_sharpness"] = 6.0 / t["eta"]
+    curve_rows = [dict(r, config_key=k) for k, rs in {**curves, **adam_curves}.items() for r in rs]
+    rows = checks.check_eos(pd.DataFrame(trials + adam_trials), pd.DataFrame(curve_rows), n_train=128)
+    adam = [r for r in rows if r.quantity.startswith("AdamW B=128 eta=0.01")]
+    assert len(adam) == 1 and adam[0].status == "info" and adam[0].value == pytest.approx(1.0)
+    assert "b1=0.5" in adam[0].quantity

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from raysweep.data import build_task
-from raysweep.space import config_keys, curvature_option, parse_spec
+from raysweep.instrument_spec import curvature_option
+from raysweep.points import config_keys
+from raysweep.space import parse_spec
 from raysweep.train import train_bundle
 from raysweep.trial import curve_row
 
@@ -36,7 +38,7 @@ NUMBERS = ("train_loss", "eval_loss", "eval_accuracy", "initial_loss", "active_f
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("base, optimizer", [(FIXED, "SGD"), (ONLINE, "Adam")])
+@pytest.mark.parametrize("base, optimizer", [(FIXED, "SGD"), (ONLINE, "Adam"), (FIXED, "AdamW")])
 def test_curvature_on_or_off_leaves_every_loss_bit_identical(dtype, base, optimizer):
     points = _points(optimizer, etas=(0.1, 0.4) if optimizer == "SGD" else (0.01, 0.03))
     off = _run(base, dtype, None, points)
@@ -49,7 +51,7 @@ def test_curvature_on_or_off_leaves_every_loss_bit_identical(dtype, base, optimi
     for r in on:
         assert all(math.isfinite(v) and v > 0 for v in r.sharpness)
         assert all(math.isfinite(v) for v in r.hessian_trace + r.batch_sharpness)
-        if optimizer == "Adam":
+        if optimizer in ("Adam", "AdamW"):
             assert all(math.isfinite(v) and v > 0 for v in r.preconditioned_sharpness)
         else:
             assert r.preconditioned_sharpness == [None] * len(r.members)  # SGD: no preconditioner
@@ -97,3 +99,18 @@ def test_the_option_parses_like_the_noise_scale_and_off_changes_no_key():
     assert parse_spec(on.to_dict()) == on
     assert config_keys(off.experiment.as_dict(), off.points()) == \
         config_keys(parse_spec({**base, "experiment": {**FIXED, "curvature": None}}).experiment.as_dict(), off.points())
+
+
+def test_preconditioned_sharpness_reads_each_members_betas_and_eps_on_the_general_path():
+    option = {"kinds": ["preconditioned_sharpness"], "batch": 48, "steps": 12}
+    adam = _run(ONLINE, "float64", option, _points("Adam", etas=(0.01,), seeds=(0,)))
+    # AdamW without decay runs the general path with torch's betas and eps: the same preconditioner and numbers
+    adamw = _run(ONLINE, "float64", option, _points("AdamW", etas=(0.01,), seeds=(0,)))
+    for a, b in zip(adam, adamw):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-12)
+        assert a.preconditioned_sharpness == pytest.approx(b.preconditioned_sharpness, rel=1e-8)
+    # other betas or eps give another preconditioner (were they ignored, these would equal the defaults' values)
+    for changed in ({"beta2": 0.9}, {"eps": 1e-3}):
+        other = _run(ONLINE, "float64", option, [p | changed for p in _points("AdamW", etas=(0.01,), seeds=(0,))])
+        assert other[-1].preconditioned_sharpness[0] != pytest.approx(adam[-1].preconditioned_sharpness[0],
+                                                                       rel=1e-3), changed

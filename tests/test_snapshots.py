@@ -12,7 +12,8 @@ import torch
 from raysweep import model, snapshots, storage
 from raysweep.data import build_task
 from raysweep.plan import build_plan
-from raysweep.space import parse_spec, snapshot_option, snapshot_steps
+from raysweep.instrument_spec import snapshot_option, snapshot_steps
+from raysweep.space import parse_spec
 from raysweep.train import train_bundle
 from raysweep.trial import run_bundle
 

@@ -18,16 +18,8 @@ import pytest
 import yaml
 
 from raysweep.errors import SpecError
-from raysweep.space import (
-    AXES,
-    Experiment,
-    Search,
-    Space,
-    SweepSpec,
-    config_key,
-    load_spec,
-    parse_spec,
-)
+from raysweep.points import AXES, config_key
+from raysweep.space import Experiment, Search, Space, SweepSpec, load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE_FILES = sorted(glob.glob(str(REPO / "search_spaces" / "*.yaml")))
@@ -243,7 +235,7 @@ def test_random_points_deterministic_distinct(n_samples):
 
 
 _KEY_SCRIPT = (
-    "from raysweep.space import parse_spec, config_key;"
+    "from raysweep.space import parse_spec; from raysweep.points import config_key;"
     "s = parse_spec({'name': 'k', 'experiment': {'family': 'poly_online', 'steps': 10},"
     " 'space': {'batch_size': [4], 'eta': [0.1], 'width': [8], 'gamma': [1e-5]}});"
     "print(config_key(s.experiment.as_dict(), s.points()[0]))"

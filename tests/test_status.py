@@ -18,7 +18,8 @@ import raysweep
 from raysweep import driver, manifest
 from raysweep.errors import NoResultsError
 from raysweep.results import ResultsWriter, read_trials
-from raysweep.space import AXES, config_keys, load_spec, parse_spec
+from raysweep.points import AXES, config_keys
+from raysweep.space import load_spec, parse_spec
 from raysweep.status import checkpointed_keys, optuna_cells, read_status, sweep_status
 from tests.support import ROOT
 

@@ -12,7 +12,8 @@ import math
 import pytest
 
 from raysweep.plan import build_plan
-from raysweep.space import config_key, parse_spec
+from raysweep.points import config_key
+from raysweep.space import parse_spec
 from raysweep.trial import bundle_of, run_bundle
 
 POLY = {"family": "poly_online", "dim": 8, "n_train": 256, "steps": 60, "report_every": 20}

@@ -72,7 +72,7 @@ from raysweep.analyze.linear import (
 )
 from raysweep.analyze.load import ensure_prepared, find_sweeps, load
 from raysweep.analyze.optimum import config_table, eta_max, fit_eta_power_law, fit_line, optimal_eta
-from raysweep.analyze.sharpness import adam_threshold, sharpness_curves, window_stats
+from raysweep.analyze.sharpness import sharpness_curves, window_stats
 from raysweep.analyze.scaling_rules import rule_curves, rule_deviation
 from raysweep.analyze.temperature import temperature_collapse
 from raysweep.analyze.transfer import transfer_slope, transfer_table
@@ -485,13 +485,16 @@ def check_eos(trials: pd.DataFrame, curves: pd.DataFrame, *, n_train: int | None
         if t["config_key"] in batch_stats.index:
             rows.append(_info(f"SGD B={t['batch_size']:g} eta={t['eta']:g}: batch sharpness / (2/eta), mean over "
                               f"{span}", float(batch_stats.loc[t["config_key"], "mean_ratio"]), "1"))
-    adam = trials[trials["optimizer"] == "Adam"].sort_values(["batch_size", "eta", "seed"])
-    pre = table.assign(adam_edge=adam_threshold(pd.to_numeric(table["lr_effective"], errors="coerce")))
-    pre_stats = window_stats(pre, "preconditioned_sharpness", "adam_edge", start, end).set_index("config_key")
+    adam = trials[trials["optimizer"].isin(("Adam", "AdamW"))].sort_values(["batch_size", "eta", "seed"])
+    # adam_edge: (2 + 2 beta1) / ((1 - beta1) lr_eff) at each trial's beta1 (38 / lr_eff at 0.9)
+    pre_stats = window_stats(table, "preconditioned_sharpness", "adam_edge", start, end).set_index("config_key")
     for _, t in adam.iterrows():
         if t["config_key"] in pre_stats.index:
-            rows.append(_info(f"Adam B={t['batch_size']:g} eta={t['eta']:g}: preconditioned sharpness / (38/eta), "
-                              f"mean over {span}", float(pre_stats.loc[t["config_key"], "mean_ratio"]), "1"))
+            b1 = t.get("beta1")
+            edge = "38/eta" if pd.isna(b1) or b1 == 0.9 else f"(2+2b1)/((1-b1) eta), b1={b1:g}"
+            rows.append(_info(f"{t['optimizer']} B={t['batch_size']:g} eta={t['eta']:g}: preconditioned sharpness / "
+                              f"({edge}), mean over {span}", float(pre_stats.loc[t["config_key"], "mean_ratio"]),
+                              "1"))
     if adam.empty:
         rows.append(Row("Adam: preconditioned sharpness / (38/eta)", "-", "1", "info", SKIPPED,
                         note="no Adam trials in this sweep"))

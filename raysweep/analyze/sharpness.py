@@ -42,7 +42,8 @@ def has_curvature(curves: pd.DataFrame) -> bool:
 
 def sharpness_curves(curves: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """The curve rows that measured curvature, with each trial's axes, ``lr_effective``, ``initial_sharpness`` and
-    thresholds: ``edge`` (``2 / lr_effective``) and ``adam_edge`` (``38 / lr_effective``)."""
+    thresholds: ``edge`` (``2 / lr_effective``) and ``adam_edge`` (:func:`adam_threshold` at the trial's beta1: ``38 /
+    lr_effective`` at 0.9)."""
     trials = ensure_prepared(trials)
     axes = [c for c in CONFIG_COLUMNS if c in trials.columns]
     extra = [c for c in ("lr_effective", "initial_sharpness", "status", "diverged_step") if c in trials.columns]
@@ -56,7 +57,8 @@ def sharpness_curves(curves: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame
             out[col] = np.nan
     lr = pd.to_numeric(out["lr_effective"] if "lr_effective" in out.columns else out["eta"], errors="coerce")
     out["edge"] = sgd_threshold(lr.to_numpy(float))
-    out["adam_edge"] = adam_threshold(lr.to_numpy(float))
+    beta1 = pd.to_numeric(out["beta1"], errors="coerce").fillna(BETA1) if "beta1" in out.columns else BETA1
+    out["adam_edge"] = adam_threshold(lr.to_numpy(float), np.asarray(beta1, float))  # each trial's beta1
     return out.sort_values([*axes, "step"]).reset_index(drop=True)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from raysweep.autobatch.device import DeviceInfo
 from raysweep.errors import RaysweepError
-from raysweep.space import update_path
+from raysweep.points import update_path
 
 FEATURES = ("overhead", "param", "sample", "hidden", "readout")
 MIN_MARGIN = 0.05

@@ -40,7 +40,9 @@ from raysweep.autobatch.search import SearchResult, largest_under_budget
 from raysweep.errors import NoCachedModelError, NothingFitsError, RaysweepError
 from raysweep.families import n_eval
 from raysweep.limits import F0_CACHE_BYTES
-from raysweep.space import AUTO, BUNDLE_KEYS, Experiment, config_key, curvature_option, grad_noise_option, setting
+from raysweep.instrument_spec import curvature_option, grad_noise_option
+from raysweep.points import BUNDLE_KEYS, config_key
+from raysweep.space import AUTO, Experiment, setting
 
 SHARE_GRID = 0.01
 ExperimentLike = Experiment | Mapping[str, Any]  # the typed Experiment, or a flat experiment mapping

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from raysweep.schedules import is_constant
+
 
 def module_outputs(members, x) -> dict[str, object]:
     """The output of every module with parameters of ``members``' first member on ``x``, and the model's (``out``),
@@ -42,12 +44,15 @@ def module_outputs(members, x) -> dict[str, object]:
 
 
 def coord_check(experiment: Mapping, task, config: Mapping, x, y, *, widths: Sequence[int], steps: int = 5,
-                seeds: Sequence[int] = (0, 1, 2)) -> tuple[tuple[str, ...], np.ndarray]:
-    """Train ``config`` (a point of the spec) ``steps`` steps on the batch ``(x, y)`` at every width and seed; returns
-    the module names (and layer types) and their mean change at every width, ``[widths, layers]`` (the module
-    docstring); :func:`raysweep.coordcheck.run_factory_spec` fits the slopes."""
+                seeds: Sequence[int] = (0, 1, 2), total_steps: int | None = None
+                ) -> tuple[tuple[str, ...], np.ndarray]:
+    """Train ``config`` (a point of the spec) ``steps`` steps on the batch ``(x, y)`` at every width and seed, its
+    rates times its schedule's multipliers in a run of ``total_steps`` (default ``steps``); returns the module names
+    (and layer types) and their mean change at every width, ``[widths, layers]`` (the module docstring);
+    :func:`raysweep.coordcheck.run_factory_spec` fits the slopes."""
     from raysweep.custom import functional  # torch.func
     from raysweep.custom.train import build_members  # torch
+    from raysweep.step import ScheduleFeed  # torch
 
     sizes: dict[str, np.ndarray] = {}
     kinds_of: dict[str, str] = {}
@@ -59,8 +64,10 @@ def coord_check(experiment: Mapping, task, config: Mapping, x, y, *, widths: Seq
             before = module_outputs(members, x)
             fn = functional.loss_fn(members.body, members.forward_mult, point["loss"],
                                     experiment.get("mse_convention", "half_sum"), task.n_out)
+            dtype = next(iter(members.params.values())).dtype
+            sched = None if is_constant(point) else ScheduleFeed([point], total_steps or steps, dtype, x.device)
             for step in range(1, steps + 1):
-                members.step(fn, x, y, None, True, step, None)
+                members.step(fn, x, y, None, True, step, None if sched is None else sched.at(step))
             after = module_outputs(members, x)
             for name in before:
                 change = float((after[name] - before[name]).abs().mean())

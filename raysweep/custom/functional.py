@@ -95,21 +95,33 @@ def grads_unfused(fn, params, buffers, x, y, f0, shared: bool, rng_seeds=None):
     return {n: torch.stack([g[n] for g in grads]) for n in params}, torch.stack(losses)
 
 
-def outputs(body, forward_mult, params, buffers, x, fused: bool, shared: bool = True) -> torch.Tensor:
-    """Every member's outputs ``[K, n, ..., out]`` without gradients, :data:`EVAL_CHUNK` samples at a time."""
+def outputs(body, forward_mult, params, buffers, x, fused: bool, shared: bool = True,
+            rng_seeds=None) -> torch.Tensor:
+    """Every member's outputs ``[K, n, ..., out]`` without gradients, :data:`EVAL_CHUNK` samples at a time.
+
+    ``rng_seeds`` (unfused, one int per member, or None): each member's random numbers (dropout in training mode)
+    come from its own seed on a forked RNG, over the whole of ``x`` at once, as :func:`grads_unfused` draws them."""
     f = forward_fn(body, forward_mult)
-    k = next(iter(params.values())).shape[0]
+    first = next(iter(params.values()))
+    k, device = first.shape[0], first.device
     n = x.shape[0] if shared else x.shape[1]
+    chunk = EVAL_CHUNK if rng_seeds is None else max(n, 1)
+
+    def member(j, xs):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=rng_seeds is not None):
+            if rng_seeds is not None:
+                torch.manual_seed(int(rng_seeds[j]))
+            return f({m: p[j] for m, p in params.items()}, {m: b[j] for m, b in buffers.items()},
+                     xs if shared else xs[j])
+
     pieces = []
     with torch.no_grad():
-        for lo in range(0, n, EVAL_CHUNK):
-            xs = x[lo:lo + EVAL_CHUNK] if shared else x[:, lo:lo + EVAL_CHUNK]
+        for lo in range(0, n, chunk):
+            xs = x[lo:lo + chunk] if shared else x[:, lo:lo + chunk]
             if fused:
                 pieces.append(vmap(f, in_dims=(0, 0, None if shared else 0))(params, buffers, xs))
             else:
-                pieces.append(torch.stack([
-                    f({m: p[j] for m, p in params.items()}, {m: b[j] for m, b in buffers.items()},
-                      xs if shared else xs[j]) for j in range(k)]))
+                pieces.append(torch.stack([member(j, xs) for j in range(k)]))
     return torch.cat(pieces, 1)
 
 

@@ -1,7 +1,7 @@
 """Train a bundle of user models (``experiment.model: {factory: ...}``) and yield :class:`raysweep.train.Report`s.
 
 The general path beside the MLP's hand-written one (:mod:`raysweep.train`), with the same contract: K members that
-share :func:`raysweep.space.bundle_key` (they may differ in eta, gamma, seed, the optimizer's hyperparameters and
+share :func:`raysweep.points.bundle_key` (they may differ in eta, gamma, seed, the optimizer's hyperparameters and
 the schedule); one data stream per distinct seed (a fresh permutation of the training set every epoch, the tail
 smaller than a batch dropped); a report every ``report_every`` steps with the train loss (mean over the window),
 the eval loss and accuracy, the initial loss; divergence by :func:`raysweep.train.divergence` (a non-finite
@@ -17,12 +17,21 @@ weight decay), every rate times the member's schedule multiplier. Parameter p of
 ``eta_k * lr_mult_p`` (1 under SP; the base-shape multipliers of :mod:`raysweep.custom.mup` under muP). With
 ``centred: true`` the trained function is ``f(x; theta) - f(x; theta_0)`` (the MLP path's centring, and the initial
 loss is the zero predictor's); otherwise it is the model's output and the initial loss that of ``theta_0``.
+Unfused, the random numbers of a member's forwards at a step (dropout; the ``theta_0`` forward's too, so that
+both terms of the centred function draw the same masks) come from its seed and the step alone.
+
+Checkpoints (:mod:`raysweep.checkpoint`), as the MLP path: every report but the last exports a
+:class:`raysweep.train.TrainState` (the stacked parameters and buffers, the optimizer's tensors, the members alive
+and their dead-rule memory, each data stream's generator state before the current epoch and the position in it,
+the buffers of the centred ``theta_0`` copy) and ``resume`` continues from it bit for bit. ``theta_0``'s
+parameters, the rates, the eval outputs at ``theta_0`` and the schedule follow from the points and are rebuilt.
 
 Pure: torch and the user's factory; no Ray, no I/O.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -35,9 +44,12 @@ from raysweep.custom.factory import build_model
 from raysweep.dead import chance_accuracy, dead_members, outside_band
 from raysweep.schedules import is_constant
 from raysweep.seeds import data_seed, derive_seed
-from raysweep.space import axis_value, bundle_key, setting, update_path
-from raysweep.step import OptState, ScheduleFeed, optimizer_state, scaled_rates, update, update_general
-from raysweep.train import Report, divergence, steps_for
+from raysweep.points import axis_value, bundle_key, update_path
+from raysweep.space import setting
+from raysweep.step import (
+    OptState, ScheduleFeed, optimizer_state, optimizer_tensors, scaled_rates, update, update_general,
+)
+from raysweep.train import Report, TrainState, divergence, steps_for
 
 __all__ = ["Members", "as_task", "build_members", "train_bundle"]
 
@@ -73,14 +85,20 @@ class Members:
         contiguous ones (the parameters, whose updates write through), copies of the others (vmap's gradients)."""
         return [tensors[n].reshape(tensors[n].shape[0], -1, 1) for n in self.names]
 
+    def rng_seeds(self, step: int) -> list[int] | None:
+        """Unfused, each member's seed of the random numbers (dropout) of ``step``'s forwards: a function of its
+        seed and the step (:func:`raysweep.seeds.derive_seed`), the same alone, in a bundle, or resumed; fused,
+        None (a vmapped forward draws none)."""
+        return None if self.fused else [derive_seed(seed, f"forward:{step}") for seed in self.seeds]
+
     def step(self, fn, x, y, f0, shared: bool, step: int, scale) -> torch.Tensor:
         """One optimizer step of every member in place; returns their minibatch losses ``[K]``. Unfused, each
-        member's random numbers (dropout) come from its own seed and the step (:func:`raysweep.seeds.derive_seed`)."""
+        member's random numbers come from :meth:`rng_seeds`."""
         if self.fused:
             grads, losses = functional.grads_fused(fn, self.params, self.buffers, x, y, f0, shared)
         else:
-            rng = [derive_seed(seed, f"forward:{step}") for seed in self.seeds]
-            grads, losses = functional.grads_unfused(fn, self.params, self.buffers, x, y, f0, shared, rng)
+            grads, losses = functional.grads_unfused(fn, self.params, self.buffers, x, y, f0, shared,
+                                                     self.rng_seeds(step))
         weights, grads = self.flat(self.params), self.flat(grads)
         rates = scaled_rates(self.lrs, scale)
         if self.opt is None:
@@ -111,6 +129,21 @@ class Members:
             self.opt = self.opt.select(sel)
         elif self.opt is not None:
             self.opt = [(m[sel], v[sel]) for m, v in self.opt]
+
+    def load(self, params: Sequence[torch.Tensor], buffers: Mapping[str, torch.Tensor],
+             optimizer: Sequence[torch.Tensor]) -> None:
+        """Overwrite the members' parameters (``params`` in :attr:`names` order), buffers (by name) and optimizer
+        tensors (:func:`raysweep.step.optimizer_tensors`' order) with saved ones of the same shapes (a resume)."""
+        live = [self.params[n] for n in self.names] + [self.buffers[n] for n in self.buffers]
+        saved = list(params) + [buffers.get(n) for n in self.buffers]
+        opt = optimizer_tensors(self.opt)
+        if len(params) != len(self.names) or set(buffers) != set(self.buffers) or any(
+                s is None or tuple(s.shape) != tuple(t.shape) for s, t in zip(saved, live)):
+            raise ValueError("resume: a state of another model (parameters or buffers differ)")
+        if len(opt) != len(optimizer) or any(tuple(s.shape) != tuple(t.shape) for s, t in zip(optimizer, opt)):
+            raise ValueError("resume: an optimizer state of another optimizer")
+        for t, s in zip(live + opt, saved + list(optimizer)):
+            t.copy_(s)
 
 
 def _optimizer_settings(point: Mapping[str, Any], lr_mult: Sequence[float]) -> dict:
@@ -152,10 +185,18 @@ class _Feed:
         self.stream = list(member_stream)
         self.shared = len(seeds) == 1
         self.orders: list[torch.Tensor] = []
+        self.before: list[torch.Tensor] = []  # the generators' states before the current epoch's permutations
         self.device = device
 
     def refresh(self) -> None:
+        self.before = [g.get_state() for g in self.gens]
         self.orders = [torch.randperm(self.task.n_train, generator=g).to(self.device) for g in self.gens]
+
+    def restore(self, before: Sequence[torch.Tensor]) -> None:
+        """Set the generators to ``before`` and draw that epoch's permutations again (exact resume)."""
+        for g, state in zip(self.gens, before):
+            g.set_state(state)
+        self.refresh()
 
     def batch(self, lo: int, hi: int):
         """``(x, y)``: ``[B, ...]`` when one stream feeds every member, else ``[K, B, ...]``."""
@@ -175,16 +216,18 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
     """Train the bundle ``points`` of a user model on ``task`` (a :class:`raysweep.custom.data.CustomTask`, or a
     built-in family's Task) and yield a Report every ``report_every`` steps; the last has ``finished=True``.
 
-    ``fused``: force (True) or forbid (False) the vmapped step; None decides from the model. Raises
-    ``ValueError`` when the points do not share :func:`raysweep.space.bundle_key`, InfeasibleError for a batch
-    larger than the training set. ``resume`` and ``on_weights`` (:func:`raysweep.train.train_bundle`'s checkpoint
-    resume and snapshots) are the MLP path's: here they must be None (its reports export no state).
+    ``fused``: force (True) or forbid (False) the vmapped step; None decides from the model. Every report but the
+    last can :meth:`~raysweep.train.Report.export` the bundle's :class:`raysweep.train.TrainState`, and ``resume``
+    (such a state of these points) continues from it: the reports after its step are bit-identical to those of an
+    uninterrupted run (:func:`raysweep.train.train_bundle`'s contract). Raises ``ValueError`` when the points do not
+    share :func:`raysweep.points.bundle_key` or ``resume`` is a state of other points, InfeasibleError for a batch
+    larger than the training set. ``on_weights`` (the MLP path's snapshots) must be None.
     """
-    if resume is not None or on_weights is not None:
-        raise ValueError("a model factory's bundle has no checkpoint resume or weight snapshots (MLP path only)")
+    if on_weights is not None:
+        raise ValueError("a model factory's bundle has no weight snapshots (MLP path only)")
     device = torch.device(device)
     if len({bundle_key(p) for p in points}) != 1:
-        raise ValueError("a bundle's points must share raysweep.space.bundle_key")
+        raise ValueError("a bundle's points must share raysweep.points.bundle_key")
     first = points[0]
     batch_size, loss_name = int(first["batch_size"]), first["loss"]
     mse_convention = setting(experiment, "mse_convention")
@@ -217,17 +260,63 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
     window: list[torch.Tensor] = []
     pos = task.n_train  # the first step draws the first permutation
 
+    def keep_only(keep: list[int]) -> None:
+        """Drop every member but ``keep`` (positions in ``alive``) from the stacked tensors."""
+        nonlocal alive, init_params, init_buffers, f0_eval, initial_loss
+        sel = torch.tensor(keep, device=device)
+        alive = [alive[j] for j in keep]
+        members.select(sel)
+        if centred:
+            init_params = {n: p[sel] for n, p in init_params.items()}
+            init_buffers = {n: b[sel] for n, b in init_buffers.items()}
+            f0_eval = f0_eval[sel]
+        initial_loss = initial_loss[sel]
+        feed.select(keep)
+        if sched is not None:
+            sched.select(keep)
+
+    def export(diverged: Mapping[int, int]) -> TrainState:
+        """The state after the report whose ``diverged`` members are about to be dropped (copies, on the CPU).
+        ``theta_0`` is not kept (the factory rebuilds it from the seeds), its buffers are (``init_buffers``)."""
+        keep = [j for j, m in enumerate(alive) if m not in diverged]
+        sel = torch.tensor(keep, device=device)
+        copy = lambda t: t[sel].to("cpu", copy=True)  # noqa: E731
+        kept = [alive[j] for j in keep]
+        return TrainState(
+            step=step, members=kept, weights=[copy(members.params[n]) for n in members.names],
+            optimizer=[copy(t) for t in optimizer_tensors(members.opt)],
+            data_rng={seeds[i]: st.clone() for i, st in enumerate(feed.before)}, position=pos, noise_rng={},
+            left_band=[bool(left_band[m]) for m in kept], dead_since=[dead_since.get(m, -1) for m in kept],
+            wall_time_s=time.perf_counter() - started, buffers={n: copy(b) for n, b in members.buffers.items()},
+            init_buffers={n: copy(b) for n, b in init_buffers.items()} if centred else {})
+
+    start = 1
+    if resume is not None:  # continue after the report of resume.step: its members, tensors and streams
+        if not set(resume.members) <= set(alive) or not set(seeds) <= set(resume.data_rng):
+            raise ValueError("resume: a state of other points")
+        keep_only(list(resume.members))
+        members.load(resume.weights, resume.buffers, resume.optimizer)
+        if centred and resume.init_buffers:
+            for n, b in init_buffers.items():
+                b.copy_(resume.init_buffers[n])
+        feed.restore([resume.data_rng[s] for s in seeds])
+        pos = resume.position
+        left_band[alive] = resume.left_band
+        dead_since = {m: d for m, d in zip(alive, resume.dead_since) if d >= 0}
+        start = resume.step + 1
+        started -= resume.wall_time_s
+
     # --- the loop: step, report, drop diverged members ---------------------------------------------------------
-    for step in range(1, total_steps + 1):
+    for step in range(start, total_steps + 1):
         if pos + batch_size > task.n_train:
             feed.refresh()
             pos = 0
         x, y = feed.batch(pos, pos + batch_size)
         pos += batch_size
         f0 = None
-        if centred:  # f(x; theta_0) of this batch, per member (train mode, as the step's forward)
+        if centred:  # f(x; theta_0) of this batch, per member (train mode, the step's random numbers)
             f0 = functional.outputs(members.body, members.forward_mult, init_params, init_buffers, x, members.fused,
-                                    feed.shared)
+                                    feed.shared, members.rng_seeds(step))
         scale = None if sched is None else sched.at(step)
         window.append(members.step(fn, x, y, f0, feed.shared, step, scale))
 
@@ -264,23 +353,14 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
             finished=step == total_steps or len(diverged) == len(alive),
             wall_time_s=time.perf_counter() - started,
         )
+        if not report.finished:
+            report.export = functools.partial(export, diverged)
         yield report
         if report.finished:
             return
         window = []
         if diverged:
-            keep = [j for j, m in enumerate(alive) if m not in diverged]
-            sel = torch.tensor(keep, device=device)
-            alive = [alive[j] for j in keep]
-            members.select(sel)
-            if centred:
-                init_params = {n: p[sel] for n, p in init_params.items()}
-                init_buffers = {n: b[sel] for n, b in init_buffers.items()}
-                f0_eval = f0_eval[sel]
-            initial_loss = initial_loss[sel]
-            feed.select(keep)
-            if sched is not None:
-                sched.select(keep)
+            keep_only([j for j, m in enumerate(alive) if m not in diverged])
 
 
 def _losses(out: torch.Tensor, y: torch.Tensor, loss: str, mse_convention: str, n_out: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ import dataclasses
 from raysweep.errors import RaysweepError
 from raysweep.plan import run_order
 from raysweep.search.cells import describe as describe_scheduler  # not schedulers: no Ray here
-from raysweep.space import AXES, config_key
+from raysweep.points import AXES, config_key
 
 # Ray Tune loads when the Tuner's search is built, never for --dry-run
 

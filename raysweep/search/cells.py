@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from raysweep.space import AXES
+from raysweep.points import AXES
 
 TIME_ATTR = "step"
 REPORT_ATTR = "report"  # the number of the report, ceil(step / report_every): hyperband_sync's time

@@ -28,7 +28,7 @@ from ray.tune.search import Searcher
 
 from raysweep.search import studies
 from raysweep.search._base import DriverSearcher, bundle_config
-from raysweep.space import AXES, config_key
+from raysweep.points import AXES, config_key
 
 _MAX_ASKS = 1000  # per suggest call: copies of landed rows finish at once, so this only bounds a degenerate space
 

@@ -15,7 +15,7 @@ the launcher then goes the usual way). It imports neither Ray nor torch and writ
 from __future__ import annotations
 
 from raysweep.search.scan import columns, rule_of, scan_column
-from raysweep.space import AXES, config_key
+from raysweep.points import AXES, config_key
 
 # optuna loads only for an Optuna search that has a journal to read
 

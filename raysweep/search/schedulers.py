@@ -37,7 +37,7 @@ from ray.tune.schedulers import (
 )
 
 from raysweep.search.cells import TIME_ATTR, cell_axes, settings
-from raysweep.space import AXES
+from raysweep.points import AXES
 
 
 class MedianStopping(MedianStoppingRule):

@@ -28,7 +28,8 @@ from raysweep.autobatch import (
 )
 from raysweep.results import read_trials
 from raysweep.schema import TRIALS_SCHEMA
-from raysweep.space import config_key, parse_spec
+from raysweep.points import config_key
+from raysweep.space import parse_spec
 from tests.support.fake_device import FakeDevice, GiB, MiB, probe_fake
 
 pytestmark = pytest.mark.ray

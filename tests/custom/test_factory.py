@@ -7,7 +7,8 @@ import pytest
 
 from raysweep import launch
 from raysweep.errors import FactoryError, SpecError
-from raysweep.space import config_keys, load_spec, parse_spec
+from raysweep.points import config_keys
+from raysweep.space import load_spec, parse_spec
 
 CNN = {"factory": "raysweep.examples.cnn:build"}
 DIGITS = {"family": "custom", "factory": "raysweep.examples.cnn:digits_images", "epochs": 1}

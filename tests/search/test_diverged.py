@@ -15,7 +15,8 @@ from raysweep.errors import SpecError
 from raysweep.plan import build_plan
 from raysweep.search import describe_search, planned_spec, studies
 from raysweep.search.optuna_search import OptunaStudies
-from raysweep.space import config_key, parse_spec
+from raysweep.points import config_key
+from raysweep.space import parse_spec
 from raysweep.trial import bundle_of, run_bundle
 
 BASE = {

@@ -14,7 +14,8 @@ from raysweep import storage
 from raysweep.results import read_trials
 from raysweep.search import studies
 from raysweep.search.remaining import nothing_to_run
-from raysweep.space import AXES, load_spec
+from raysweep.points import AXES
+from raysweep.space import load_spec
 from tests.support import ROOT
 from tests.support.search import write_spec
 

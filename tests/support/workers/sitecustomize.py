@@ -1,6 +1,6 @@
 """Test side channel: when RAYSWEEP_TEST_EXEC_LOG names a folder, every process that trains a bundle appends one
-line per member (sweep-independent: the point as JSON, and the step it resumes after, 0 when it starts afresh)
-to a file there. Loaded through PYTHONPATH by the Ray
+line per member (sweep-independent: the point as JSON, the trainer's module, and the step it resumes after, 0
+when it starts afresh) to a file there. Loaded through PYTHONPATH by the Ray
 workers the test session starts; the code under test knows nothing of it.
 
 Fault injection: a file ``fault-<dim>-<batch_size>`` in that folder makes the next bundle of that experiment dim
@@ -19,24 +19,30 @@ if _log_dir and _ray_worker:
         import raysweep.train as _train
         from raysweep.space import setting as _setting  # the typed Experiment or a flat mapping
 
-        _original = _train.train_bundle
+        def _logging(module):
+            original = module.train_bundle
 
-        def _logged(task, experiment, points, **kwargs):
-            with open(os.path.join(_log_dir, f"exec-{os.getpid()}.jsonl"), "a") as fh:
-                for p in points:
-                    fh.write(json.dumps({"t": time.time(), "dim": _setting(experiment, "dim"),
-                                         "steps": _setting(experiment, "steps"),
-                                         "resume_step": getattr(kwargs.get("resume"), "step", 0),
-                                         **{k: p[k] for k in sorted(p)}}) + "\n")
-            fault = os.path.join(_log_dir, f"fault-{_setting(experiment, 'dim')}-{points[0]['batch_size']}")
-            try:
-                os.remove(fault)
-            except OSError:
-                pass
-            else:
-                raise OSError("injected fault: the disk went away")
-            return _original(task, experiment, points, **kwargs)
+            def _logged(task, experiment, points, **kwargs):
+                with open(os.path.join(_log_dir, f"exec-{os.getpid()}.jsonl"), "a") as fh:
+                    for p in points:
+                        fh.write(json.dumps({"t": time.time(), "dim": _setting(experiment, "dim"),
+                                             "steps": _setting(experiment, "steps"), "trainer": module.__name__,
+                                             "resume_step": getattr(kwargs.get("resume"), "step", 0),
+                                             **{k: p[k] for k in sorted(p)}}) + "\n")
+                fault = os.path.join(_log_dir, f"fault-{_setting(experiment, 'dim')}-{points[0]['batch_size']}")
+                try:
+                    os.remove(fault)
+                except OSError:
+                    pass
+                else:
+                    raise OSError("injected fault: the disk went away")
+                return original(task, experiment, points, **kwargs)
 
-        _train.train_bundle = _logged
+            module.train_bundle = _logged
+
+        _logging(_train)
+        import raysweep.custom.train as _custom_train  # a model factory's trainer (after: the MLP's is logged anyway)
+
+        _logging(_custom_train)
     except Exception:  # never break a worker
         pass
