@@ -8,7 +8,7 @@ real training step of its K members (:func:`raysweep.custom.probe.run_steps`), n
   :func:`raysweep.custom.train.as_task`) and runs ``steps_per_trial`` real steps of the trainer's step of K members
   at batch B (``train``), and, since the trainer evaluates the whole eval set in one no-grad forward
   (:func:`raysweep.custom.train.train_bundle`), that forward at the eval set size (``val``, when ``autobatch.modes``
-  holds it). One measurement per distinct shape: bundles that share :func:`raysweep.space.bundle_key` and K measure
+  holds it). One measurement per distinct shape: bundles that share :func:`raysweep.points.bundle_key` and K measure
   once. ``need = max over modes of (context + peak * (1 + margin))`` (module.py's rule, margin
   :data:`raysweep.autobatch.memory.MIN_MARGIN`); it fits when ``need <= usable = target_memory_fraction *
   available``.
@@ -61,7 +61,8 @@ from raysweep.autobatch.search import largest_fitting
 from raysweep.autobatch.sizing import gpu_share
 from raysweep.errors import NothingFitsError, RaysweepError, UserModelError
 from raysweep.plan import Bundle, bundle_id
-from raysweep.space import AUTO, BUNDLE_KEYS, bundle_key, setting, update_path
+from raysweep.points import BUNDLE_KEYS, bundle_key, update_path
+from raysweep.space import AUTO, setting
 
 MIB = 2**20
 CACHE_VERSION = 1  # of the measurement keys below: bump when what a SweepJob runs changes
@@ -481,7 +482,7 @@ def size_factory_plan(spec, plan, trials: SweepTrials, *, storage=None,
     try:
         for bid, bundle in plan.bundles.items():
             if len({bundle_key(q) for q in bundle.points}) != 1:
-                raise RaysweepError(f"bundle {bid}: its points do not share raysweep.space.bundle_key")
+                raise RaysweepError(f"bundle {bid}: its points do not share raysweep.points.bundle_key")
             chunks = sizer.size(list(bundle.points))
             if isinstance(chunks, dict):
                 sized["infeasible"].append({"id": bid, **chunks})
