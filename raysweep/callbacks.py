@@ -187,7 +187,8 @@ class ProgressCallback(_DriverOnly):
     (:func:`progress`, :func:`eta_seconds`), so that fused bundles, whose rows land together at their end, do not
     make it start at many times the truth."""
 
-    def __init__(self, results: ResultsCallback, n_total: int, where: str, *, stream=sys.stderr):
+    def __init__(self, results: ResultsCallback, n_total: int, where: str, *, stream=None):
+        stream = sys.stderr if stream is None else stream  # at launch, not at import: sys.stderr may be replaced
         self.results, self.n_total, self.where, self.stream = results, n_total, where, stream
         self.started = time.monotonic()
         self.last = 0.0

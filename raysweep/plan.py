@@ -22,6 +22,7 @@ from raysweep._version import __version__
 from raysweep.autobatch.config import AutobatchConfig
 from raysweep.autobatch.device import cpu_device_info
 from raysweep.autobatch.sizing import plan_resources
+from raysweep.custom.spec import is_custom
 from raysweep.errors import NoCachedModelError, RaysweepError
 from raysweep.points import AXES, AXIS_DEFAULTS, BUNDLE_KEYS, axis_value, bundle_key, config_keys
 from raysweep.space import AUTO, Experiment, SweepSpec, setting
@@ -227,6 +228,10 @@ def autobatch_lines(spec: SweepSpec, plan: Plan, *, cuda: bool, storage=None, li
         + "): a GPU share per trial (or CPU memory without CUDA) replaces the resources above; a bundle "
         "whose members together exceed the usable memory is split into bundles that fit"
     ]
+    if is_custom(spec.experiment.model):
+        lines.append("autobatch: a model factory's bundles are measured at launch (real steps of the training "
+                     "step, one fresh process per shape and size; then cached in the sweep folder)")
+        return lines
     if spec.experiment.device == "cuda" or (cuda and spec.experiment.device != "cpu"):
         lines.append("autobatch: the probe measures the GPU at launch (then cached); the dry run never touches CUDA")
         return lines

@@ -27,7 +27,7 @@ The format (every key is checked; an unknown key is an error that suggests the c
                                 # families its eval loss is the exact population loss
                                 # | {factory: "package.module:function", kwargs: {}, readout: null,
                                 # base_width: null, centred: false}: any torch.nn.Module (raysweep.custom.spec);
-                                # parametrization SP or muP (by base shapes), lr_rule raw (filled in), no autobatch
+                                # parametrization SP or muP (by base shapes), lr_rule raw (filled in)
       grad_noise_scale: null    # off (null/false, default) | true | {batches: 8, batch_size: null}: measure the
                                 # gradient noise scale at every report (raysweep.noise; batches: chunks m >= 2,
                                 # batch_size: chunk size b > 0, null for the trial's batch size)
@@ -542,9 +542,6 @@ class SweepSpec(f.ShortRepr):
             raise f.FieldError("space", "has no point an optimizer reads (e.g. nesterov: true needs a momentum > 0; "
                                "betas and eps are Adam's, momentum SGD's)")
         if is_custom(self.experiment.model):
-            if self.autobatch is not None:
-                raise f.fail("autobatch", "must be absent with a model factory (autobatch's memory model is the "
-                             "MLP's)", "a section")
             if self.experiment.model["base_width"] is None:  # muP's base: the smallest width of the space
                 model = f.FrozenDict({**self.experiment.model, "base_width": min(space.width)})
                 f.set_field(self.experiment, "model", model)
@@ -615,7 +612,7 @@ class SweepSpec(f.ShortRepr):
 
 def _check_model(experiment: Experiment, space: Space) -> None:
     """An MLP has a hidden layer (depth >= 2); a linear student has exactly :data:`LINEAR_STUDENT_AXES`; a user's
-    model (raysweep.custom) trains SP or muP at ``lr_rule: raw`` and is sized by no autobatch memory model."""
+    model (raysweep.custom) trains SP or muP at ``lr_rule: raw`` (autobatch sizes it by measuring its real steps)."""
     if is_custom(experiment.model):
         for name in ("snapshots", "curvature"):
             if getattr(experiment, name) is not None:
@@ -631,9 +628,6 @@ def _check_model(experiment: Experiment, space: Space) -> None:
         if "mup" in space.eps_scaling:
             raise f.fail("space.eps_scaling", "must be global with a model factory (the per-layer muP eps of "
                          "raysweep.scaling is the MLP's)", list(space.eps_scaling))
-        if AUTO in space.batch_size:
-            raise f.fail("space.batch_size", "must not hold auto with a model factory (autobatch's memory model is "
-                         "the MLP's); give the batch sizes", list(space.batch_size))
         return
     if experiment.family == "custom":
         raise f.fail("experiment.model", "must be a model factory {factory: package.module:function} with the "

@@ -40,7 +40,8 @@ from raysweep.errors import StorageError
 TUNE_DIR = "_tune"  # Ray Tune's experiment folders, one per launch, under the sweep folder
 SPEC_FILE = "spec.yaml"  # the validated spec as run, under the sweep folder
 # What raysweep writes directly under <storage>/<name>/ (files and folders); none may be a link (check_no_links)
-SWEEP_ENTRIES = ("trials", "curves", SPEC_FILE, ".lock", "optuna.journal", "autobatch_cache.json", TUNE_DIR,
+SWEEP_ENTRIES = ("trials", "curves", SPEC_FILE, ".lock", "optuna.journal", "autobatch_cache.json",
+                 "autobatch_modules.json", TUNE_DIR,
                  "analysis", "quarantine", "manifest.json", "checkpoints", "snapshots", "spectra")
 REACH_TIMEOUT_S = 10.0  # how long the first call to an object store may take (RAYSWEEP_STORAGE_TIMEOUT_S)
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

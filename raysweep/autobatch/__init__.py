@@ -13,6 +13,10 @@ The stage, in data-flow order:
 3. :func:`apply_memory_cap` and :func:`is_oom` (inside each trial): cap the process to its share; recognise OOMs.
    CPU trials call :func:`apply_malloc_policy` so that their RSS behaves as the probe measured it.
 
+A model factory's sweep (``experiment.model: {factory: ...}``) has no memory model: the launcher measures the real
+training step of each bundle shape instead (:mod:`raysweep.autobatch.factory`), with the same resources, splits,
+``auto`` resolution and infeasible handling.
+
 Outside a sweep, :func:`find_batch_size` (:mod:`raysweep.autobatch.module`) finds the largest batch size of any
 PyTorch module by measuring its real steps with the same search, margin and errors.
 

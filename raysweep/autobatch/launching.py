@@ -4,6 +4,10 @@ The probe runs (once per model shape and device; then from the cache) when the s
 section, when a ``batch_size`` is ``auto``, or when the cluster has real GPUs (Ray advertises an
 ``accelerator_type:*`` resource for them; logical ``num_gpus`` alone do not count) and the spec sets no
 ``resources.gpus_per_trial``. Otherwise trials keep the flat resources of ``resources:``.
+
+An MLP sweep is sized from the fitted memory model (:func:`raysweep.autobatch.host.probe_and_fit`); a model
+factory's by measuring its bundles' real training steps (:mod:`raysweep.autobatch.factory`), under the same
+conditions, with the same resources, splits, ``auto`` resolution and infeasible handling.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from raysweep.autobatch.factory import measure_and_size
 from raysweep.autobatch.host import probe_and_fit
 from raysweep.autobatch.sizing import plan_resources, raise_if_infeasible, split_to_fit
+from raysweep.custom.spec import is_custom
 from raysweep.plan import Bundle, bundle_id
 from raysweep.space import AUTO
 from raysweep.trial import failed_row
@@ -24,8 +30,6 @@ def has_real_gpus(cluster_resources: Mapping[str, float]) -> bool:
 
 
 def wants_probe(spec, cluster_resources: Mapping[str, float]) -> bool:
-    if isinstance(spec.experiment.model, Mapping):  # a model factory: the MLP memory model cannot size it
-        return False
     auto = AUTO in spec.space.batch_size
     gpus = has_real_gpus(cluster_resources) and spec.experiment.device != "cpu" and not spec.resources.gpus_per_trial
     return spec.autobatch is not None or auto or gpus
@@ -39,10 +43,13 @@ def size_plan(spec, plan, sweep_dir, *, log: Callable[[str], None] = print) -> t
     the trials rows to land as ``failed`` for configs that cannot fit even alone (``autobatch.infeasible: fail``;
     with ``refuse``, the default, :class:`~raysweep.errors.NothingFitsError` lists them and nothing starts).
     """
-    model = probe_and_fit(spec, config=spec.autobatch, storage=sweep_dir, log=log)
-    plan = split_bundles(plan, model, spec.autobatch, log=log)
-    sized = plan_resources(spec, list(plan.bundles.values()), device_info=model.device, model=model,
-                           config=spec.autobatch, storage=sweep_dir)
+    if is_custom(spec.experiment.model):  # a model factory: its bundles' real steps are measured
+        plan, sized = measure_and_size(spec, plan, sweep_dir, cuda=_cluster_has_real_gpus(), log=log)
+    else:
+        model = probe_and_fit(spec, config=spec.autobatch, storage=sweep_dir, log=log)
+        plan = split_bundles(plan, model, spec.autobatch, log=log)
+        sized = plan_resources(spec, list(plan.bundles.values()), device_info=model.device, model=model,
+                               config=spec.autobatch, storage=sweep_dir)
     raise_if_infeasible(sized, spec.autobatch)
     failed = []
     for bad in sized["infeasible"]:
@@ -60,6 +67,12 @@ def size_plan(spec, plan, sweep_dir, *, log: Callable[[str], None] = print) -> t
     log(f"autobatch ({sized['label']} on {sized['device']['name']}): {len(bundles)} trials sized, "
         f"{len(sized['infeasible'])} infeasible; usable {sized['usable_bytes'] / 2**20:.0f} MiB")
     return replace(plan, bundles=bundles), (lambda config: resources[config["bundle"]]), failed
+
+
+def _cluster_has_real_gpus() -> bool:
+    import ray  # the connected cluster's resources (the launcher has started Ray before sizing)
+
+    return ray.is_initialized() and has_real_gpus(ray.cluster_resources())
 
 
 def split_bundles(plan, model, config, *, log: Callable[[str], None] = print):

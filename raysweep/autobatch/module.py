@@ -45,6 +45,9 @@ Where the peak comes from (the device, :class:`TrialDevice`):
   modules). Its data segment is capped (``RLIMIT_DATA``) a little above the budget, so that a size far too large
   fails fast with an allocation error (= does not fit) instead of pressing the machine. ``available`` is
   ``MemAvailable``.
+- What a trial runs is a job (:class:`TrialJob`: ``to_dict`` / ``from_dict`` / ``check`` / ``run(batch_size,
+  device)``, with a ``kind``): here a :class:`ModuleJob`; a model factory's sweep measures its bundles' real
+  training steps through the same devices with :class:`raysweep.autobatch.factory.SweepJob`.
 - A fake (tests, what-if): any object with ``label``, ``describe()``, ``available_bytes()`` and
   ``run(batch_size, budget_bytes) -> {"status": "ok" | "oom", "peak_bytes", ...}``, e.g. :class:`SimulatedDevice`.
 
@@ -136,9 +139,34 @@ def reference_of(obj: Any) -> str | None:
         return None
 
 
+class TrialJob(Protocol):
+    """What a trial runs, whatever it is: a :class:`ModuleJob`, or a sweep's bundle
+    (:class:`raysweep.autobatch.factory.SweepJob`). It crosses into a CPU trial's fresh process as the plain data of
+    ``to_dict`` (with its ``kind``, on which :func:`job_from_dict` dispatches)."""
+
+    kind: str
+
+    def to_dict(self) -> dict: ...
+    def check(self, batch_size: int, device: str) -> None: ...  # UserModelError naming the culprit; OOM is fine
+    def run(self, batch_size: int, device: str) -> None: ...  # the measured steps; raises on out-of-memory
+
+
+JOB_KINDS = {"module": "raysweep.autobatch.module:ModuleJob", "sweep": "raysweep.autobatch.factory:SweepJob"}
+
+
+def job_from_dict(d: dict) -> TrialJob:
+    """The job of ``to_dict``'s data, by its ``kind`` (a dict without one is a :class:`ModuleJob`'s)."""
+    kind = d.get("kind", "module")
+    if kind not in JOB_KINDS:
+        raise RaysweepError(f"unknown trial job kind {kind!r}; known: {', '.join(JOB_KINDS)}")
+    return resolve(JOB_KINDS[kind], "job").from_dict(d)
+
+
 @dataclass
 class ModuleJob:
     """What one trial runs: the resolved callables, their references (None when not importable) and the step."""
+
+    kind = "module"  # a class attribute: not a field
 
     make_model: Callable
     make_batch: Callable
@@ -164,6 +192,12 @@ class ModuleJob:
     def from_dict(cls, d: dict) -> ModuleJob:
         return build_job(d["refs"]["make_model"], d["refs"]["make_batch"], d["refs"].get("loss_fn"),
                          d["refs"].get("optimizer"), mode=d["mode"], steps=d["steps"], dtype=d["dtype"])
+
+    def check(self, batch_size: int, device: str = "cpu") -> None:
+        check_job(self, batch_size, device)
+
+    def run(self, batch_size: int, device: str = "cpu") -> None:
+        run_steps(self, batch_size, device)
 
 
 def build_job(make_model, make_batch, loss_fn, optimizer, *, mode: str, steps: int,
@@ -387,7 +421,7 @@ class CudaTrials:
 
     label = "cuda"
 
-    def __init__(self, job: ModuleJob, index: int | None = None, *, counters=None, device: str | None = None):
+    def __init__(self, job: TrialJob, index: int | None = None, *, counters=None, device: str | None = None):
         self.job = job
         self.counters = counters if counters is not None else CudaCounters(index)
         self.device = device or f"cuda:{self.counters.index}"
@@ -408,13 +442,13 @@ class CudaTrials:
         return self.counters.free_bytes()
 
     def check(self, batch_size: int) -> None:
-        check_job(self.job, batch_size, self.device)
+        self.job.check(batch_size, self.device)
         self._release()
 
     def run(self, batch_size: int, budget_bytes: int) -> dict:
         self._release()
         free_before, reserved_before = self.counters.free_bytes(), self.counters.current_bytes()
-        m = measure(self.counters, lambda: run_steps(self.job, batch_size, self.device))
+        m = measure(self.counters, lambda: self.job.run(batch_size, self.device))
         outside = (free_before - self.counters.free_bytes()) - (self.counters.current_bytes() - reserved_before)
         self._release()
         return {"status": m["status"], "error": m["error"], "wall_time_s": m["wall_time_s"],
@@ -429,10 +463,14 @@ class CpuRssTrials:
 
     label = "cpu-rss"
 
-    def __init__(self, job: ModuleJob, *, threads: int = 1, timeout_s: float = TRIAL_TIMEOUT_S):
-        self.job, self.job_dict = job, job.to_dict()  # refused here when not importable by reference
+    def __init__(self, job: TrialJob, *, threads: int = 1, timeout_s: float = TRIAL_TIMEOUT_S):
+        self.use(job)
         self.threads, self.timeout_s = int(threads), float(timeout_s)
         self.proc = self.stderr = None
+
+    def use(self, job: TrialJob) -> None:
+        """Run ``job`` from now on (the trial server stays: one server for every job of a search)."""
+        self.job, self.job_dict = job, job.to_dict()  # refused here when not importable by reference
 
     def describe(self) -> DeviceInfo:
         return cpu_device_info()
@@ -441,7 +479,7 @@ class CpuRssTrials:
         return int(read_meminfo()["MemAvailable"])
 
     def check(self, batch_size: int) -> None:
-        check_job(self.job, batch_size, "cpu")  # in this process: its RSS does not matter, the children measure
+        self.job.check(batch_size, "cpu")  # in this process: its RSS does not matter, the children measure
 
     def _start(self) -> None:
         self.stderr = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty trial cannot block on it
@@ -524,7 +562,8 @@ def trial_server() -> None:
 
 
 def cpu_trial(job: dict, batch_size: int, budget_bytes: int, threads: int) -> dict:
-    """One CPU trial in a fresh process: import the job (the context), cap the data segment, run and measure."""
+    """One CPU trial in a fresh process: import the job (the context), cap the data segment, run and measure.
+    ``job`` is a job's ``to_dict`` (:func:`job_from_dict`)."""
     import resource
 
     import torch  # the trial runs real steps
@@ -532,7 +571,7 @@ def cpu_trial(job: dict, batch_size: int, budget_bytes: int, threads: int) -> di
     try:
         torch.set_num_threads(max(1, threads))
         apply_malloc_policy()
-        spec = ModuleJob.from_dict(job)
+        spec = job_from_dict(job)
         counters = CpuRssCounters()
         base = counters.current_bytes()
         share = max(0, budget_bytes - base)
@@ -540,7 +579,7 @@ def cpu_trial(job: dict, batch_size: int, budget_bytes: int, threads: int) -> di
         _, hard = resource.getrlimit(resource.RLIMIT_DATA)
         limit = read_status()["VmData"] + share + slack
         resource.setrlimit(resource.RLIMIT_DATA, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
-        m = measure(counters, lambda: run_steps(spec, batch_size, "cpu"))
+        m = measure(counters, lambda: spec.run(batch_size, "cpu"))
         resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
         return {"status": m["status"], "error": m["error"], "peak_bytes": m["peak_bytes"], "context_bytes": int(base),
                 "limit_bytes": int(base + share + slack), "wall_time_s": m["wall_time_s"]}
@@ -550,7 +589,7 @@ def cpu_trial(job: dict, batch_size: int, budget_bytes: int, threads: int) -> di
         return {"status": "error", "error": traceback.format_exc(limit=6)}
 
 
-def device_for(job: ModuleJob, device: str, *, threads: int = 1, timeout_s: float = TRIAL_TIMEOUT_S):
+def device_for(job: TrialJob, device: str, *, threads: int = 1, timeout_s: float = TRIAL_TIMEOUT_S):
     """The real trial device of ``device``: ``auto`` (CUDA when this process sees one, else CPU), ``cpu``,
     ``cuda`` or ``cuda:N``."""
     import torch  # heavy: only a real search needs it
@@ -760,7 +799,7 @@ def _search(trials_on: TrialDevice, refs: dict, *, mode, target_memory_fraction,
             rec = {k: v for k, v in trials_on.run(batch_size, budget).items() if k != "user_error"}
             known[batch_size] = rec
             measured += 1
-        trial = _decide(batch_size, rec, budget, margin, cached)
+        trial = decide_trial(batch_size, rec, budget, margin, cached)
         tried.append(trial)
         say(format_trial(trial, budget))
         return trial.fits
@@ -788,7 +827,8 @@ def _name_of(value) -> str | None:
     return value if isinstance(value, str) else (reference_of(value) if value is not None else None)
 
 
-def _decide(batch_size: int, rec: dict, budget: int, margin: float, cached: bool) -> SizeTrial:
+def decide_trial(batch_size: int, rec: dict, budget: int, margin: float, cached: bool) -> SizeTrial:
+    """The margin rule on one measurement: fits when it ran and ``context + peak * (1 + margin) <= budget``."""
     common = {"batch_size": batch_size, "peak_bytes": rec.get("peak_bytes"), "context_bytes": rec.get("context_bytes"),
               "cached": cached, "wall_time_s": rec.get("wall_time_s"), "error": rec.get("error")}
     if rec["status"] != "ok":

@@ -2,23 +2,23 @@
 
 :func:`run_steps` builds ``n_members`` members of a configuration (:func:`raysweep.custom.train.build_members`,
 fused or not as the trainer decides) and runs ``steps`` (>= 2, so that the optimizer's state exists) of
-:meth:`raysweep.custom.train.Members.step` on minibatches of the task's training set (with ``f(x; theta_0)`` when
+:meth:`raysweep.custom.train.Members.step` on minibatches of the task's training set (fresh samples of an online teacher) (with ``f(x; theta_0)`` when
 the model is centred), or, in ``val`` mode, the trainer's no-grad eval forward. :func:`peak_bytes` measures it with
 autobatch's counters (:mod:`raysweep.autobatch.device`: the CUDA allocator's peak, or the process's resident-set
-growth on a CPU) and :func:`raysweep.autobatch.probe.measure` (an out-of-memory error is a result).
-:func:`largest_batch` doubles the batch size from ``min_batch_size`` while the measured peak stays within a byte
-budget and no step runs out of memory: the largest power-of-two multiple that fits, or None. Learning rates are
-tiny: the probe measures memory, not training. Pure: torch and the user's code; no Ray, no I/O.
+growth on a CPU) and :func:`raysweep.autobatch.probe.measure` (an out-of-memory error is a result). Learning rates
+are tiny: the probe measures memory, not training. Autobatch sizes a factory's sweep with :func:`run_steps`
+(:mod:`raysweep.autobatch.factory`: its search, margin, splits and cache). Pure: torch and the user's code; no Ray,
+no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 PROBE_ETA = 1e-9
 
-__all__ = ["PROBE_ETA", "largest_batch", "peak_bytes", "run_steps"]
+__all__ = ["PROBE_ETA", "peak_bytes", "run_steps"]
 
 
 def run_steps(experiment: Mapping[str, Any], task, point: Mapping[str, Any], *, n_members: int, batch_size: int,
@@ -29,6 +29,7 @@ def run_steps(experiment: Mapping[str, Any], task, point: Mapping[str, Any], *, 
 
     from raysweep.custom import functional
     from raysweep.custom.train import as_task, build_members
+    from raysweep.step import draw_samples  # torch
 
     task = as_task(task)
     points = [{**point, "batch_size": batch_size, "eta": PROBE_ETA, "seed": k} for k in range(n_members)]
@@ -40,8 +41,11 @@ def run_steps(experiment: Mapping[str, Any], task, point: Mapping[str, Any], *, 
                             experiment.get("mse_convention", "half_sum"), task.n_out)
     gen = torch.Generator().manual_seed(0)
     for step in range(1, steps + 1):
-        idx = torch.randint(task.n_train, (batch_size,), generator=gen).to(task.x_train.device)
-        x, y = task.x_train[idx].to(device), task.y_train[idx].to(device)
+        if task.online:  # fresh samples of the teacher
+            x, y = (t.to(device) for t in draw_samples(task, gen, batch_size))
+        else:
+            idx = torch.randint(task.n_train, (batch_size,), generator=gen).to(task.x_train.device)
+            x, y = task.x_train[idx].to(device), task.y_train[idx].to(device)
         if mode == "val":
             members.outputs(x)
             continue
@@ -64,17 +68,3 @@ def peak_bytes(experiment: Mapping[str, Any], task, point: Mapping[str, Any], *,
     return measure(counters_for(kind), lambda: run_steps(experiment, task, point, n_members=n_members,
                                                          batch_size=batch_size, mode=mode, steps=steps,
                                                          device=device))
-
-
-def largest_batch(fits: Callable[[int], bool], *, min_batch_size: int = 1, max_batch_size: int = 2**20
-                  ) -> int | None:
-    """The largest ``min_batch_size * 2^k <= max_batch_size`` for which ``fits(batch_size)`` holds, trying sizes
-    in doubling order and stopping at the first that does not fit (memory grows with the batch); None when even
-    ``min_batch_size`` does not. ``fits`` runs the probe: e.g. ``lambda b: (m := peak_bytes(..., batch_size=b))
-    ["status"] == "ok" and m["peak_bytes"] <= budget``. At most ``1 + log2(max / min)`` calls."""
-    best, size = None, min_batch_size
-    while size <= max_batch_size:
-        if not fits(size):
-            break
-        best, size = size, size * 2
-    return best

@@ -1,8 +1,8 @@
-"""The probe of a model factory: real steps of the trainer's step, measured; the batch-size search's sequence."""
+"""The probe of a model factory: real steps of the trainer's step, measured."""
 
 import torch
 
-from raysweep.custom.probe import largest_batch, peak_bytes, run_steps
+from raysweep.custom.probe import peak_bytes, run_steps
 from raysweep.data import build_task
 from raysweep.space import parse_spec
 
@@ -23,16 +23,3 @@ def test_probe_runs_the_real_step_of_both_examples():
         run_steps(experiment, task, point, n_members=2, batch_size=8, mode="val", steps=1)
         m = peak_bytes(experiment, task, point, n_members=2, batch_size=8)
         assert m["status"] == "ok" and m["peak_bytes"] >= 0
-
-
-def test_largest_batch_doubles_until_the_first_misfit():
-    tried = []
-
-    def fits(b):
-        tried.append(b)
-        return b * 1000 <= 40_000  # an out-of-memory (or over-budget) step above 40
-
-    assert largest_batch(fits, min_batch_size=4, max_batch_size=1024) == 32
-    assert tried == [4, 8, 16, 32, 64]
-    assert largest_batch(lambda b: False, min_batch_size=4) is None
-    assert largest_batch(lambda b: True, min_batch_size=3, max_batch_size=20) == 12
