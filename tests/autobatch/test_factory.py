@@ -69,6 +69,17 @@ def test_auto_sequence_and_one_measurement_per_shape(tmp_path):
     assert big.calls == [("val", 1, N_EVAL), ("train", 1, 1024)] and set(wide["batch_size"].values()) == {1024}
 
 
+def test_an_online_teacher_searches_past_its_block():
+    # poly_online: blocks of 64 fresh samples, but a batch may span blocks: auto goes up to max_batch_size
+    spec = parse_spec({"name": "fo", "experiment": {"family": "poly_online", "dim": 8, "n_train": 64, "steps": 10,
+                                                    "model": {"factory": "tests.support.factories:mlp"}},
+                       "space": {"batch_size": "auto", "eta": 0.1, "width": 8, "parametrization": "muP"},
+                       "autobatch": {"target_memory_fraction": 1.0, "max_batch_size": 4096}})
+    dev = SimulatedSweepTrials(lambda job, b: 1, 10**9)
+    _, sized = size_factory_plan(spec, build_plan(spec)[0], dev, log=lambda _m: None)
+    assert ("train", 1, 4096) in dev.calls and set(sized["batch_size"].values()) == {4096}
+
+
 def test_a_bundle_that_does_not_fit_is_split_into_the_largest_halving_that_does():
     # 5 members at batch 64; need(K) = 1.05 * 1000 * 64 * K: K = 5 and 3 exceed 200,000 B, K = 2 fits -> chunks of
     # 2, 2 and a last one of 1 (sized on its own).
