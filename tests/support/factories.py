@@ -42,3 +42,16 @@ def data_float_labels(*, seed):
 def mlp(*, width, input_shape, n_out, **kwargs):
     """A plain PyTorch MLP with biases, for a built-in family's flat features."""
     return torch.nn.Sequential(torch.nn.Linear(input_shape[0], width), torch.nn.ReLU(), torch.nn.Linear(width, n_out))
+
+
+def ntk_mlp(*, width, depth, input_shape, n_out, **kwargs):
+    """A bias-free ReLU MLP of ``depth`` nn.Linear layers whose weights are drawn N(0, 1 / fan_in) from the global
+    RNG: the NTK parametrization's N(0, 1) draws over sqrt(fan_in)."""
+    sizes = [input_shape[0]] + [width] * (depth - 1) + [n_out]
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        linear = torch.nn.Linear(fan_in, fan_out, bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(torch.randn(fan_out, fan_in) / fan_in ** 0.5)
+        layers += [linear, torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1])
