@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from raysweep.custom import mup
 from raysweep.custom.factory import build_model
 from raysweep.custom.train import as_task, train_bundle
+from raysweep.data import build_task
 from raysweep.seeds import data_seed
-from tests.custom.test_train import LANGUAGE, curves, setup
+from raysweep.space import parse_spec
 
+TRANSFORMER = {"factory": "raysweep.examples.transformer:build", "kwargs": {}, "readout": None, "base_width": 8}
 SHAPE_ARGS = {"depth": 3, "gamma": 1.0, "input_shape": (8,), "n_out": 8}
 N0 = 64  # the NTK MLP's base width: the digits' 64 features, so that every layer's base fan_in is N0
 
@@ -21,7 +23,7 @@ N0 = 64  # the NTK MLP's base width: the digits' 64 features, so that every laye
 def test_sp_multipliers_at_four_times_the_base_width(optimizer, hidden):
     """The transformer (base width 8) at width 32: hidden matrices and the readout weight at 1 / fanin_mult (SGD)
     or 1 / sqrt(fanin_mult) (Adam); embeddings, position, biases and norms at 1; no forward multiplier."""
-    model = {**LANGUAGE["model"], "kwargs": {}, "readout": None}
+    model = TRANSFORMER
     shapes = mup.base_shapes(model, parametrization="SP", **SHAPE_ARGS)
     for width, scale in ((8, 1.0), (32, hidden)):
         module = build_model(model, width=width, parametrization="SP", **SHAPE_ARGS)
@@ -33,6 +35,19 @@ def test_sp_multipliers_at_four_times_the_base_width(optimizer, hidden):
         assert len(scaled) == 9 and {"embed.weight", "position", "head.bias", "ln.weight", "blocks.0.qkv.bias"} \
             <= set(named) - scaled
         assert lr == {n: scale if n in scaled else 1.0 for n in named}
+
+
+def setup(experiment, space):
+    """(experiment, task, points) of a float64 spec, 12 steps, a report every 5."""
+    spec = parse_spec({"name": "t", "experiment": {**experiment, "dtype": "float64", "report_every": 5, "steps": 12},
+                       "space": {"loss": "xent", "depth": 3, **space}})
+    exp = spec.experiment.as_dict()
+    return exp, as_task(build_task(exp, dtype=torch.float64)), spec.points()
+
+
+def curves(reports):
+    """The first member's (train_loss, eval_loss) per report."""
+    return [(r.train_loss[0], r.eval_loss[0]) for r in reports if 0 in r.members]
 
 
 def ntk_run(exp, task, point, optimizer: str, eta_ntk: float):
@@ -81,9 +96,8 @@ def test_factory_sp_is_the_ntk_parametrization(optimizer, eta):
     experiment = {"family": "digits", "model": {"factory": "tests.support.factories:ntk_mlp", "base_width": N0}}
     exp, task, points = setup(experiment, {"batch_size": 16, "eta": eta, "width": 4 * N0,
                                            "parametrization": "SP", "optimizer": optimizer})
-    task = as_task(task)
     assert task.input_shape == (N0,)
-    ours = curves(list(train_bundle(task, exp, points)), 0)
+    ours = curves(list(train_bundle(task, exp, points)))
     eta_ntk = eta * N0 if optimizer == "SGD" else eta * math.sqrt(N0)
     ntk = ntk_run(exp, task, points[0], optimizer, eta_ntk)
     assert len(ours) == len(ntk) == 3 and ours[-1][1] < ours[0][1]  # it learns
