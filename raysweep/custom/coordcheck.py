@@ -2,8 +2,8 @@
 ``experiment.model`` is a factory): microsoft/mup's diagnostic with raysweep's own trainer step.
 
 For each combination of the spec (:func:`raysweep.coordcheck.run_factory_spec`), at every width and seed: the
-factory's model (seeded), its SP or muP multipliers (:mod:`raysweep.custom.mup`), ``steps`` steps of the general path's
-update (:class:`raysweep.custom.train.Members`, one member) on one fixed batch; then for every module with
+factory's model (seeded), its SP or muP multipliers (:mod:`raysweep.custom.mup`), ``steps`` steps of the general
+path's update (:class:`raysweep.custom.train.Members`, one member) on one fixed batch; then for every module with
 parameters (and the model's output, ``out``) the size of its output's change ``mean |y_t - y_0|`` on that batch,
 fitted as ``N^slope``; and per layer type (``[Linear]``, ``[LayerNorm]``, ``[Conv2d]``, ...: the module's class, the
 output as ``[output]``) the geometric mean of its modules' sizes, whose slope is the mean of theirs. Under muP every
