@@ -50,10 +50,11 @@ def curves(reports):
     return [(r.train_loss[0], r.eval_loss[0]) for r in reports if 0 in r.members]
 
 
-def ntk_run(exp, task, point, optimizer: str, eta_ntk: float):
+def ntk_run(exp, task, point, optimizer: str, eta_ntk: float, decay_ntk: float = 0.0):
     """The NTK parametrization by hand: w = (the factory's draws) * sqrt(fan_in), h -> h w^T / sqrt(fan_in), one
-    rate eta_ntk for every layer (Adam's eps over sqrt(fan_in): eps on w is eps / sqrt(fan_in) on w / sqrt(fan_in)),
-    the trainer's data order; (train_loss, eval_loss) per report."""
+    rate eta_ntk and weight decay decay_ntk for every layer (SGD's coupled, AdamW's decoupled; Adam's eps over
+    sqrt(fan_in): eps on w / sqrt(fan_in) is eps / sqrt(fan_in) on w), the trainer's data order; (train_loss,
+    eval_loss) per report."""
     module = build_model(exp["model"], width=point["width"], depth=point["depth"], gamma=point["gamma"],
                          parametrization="SP", input_shape=task.input_shape, n_out=task.n_out, seed=point["seed"],
                          dtype=torch.float64)
@@ -66,9 +67,10 @@ def ntk_run(exp, task, point, optimizer: str, eta_ntk: float):
         return x
 
     if optimizer == "SGD":
-        opt = torch.optim.SGD(ws, lr=eta_ntk)
+        opt = torch.optim.SGD(ws, lr=eta_ntk, weight_decay=decay_ntk)
     else:
-        opt = torch.optim.Adam([{"params": [w], "eps": 1e-8 / math.sqrt(w.shape[1])} for w in ws], lr=eta_ntk)
+        opt = getattr(torch.optim, optimizer)([{"params": [w], "eps": 1e-8 / math.sqrt(w.shape[1])} for w in ws],
+                                              lr=eta_ntk, weight_decay=decay_ntk)
     gen = torch.Generator().manual_seed(data_seed(point["seed"]))
     b, n = point["batch_size"], task.n_train
     pos, window, out = n, [], []
@@ -89,17 +91,19 @@ def ntk_run(exp, task, point, optimizer: str, eta_ntk: float):
     return out
 
 
-@pytest.mark.parametrize("optimizer, eta", [("SGD", 0.5), ("Adam", 0.003)])
-def test_factory_sp_is_the_ntk_parametrization(optimizer, eta):
+@pytest.mark.parametrize("optimizer, eta, decay", [("SGD", 0.5, 0.0), ("Adam", 0.003, 0.0), ("SGD", 0.5, 0.01),
+                                                   ("AdamW", 0.003, 0.1)])
+def test_factory_sp_is_the_ntk_parametrization(optimizer, eta, decay):
     """At 4 N0 the factory's SP rates are eta N0 / N (SGD), eta sqrt(N0 / N) (Adam) on the PyTorch-initialised
-    weights: the NTK MLP at eta_ntk = eta N0 (SGD), eta sqrt(N0) (Adam), to 1e-10 in float64."""
+    weights, each decay lambda / lr_mult: the NTK MLP at eta_ntk = eta N0 (SGD), eta sqrt(N0) (Adam) and
+    eta_ntk lambda_ntk = eta lambda, to 1e-10 in float64."""
     experiment = {"family": "digits", "model": {"factory": "tests.support.factories:ntk_mlp", "base_width": N0}}
-    exp, task, points = setup(experiment, {"batch_size": 16, "eta": eta, "width": 4 * N0,
+    exp, task, points = setup(experiment, {"batch_size": 16, "eta": eta, "width": 4 * N0, "weight_decay": decay,
                                            "parametrization": "SP", "optimizer": optimizer})
     assert task.input_shape == (N0,)
     ours = curves(list(train_bundle(task, exp, points)))
     eta_ntk = eta * N0 if optimizer == "SGD" else eta * math.sqrt(N0)
-    ntk = ntk_run(exp, task, points[0], optimizer, eta_ntk)
+    ntk = ntk_run(exp, task, points[0], optimizer, eta_ntk, eta * decay / eta_ntk)
     assert len(ours) == len(ntk) == 3 and ours[-1][1] < ours[0][1]  # it learns
     assert max(abs(x - y) for a, c in zip(ours, ntk) for x, y in zip(a, c)) < 1e-10
     # the comparison resolves the rates: the NTK MLP at the width ratio times that rate is far off
