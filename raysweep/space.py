@@ -620,8 +620,8 @@ def _check_model(experiment: Experiment, space: Space) -> None:
                              "taken on the MLP path)", getattr(experiment, name))
         for i, value in enumerate(space.parametrization):
             if value not in CUSTOM_PARAMETRIZATIONS:
-                raise f.fail(f"space.parametrization[{i}]", "must be SP or muP with a model factory (SP: the module "
-                             "as built, every parameter at eta; muP: by base shapes, raysweep.custom.mup)", value)
+                raise f.fail(f"space.parametrization[{i}]", "must be SP or muP with a model factory (SP: the NTK "
+                             "parametrization, muP: both by base shapes, raysweep.custom.mup)", value)
         if space.lr_rule != ("raw",):
             raise f.fail("space.lr_rule", "must be [raw] with a model factory (its rates are eta times the muP "
                          "multipliers of raysweep.custom.mup)", list(space.lr_rule))

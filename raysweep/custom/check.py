@@ -1,8 +1,8 @@
 """The driver's check of a spec's user factories before Ray starts, and the ``--dry-run`` lines they add.
 
 :func:`check_spec` imports the data factory (``custom`` family) and the model factory, calls both, builds the model
-at the space's smallest and largest width, runs one forward on two inputs, infers muP's base shapes when the space
-has muP, and tries one vmapped step (whose failure is no error: the bundles then train unfused, and the line says
+at the space's smallest and largest width, runs one forward on two inputs, infers the base shapes (SP's and muP's
+rates), and tries one vmapped step (whose failure is no error: the bundles then train unfused, and the line says
 why). Any failure is a :class:`~raysweep.errors.FactoryError` (a SpecError: exit 2) naming the spec field and file.
 """
 
@@ -65,11 +65,11 @@ def check_spec(spec) -> list[str]:
                 got = f"{out.dtype} {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
                 raise FactoryError(f"{MODEL_FIELD}: the model's forward must return a float tensor [B, ..., {n_out}] "
                                    f"for inputs {tuple(x.shape)}, got {got}")
-        if "muP" in spec.space.parametrization:
-            shapes = mup.base_shapes(model, depth=point["depth"], gamma=point["gamma"], input_shape=input_shape,
-                                     n_out=n_out)
-            lines.append(f"muP by base shapes: base width {model['base_width']}, readout {shapes.readout!r}"
-                         f"{' (detected)' if model['readout'] is None else ''}; {shapes.summary()}")
+        shapes = mup.base_shapes(model, depth=point["depth"], gamma=point["gamma"], input_shape=input_shape,
+                                 n_out=n_out, parametrization=point["parametrization"])  # SP's rates need them too
+        lines.append(f"{' and '.join(spec.space.parametrization)} by base shapes: base width {model['base_width']}, "
+                     f"readout {shapes.readout!r}{' (detected)' if model['readout'] is None else ''}; "
+                     f"{shapes.summary()}")
     except FactoryError as exc:
         raise FactoryError(f"{exc} ({spec.source})") from None
     module.train()

@@ -2,12 +2,12 @@
 ``experiment.model`` is a factory): microsoft/mup's diagnostic with raysweep's own trainer step.
 
 For each combination of the spec (:func:`raysweep.coordcheck.run_factory_spec`), at every width and seed: the
-factory's model (seeded), its muP multipliers (:mod:`raysweep.custom.mup`), ``steps`` steps of the general path's
-update (:class:`raysweep.custom.train.Members`, one member) on one fixed batch; then for every module with
+factory's model (seeded), its SP or muP multipliers (:mod:`raysweep.custom.mup`), ``steps`` steps of the general
+path's update (:class:`raysweep.custom.train.Members`, one member) on one fixed batch; then for every module with
 parameters (and the model's output, ``out``) the size of its output's change ``mean |y_t - y_0|`` on that batch,
 fitted as ``N^slope``; and per layer type (``[Linear]``, ``[LayerNorm]``, ``[Conv2d]``, ...: the module's class, the
 output as ``[output]``) the geometric mean of its modules' sizes, whose slope is the mean of theirs. Under muP every
-slope should be near 0 (|slope| < 0.1).
+slope should be near 0 (|slope| < 0.1); under SP (NTK) with SGD the hidden ones near -1/2, with Adam positive.
 """
 
 from __future__ import annotations

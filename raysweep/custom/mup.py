@@ -1,5 +1,5 @@
-"""muP for any model by base shapes: per-parameter learning-rate multipliers and a readout multiplier, inferred
-from the parameters' shapes at two widths.
+"""muP and SP (the NTK parametrization) for any model by base shapes: per-parameter learning-rate multipliers and
+a readout multiplier, inferred from the parameters' shapes at two widths.
 
 The method of microsoft/mup (Yang et al., "Tensor Programs V", 2022, Table 3 as reparametrized in the package's
 ``MuReadout``, ``MuSGD`` and ``MuAdam``), implemented here because the ``mup`` package works on modules in place
@@ -7,22 +7,38 @@ The method of microsoft/mup (Yang et al., "Tensor Programs V", 2022, Table 3 as 
 The factory builds the model at the base width ``N0`` and at ``2 N0``: a dimension of a parameter whose size
 differs is *infinite* (it scales with width), the others are finite. At width N a dimension's ``width_mult`` is its
 size over its base size (``N / N0`` for a width dimension). With ``fan_out`` dimension 0 and ``fan_in``
-dimension 1 (``nn.Linear``, ``nn.Conv*``; an ``nn.Embedding`` ``[vocab, d]`` is then vector-like, as it should):
+dimension 1 (``nn.Linear``, ``nn.Conv*``; an ``nn.Embedding`` ``[vocab, d]`` is then vector-like, as it should).
+Learning rate of each parameter, eta times:
 
-=======================  ============================================  ==========================================
-parameter                Adam / AdamW learning rate                    SGD learning rate
-=======================  ============================================  ==========================================
-no infinite dimension    eta                                           eta
-vector-like (one)        eta (input weights, biases, norms, readout)   eta * width_mult (of that dimension)
-matrix-like (two)        eta / fanin_mult (hidden weights)             eta * fanin_mult / fanout_mult
-=======================  ============================================  ==========================================
+=========================  =================  ========================  ====================  ================
+parameter                  muP Adam / AdamW   muP SGD                   SP Adam / AdamW       SP SGD
+=========================  =================  ========================  ====================  ================
+no infinite dimension      1                  1                         1                     1
+vector-like (one), but     1                  width_mult (of that       1                     1
+the readout weight                            dimension)
+readout weight             1                  fanin_mult                1 / sqrt(fanin_mult)  1 / fanin_mult
+matrix-like (two)          1 / fanin_mult     fanin_mult / fanout_mult  1 / sqrt(fanin_mult)  1 / fanin_mult
+=========================  =================  ========================  ====================  ================
 
-and the readout (named in the spec, or detected: the last ``nn.Linear`` whose input dimension is infinite and
-whose output dimension is finite) multiplies its weight by ``1 / fanin_mult`` in the forward (``MuReadout``'s
+(vector-like: input weights, embeddings, biases, norms; matrix-like: hidden weights.) The readout is named in
+the spec, or detected: the last ``nn.Linear`` whose input dimension is infinite and whose output dimension is
+finite. Under muP it multiplies its weight by ``1 / fanin_mult`` in the forward (``MuReadout``'s
 ``x / width_mult``; the bias is not scaled). Initialisation stays PyTorch's (variance ~ 1/fan_in), which with these
-multipliers is Table 3's: the readout's effective variance ~ 1/fan_in^2. Weight decay keeps one timescale per
-parameter (``lambda / lr_mult`` with the ``lr`` scaling: MuSGD's ``weight_decay / width_mult``, MuAdam's
-``weight_decay * width_mult``). At the base width every multiplier is 1: muP is the model as built (SP).
+multipliers is Table 3's: the readout's effective variance ~ 1/fan_in^2.
+
+SP is the project's SP, the NTK parametrization (``raysweep.coordcheck``): weights ``w ~ N(0, 1)`` with
+``1 / sqrt(fan_in)`` in the forward and one global eta. A PyTorch-initialised ``W = w / sqrt(fan_in)`` has the same
+initial function, and trains as the NTK's ``w`` at eta when its own rate is ``eta / fan_in`` (SGD: ``dW = dw /
+sqrt(fan_in)`` and ``grad_W = sqrt(fan_in) grad_w``) or ``eta / sqrt(fan_in)`` (Adam, whose update of ``w`` is
+~eta per entry); no forward multiplier. Relative to the base width this is the table's SP columns: every
+parameter whose fan_in is infinite (the matrix-like ones and the readout weight) at ``eta / fanin_mult`` (SGD) or
+``eta / sqrt(fanin_mult)`` (Adam), every other one at eta. With SGD the hidden features' updates then shrink like
+``N^-1/2`` (lazy training), with Adam they grow like ``N^1/2``.
+
+Weight decay keeps one timescale per parameter (``lambda / lr_mult`` with the ``lr`` scaling: MuSGD's
+``weight_decay / width_mult``, MuAdam's ``weight_decay * width_mult``; under SP exactly the NTK's ``lambda`` on
+``w`` with SGD and with decoupled decay). At the base width every multiplier is 1 (both parametrizations train the
+model as built, every parameter at eta): the finite per-layer constants are the factory's.
 
 What this cannot see: a multiplier inside the forward (attention's ``1 / d_head`` instead of ``1 / sqrt(d_head)``
 under muP is the factory's, which receives ``parametrization``), and parameters with more than two infinite
@@ -108,14 +124,21 @@ def base_shapes(model: Mapping[str, Any], *, depth: int, gamma: float, input_sha
     return BaseShapes(b, infinite, readout)
 
 
-def multipliers(shapes: BaseShapes | None, named_shapes: Mapping[str, tuple[int, ...]], optimizer: str
-                ) -> tuple[dict[str, float], dict[str, float]]:
-    """``(lr_mult, forward_mult)`` per parameter name at the model's shapes (module docstring). ``shapes`` None
-    (SP): every multiplier 1."""
+def multipliers(shapes: BaseShapes, named_shapes: Mapping[str, tuple[int, ...]], optimizer: str,
+                parametrization: str = "muP") -> tuple[dict[str, float], dict[str, float]]:
+    """``(lr_mult, forward_mult)`` per parameter name at the model's shapes, under ``parametrization`` (``muP`` or
+    ``SP``, the NTK parametrization; module docstring)."""
     lr = {n: 1.0 for n in named_shapes}
     forward: dict[str, float] = {}
-    if shapes is None:
+    weight = f"{shapes.readout}.weight"
+    if parametrization == "SP":
+        for name, shape in named_shapes.items():
+            if sum(shapes.infinite[name]) == 2 or name == weight:
+                fanin = shapes.width_mults(name, shape)[1]
+                lr[name] = 1.0 / fanin if optimizer == "SGD" else 1.0 / fanin ** 0.5
         return lr, forward
+    if parametrization != "muP":
+        raise ValueError(f"parametrization {parametrization!r}: base shapes give SP or muP")
     for name, shape in named_shapes.items():
         n_inf = sum(shapes.infinite[name])
         fanout, fanin = shapes.width_mults(name, shape)
@@ -123,6 +146,5 @@ def multipliers(shapes: BaseShapes | None, named_shapes: Mapping[str, tuple[int,
             lr[name] = 1.0 / fanin if optimizer != "SGD" else fanin / fanout
         elif n_inf == 1 and optimizer == "SGD":
             lr[name] = shapes.vector_mult(name, shape)
-    weight = f"{shapes.readout}.weight"
     forward[weight] = 1.0 / shapes.width_mults(weight, named_shapes[weight])[1]
     return lr, forward

@@ -14,7 +14,8 @@ the model allows it, else one member at a time; then the update of :mod:`rayswee
 seen as ``[K, numel, 1]``: plain SGD ``p -= lr g`` (torch.optim.SGD), Adam at its defaults (:func:`raysweep.step.update`)
 or the general path (:func:`raysweep.step.update_general`: momentum, Nesterov, betas, eps, coupled or decoupled
 weight decay), every rate times the member's schedule multiplier. Parameter p of member k trains at
-``eta_k * lr_mult_p`` (1 under SP; the base-shape multipliers of :mod:`raysweep.custom.mup` under muP). With
+``eta_k * lr_mult_p`` (the base-shape multipliers of :mod:`raysweep.custom.mup`: SP, the NTK parametrization, or
+muP; 1 at the base width). With
 ``centred: true`` the trained function is ``f(x; theta) - f(x; theta_0)`` (the MLP path's centring, and the initial
 loss is the zero predictor's); otherwise it is the model's output and the initial loss that of ``theta_0``.
 Unfused, the random numbers of a member's forwards at a step (dropout; the ``theta_0`` forward's too, so that
@@ -73,7 +74,7 @@ class Members:
         self.params, self.buffers, self.body = functional.stack(modules)  # contiguous: flat() views them
         self.names = list(self.params)
         named = {n: tuple(p.shape[1:]) for n, p in self.params.items()}
-        self.lr_mult, self.forward_mult = mup.multipliers(shapes, named, first["optimizer"])
+        self.lr_mult, self.forward_mult = mup.multipliers(shapes, named, first["optimizer"], first["parametrization"])
         self.fused = fused
         self.seeds = [int(p["seed"]) for p in points]
         w0 = next(iter(self.params.values()))
@@ -174,9 +175,8 @@ def build_members(task, experiment: Mapping[str, Any], points: Sequence[Mapping[
     shape_args = dict(depth=int(first["depth"]), input_shape=task.input_shape, n_out=task.n_out)
     modules = [build_model(model, width=int(p["width"]), gamma=float(p["gamma"]), parametrization=p["parametrization"],
                            seed=int(p["seed"]), dtype=dtype, device=device, **shape_args) for p in points]
-    shapes = None
-    if first["parametrization"] == "muP":
-        shapes = mup.base_shapes(model, gamma=float(first["gamma"]), **shape_args)
+    shapes = mup.base_shapes(model, gamma=float(first["gamma"]), parametrization=first["parametrization"],
+                             **shape_args)
     if fused is None:
         fused = functional.vmap_reason(modules[0], task.x_eval[:2], task.n_out) is None
     return Members(modules, points, shapes, fused=fused)

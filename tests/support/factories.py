@@ -79,3 +79,16 @@ def study_mlp(*, width, depth, gamma, input_shape, n_out, **kwargs):
     weights = model.init_weights(model.layer_widths(input_shape[0], width, depth, n_out), [torch.initial_seed()],
                                  dtype=torch.float64)
     return _StudyMLP([w[0] for w in weights], gamma, width)
+
+
+def ntk_mlp(*, width, depth, input_shape, n_out, **kwargs):
+    """A bias-free ReLU MLP of ``depth`` nn.Linear layers whose weights are drawn N(0, 1 / fan_in) from the global
+    RNG: the NTK parametrization's N(0, 1) draws over sqrt(fan_in)."""
+    sizes = [input_shape[0]] + [width] * (depth - 1) + [n_out]
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        linear = torch.nn.Linear(fan_in, fan_out, bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(torch.randn(fan_out, fan_in) / fan_in ** 0.5)
+        layers += [linear, torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1])
