@@ -22,7 +22,7 @@ matrix-like (two)          1 / fanin_mult     fanin_mult / fanout_mult  1 / sqrt
 
 (vector-like: input weights, embeddings, biases, norms; matrix-like: hidden weights.) The readout is named in
 the spec, or detected: the last ``nn.Linear`` whose input dimension is infinite and whose output dimension is
-finite. Under muP it multiplies its weight by ``1 / fanin_mult`` in the forward (``MuReadout``'s
+finite (a model none of whose inputs scale with width, e.g. a linear model, has none and needs none). Under muP it multiplies its weight by ``1 / fanin_mult`` in the forward (``MuReadout``'s
 ``x / width_mult``; the bias is not scaled). Initialisation stays PyTorch's (variance ~ 1/fan_in), which with these
 multipliers is Table 3's: the readout's effective variance ~ 1/fan_in^2.
 
@@ -63,7 +63,12 @@ class BaseShapes:
 
     base: Mapping[str, tuple[int, ...]]
     infinite: Mapping[str, tuple[bool, ...]]
-    readout: str
+    readout: str | None  # None: no parameter's input scales with width (nothing to treat as a readout)
+
+    @property
+    def readout_weight(self) -> str | None:
+        """The readout's weight parameter name (``weight`` when the readout is the model itself)."""
+        return None if self.readout is None else _weight(self.readout)
 
     def kind(self, name: str) -> str:
         n = sum(self.infinite[name])
@@ -111,17 +116,22 @@ def base_shapes(model: Mapping[str, Any], *, depth: int, gamma: float, input_sha
     readout = model.get("readout")
     modules = dict(base.named_modules())
     if readout is not None:
-        if readout not in modules or f"{readout}.weight" not in b or len(b[f"{readout}.weight"]) != 2:
+        if readout not in modules or _weight(readout) not in b or len(b[_weight(readout)]) != 2:
             raise FactoryError(f"{READOUT_FIELD}: {readout!r} must name a module with a 2-d weight (e.g. an "
                                f"nn.Linear); the model's modules: {', '.join(n for n in modules if n)[:300]}")
     else:
         found = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear)
-                 and infinite[f"{n}.weight"] == (False, True)]
-        if not found:
+                 and infinite[_weight(n)] == (False, True)]
+        if found:
+            readout = found[-1]
+        elif any(len(inf) > 1 and inf[1] for inf in infinite.values()):
             raise FactoryError(f"{READOUT_FIELD}: no readout detected (an nn.Linear whose input scales with width and "
                                "whose output does not); name it: experiment.model.readout")
-        readout = found[-1]
     return BaseShapes(b, infinite, readout)
+
+
+def _weight(module: str) -> str:
+    return f"{module}.weight" if module else "weight"
 
 
 def multipliers(shapes: BaseShapes, named_shapes: Mapping[str, tuple[int, ...]], optimizer: str,
@@ -130,7 +140,7 @@ def multipliers(shapes: BaseShapes, named_shapes: Mapping[str, tuple[int, ...]],
     ``SP``, the NTK parametrization; module docstring)."""
     lr = {n: 1.0 for n in named_shapes}
     forward: dict[str, float] = {}
-    weight = f"{shapes.readout}.weight"
+    weight = shapes.readout_weight
     if parametrization == "SP":
         for name, shape in named_shapes.items():
             if sum(shapes.infinite[name]) == 2 or name == weight:
@@ -146,5 +156,6 @@ def multipliers(shapes: BaseShapes, named_shapes: Mapping[str, tuple[int, ...]],
             lr[name] = 1.0 / fanin if optimizer != "SGD" else fanin / fanout
         elif n_inf == 1 and optimizer == "SGD":
             lr[name] = shapes.vector_mult(name, shape)
-    forward[weight] = 1.0 / shapes.width_mults(weight, named_shapes[weight])[1]
+    if weight is not None:
+        forward[weight] = 1.0 / shapes.width_mults(weight, named_shapes[weight])[1]
     return lr, forward

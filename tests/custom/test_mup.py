@@ -109,3 +109,15 @@ def test_factory_sp_is_the_ntk_parametrization(optimizer, eta, decay):
     # the comparison resolves the rates: the NTK MLP at the width ratio times that rate is far off
     wrong = ntk_run(exp, task, points[0], optimizer, eta * 4 * N0 if optimizer == "SGD" else eta * math.sqrt(4 * N0))
     assert max(abs(x - y) for a, c in zip(ours, wrong) for x, y in zip(a, c)) > 1e-4
+
+
+def test_a_model_without_width_has_no_readout_and_every_multiplier_one():
+    """A linear model (nn.Linear itself, inputs -> outputs): nothing scales with width, so no readout is needed or
+    detected, and SP and muP both train it as built."""
+    model = {"factory": "tests.support.factories:linear", "kwargs": {}, "readout": None, "base_width": 4,
+             "centred": False}
+    shapes = mup.base_shapes(model, depth=1, gamma=1.0, input_shape=(6,), n_out=1)
+    assert shapes.readout is None and shapes.readout_weight is None and shapes.kind("weight") == "finite"
+    for parametrization in ("SP", "muP"):
+        for optimizer in ("SGD", "Adam"):
+            assert mup.multipliers(shapes, {"weight": (1, 6)}, optimizer, parametrization) == ({"weight": 1.0}, {})
