@@ -157,7 +157,7 @@ from raysweep.search_spec import ALGORITHMS, Scheduler, Search
 
 __all__ = [  # closed sets first, then the types and functions
     "ALGORITHMS", "AUTO", "EPS_SCALINGS", "SCHEDULES", "WEIGHT_DECAY_SCALINGS", "CLASSIFICATION_FAMILIES",
-    "CUSTOM_PARAMETRIZATIONS", "DEVICES", "DTYPES", "EXPERIMENT_DEFAULTS", "FAMILIES", "LINEAR_STUDENT_AXES",
+    "DEVICES", "DTYPES", "EXPERIMENT_DEFAULTS", "FAMILIES", "LINEAR_STUDENT_AXES",
     "LOSSES", "LR_RULES", "MODELS", "MSE_CONVENTIONS", "OPTIMIZERS", "PARAMETRIZATIONS", "REGRESSION_FAMILIES",
     "Checkpoint", "Experiment", "Fusion", "Resources", "Scheduler", "Search", "Space", "SweepSpec", "setting",
     "check_name", "load_spec", "parse_spec",
@@ -177,7 +177,6 @@ MSE_CONVENTIONS = ("half_sum", "study")
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 MODELS = ("mlp", "linear")  # raysweep.model: the MLP, or the linear student f(x) = w.x
-CUSTOM_PARAMETRIZATIONS = ("SP", "muP")  # a user's model: as built, or muP by base shapes (raysweep.custom.mup)
 # A linear student has one weight matrix [D, out], zero at step 0 and no multiplier: it has no hidden width, depth,
 # richness or parametrization, and trains every rule at eta. Its configurations carry these fixed values (the
 # columns keep their types; README "Linear teachers").
@@ -612,16 +611,13 @@ class SweepSpec(f.ShortRepr):
 
 def _check_model(experiment: Experiment, space: Space) -> None:
     """An MLP has a hidden layer (depth >= 2); a linear student has exactly :data:`LINEAR_STUDENT_AXES`; a user's
-    model (raysweep.custom) trains SP or muP at ``lr_rule: raw`` (autobatch sizes it by measuring its real steps)."""
+    model (raysweep.custom) trains at ``lr_rule: raw``, SP and muP by base shapes and torch_sp as built (autobatch
+    sizes it by measuring its real steps)."""
     if is_custom(experiment.model):
         for name in ("snapshots", "curvature"):
             if getattr(experiment, name) is not None:
                 raise f.fail(f"experiment.{name}", "must be off with a model factory (snapshots and curvature are "
                              "taken on the MLP path)", getattr(experiment, name))
-        for i, value in enumerate(space.parametrization):
-            if value not in CUSTOM_PARAMETRIZATIONS:
-                raise f.fail(f"space.parametrization[{i}]", "must be SP or muP with a model factory (SP: the NTK "
-                             "parametrization, muP: both by base shapes, raysweep.custom.mup)", value)
         if space.lr_rule != ("raw",):
             raise f.fail("space.lr_rule", "must be [raw] with a model factory (its rates are eta times the muP "
                          "multipliers of raysweep.custom.mup)", list(space.lr_rule))

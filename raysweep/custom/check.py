@@ -65,11 +65,13 @@ def check_spec(spec) -> list[str]:
                 got = f"{out.dtype} {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
                 raise FactoryError(f"{MODEL_FIELD}: the model's forward must return a float tensor [B, ..., {n_out}] "
                                    f"for inputs {tuple(x.shape)}, got {got}")
-        shapes = mup.base_shapes(model, depth=point["depth"], gamma=point["gamma"], input_shape=input_shape,
-                                 n_out=n_out, parametrization=point["parametrization"])  # SP's rates need them too
-        lines.append(f"{' and '.join(spec.space.parametrization)} by base shapes: base width {model['base_width']}, "
-                     f"readout {shapes.readout!r}{' (detected)' if model['readout'] is None else ''}; "
-                     f"{shapes.summary()}")
+        scaled = [p for p in spec.space.parametrization if p != "torch_sp"]  # torch_sp: the module as built
+        if scaled:  # SP's rates need base shapes too
+            shapes = mup.base_shapes(model, depth=point["depth"], gamma=point["gamma"], input_shape=input_shape,
+                                     n_out=n_out, parametrization=scaled[0])
+            lines.append(f"{' and '.join(scaled)} by base shapes: base width {model['base_width']}, "
+                         f"readout {shapes.readout!r}{' (detected)' if model['readout'] is None else ''}; "
+                         f"{shapes.summary()}")
     except FactoryError as exc:
         raise FactoryError(f"{exc} ({spec.source})") from None
     module.train()

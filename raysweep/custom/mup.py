@@ -134,12 +134,15 @@ def _weight(module: str) -> str:
     return f"{module}.weight" if module else "weight"
 
 
-def multipliers(shapes: BaseShapes, named_shapes: Mapping[str, tuple[int, ...]], optimizer: str,
+def multipliers(shapes: BaseShapes | None, named_shapes: Mapping[str, tuple[int, ...]], optimizer: str,
                 parametrization: str = "muP") -> tuple[dict[str, float], dict[str, float]]:
-    """``(lr_mult, forward_mult)`` per parameter name at the model's shapes, under ``parametrization`` (``muP`` or
-    ``SP``, the NTK parametrization; module docstring)."""
+    """``(lr_mult, forward_mult)`` per parameter name at the model's shapes, under ``parametrization`` (``muP``,
+    ``SP``, the NTK parametrization, or ``torch_sp``, the module as built with every parameter at eta: PyTorch's
+    default, ``shapes`` unused; module docstring)."""
     lr = {n: 1.0 for n in named_shapes}
     forward: dict[str, float] = {}
+    if parametrization == "torch_sp":
+        return lr, forward
     weight = shapes.readout_weight
     if parametrization == "SP":
         for name, shape in named_shapes.items():
@@ -148,7 +151,7 @@ def multipliers(shapes: BaseShapes, named_shapes: Mapping[str, tuple[int, ...]],
                 lr[name] = 1.0 / fanin if optimizer == "SGD" else 1.0 / fanin ** 0.5
         return lr, forward
     if parametrization != "muP":
-        raise ValueError(f"parametrization {parametrization!r}: base shapes give SP or muP")
+        raise ValueError(f"parametrization {parametrization!r}: base shapes give SP, muP or torch_sp")
     for name, shape in named_shapes.items():
         n_inf = sum(shapes.infinite[name])
         fanout, fanin = shapes.width_mults(name, shape)

@@ -11,9 +11,10 @@ both before Ray starts (:func:`raysweep.custom.factory.check_experiment`).
       base_width: null                   # optional: muP's base width (an int > 0); null: the space's smallest width
       centred: false                     # optional: train f(x; theta) - f(x; theta_0) (the MLP path's centring)
 
-The factory is called as ``factory(width=N, depth=L, gamma=g, parametrization="SP"|"muP", input_shape=(...),
-n_out=k, **kwargs)`` and returns a ``torch.nn.Module`` whose forward maps a batch ``[B, *input_shape]`` to outputs
-``[B, ..., n_out]``.
+The factory is called as ``factory(width=N, depth=L, gamma=g, parametrization="SP"|"muP"|"torch_sp",
+input_shape=(...), n_out=k, **kwargs)`` and returns a ``torch.nn.Module`` whose forward maps a batch
+``[B, *input_shape]`` to outputs ``[B, ..., n_out]``. SP (the NTK parametrization) and muP train it by base
+shapes (:mod:`raysweep.custom.mup`); torch_sp trains it as built, every parameter at eta (PyTorch's default).
 
 The ``custom`` data family (``experiment.family: custom``) takes ``factory`` (``"module:function"``), ``kwargs``
 (a mapping) and ``kind`` (``classification`` or ``regression``); see :mod:`raysweep.custom.data`.

@@ -175,8 +175,8 @@ def build_members(task, experiment: Mapping[str, Any], points: Sequence[Mapping[
     shape_args = dict(depth=int(first["depth"]), input_shape=task.input_shape, n_out=task.n_out)
     modules = [build_model(model, width=int(p["width"]), gamma=float(p["gamma"]), parametrization=p["parametrization"],
                            seed=int(p["seed"]), dtype=dtype, device=device, **shape_args) for p in points]
-    shapes = mup.base_shapes(model, gamma=float(first["gamma"]), parametrization=first["parametrization"],
-                             **shape_args)
+    shapes = None if first["parametrization"] == "torch_sp" else mup.base_shapes(
+        model, gamma=float(first["gamma"]), parametrization=first["parametrization"], **shape_args)
     if fused is None:
         fused = functional.vmap_reason(modules[0], task.x_eval[:2], task.n_out) is None
     return Members(modules, points, shapes, fused=fused)

@@ -49,9 +49,10 @@ def test_model_mapping_errors(model, field):
 
 
 def test_factory_model_axes():
-    with pytest.raises(SpecError, match="space.parametrization"):
-        parse_spec({"name": "x", "experiment": {**DIGITS, "model": CNN},
-                    "space": {"batch_size": 8, "eta": 0.1, "width": 8, "parametrization": "torch_sp", "loss": "xent"}})
+    as_built = parse_spec({"name": "x", "experiment": {**DIGITS, "model": CNN},
+                           "space": {"batch_size": 8, "eta": 0.1, "width": 8, "parametrization": "torch_sp",
+                                     "loss": "xent"}})  # PyTorch's default: the module as built, one eta
+    assert as_built.points()[0]["parametrization"] == "torch_sp"
     with pytest.raises(SpecError, match="space.lr_rule"):
         parse_spec({"name": "x", "experiment": {**DIGITS, "model": CNN},
                     "space": {"batch_size": 8, "eta": 0.1, "width": 8, "lr_rule": "study", "loss": "xent"}})

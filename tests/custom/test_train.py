@@ -104,6 +104,18 @@ def test_cnn_plain_sgd_equals_torch_optim():
     assert close(ours, plain, 1e-10) < 1e-10
 
 
+def test_torch_sp_is_the_module_as_built_at_one_eta_at_any_width():
+    """torch_sp (PyTorch's default) at four times the base width: every parameter at eta, no forward multiplier,
+    as torch.optim trains the module the factory returns; Adam too."""
+    for optimizer, eta, make in (("SGD", 0.1, lambda m: torch.optim.SGD(m.parameters(), lr=0.1)),
+                                 ("Adam", 0.01, lambda m: torch.optim.Adam(m.parameters(), lr=0.01))):
+        exp, task, points = setup({**LANGUAGE, "model": {**LANGUAGE["model"], "base_width": 8}},
+                                  {"batch_size": 8, "eta": eta, "width": 32, "parametrization": "torch_sp",
+                                   "optimizer": optimizer})
+        ours = curves(list(train_bundle(task, exp, points)), 0)
+        assert close(ours, plain_run(exp, task, points[0], make), 1e-10) < 1e-10, optimizer
+
+
 def test_transformer_mup_adamw_cosine_equals_torch_optim():
     """muP at twice the base width: hidden matrices at eta / 2 with decay 2 lambda, the readout's input halved."""
     exp, task, points = setup(LANGUAGE, {"batch_size": 8, "eta": 0.01, "width": 16, "parametrization": "muP",
