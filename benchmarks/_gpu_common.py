@@ -76,7 +76,7 @@ def settings(kind: str, quick: bool, budget_s: float | None = None) -> Settings:
                      cap_shape=(256, 3, 64, 4), cap_big_batch_size=2**18, cap_steps=3000, window_s=1.0,
                      max_measure_s=60.0, compile_shapes=((64, 16, "SGD"), (64, 16, "Adam")),
                      compile_modes=("default",), paths_width=128, paths_members=8, paths_batch=64,
-                     paths_steps=80, paths_cnn_width=16, paths_cnn_steps=40, paths_fbs_budget_mib=512,
+                     paths_steps=80, paths_cnn_width=16, paths_cnn_steps=40, paths_fbs_budget_mib=1024,
                      budget_s=None)
     else:
         s = Settings(kind, quick, probe_widths=(32, 128), probe_depths=(2,), probe_batch_sizes=(16, 128),
@@ -85,7 +85,7 @@ def settings(kind: str, quick: bool, budget_s: float | None = None) -> Settings:
                      grid_batch_sizes=(1, 4, 16, 64), grid_etas=tuple(2.0**e for e in range(-6, 7)), grid_steps=200,
                      compile_shapes=((64, 16, "SGD"),), compile_modes=("default",), paths_width=32, paths_members=4,
                      paths_batch=16, paths_steps=24, paths_cnn_width=8, paths_cnn_steps=12,
-                     paths_fbs_budget_mib=320, budget_s=None)
+                     paths_fbs_budget_mib=512, budget_s=None)
     if quick and kind == "cuda":  # a smoke test on a GPU: CPU-quick sizes, CUDA device
         s = Settings(**{**settings("cpu", True).to_dict(), "kind": "cuda", "quick": True, "budget_s": 450.0,
                         "compile_modes": ("default", "reduce-overhead"),
