@@ -6,6 +6,12 @@ the largest batch size that fits (searched on the grid up to ``max_batch_size``,
 batch sizes), its predicted peak bytes, and in train mode the share each swept batch size would get (a number,
 or ``infeasible``). Then the device, the fit (margins, held-out errors) and the probe log.
 
+A space whose model is a factory (``experiment.model: {factory: ...}``) has no memory model: every bundle of its
+plan is measured (:mod:`raysweep.autobatch.factory`, the launcher's own sizing: real steps of the trainer, fresh
+processes on this host's CPU, or its GPU through a Ray actor) and the table gives, per trial, the members, the batch
+size (``auto`` resolved), the measured need and the resources it would ask for, or why it cannot run; the
+measurements are cached in ``STORAGE/NAME/autobatch_modules.json``, which a launch then reads.
+
 With ``--model`` (:func:`raysweep.autobatch.module.find_batch_size`): every batch size tried, its measured peak and
 whether it fitted, then the answer. ``--batch`` defaults to ``make_batch`` of the model's module, ``--loss`` to
 ``mse``.
@@ -31,6 +37,7 @@ from raysweep.autobatch.host import format_record, probe_and_fit
 from raysweep.autobatch.memory import memory_optimizer
 from raysweep.autobatch.module import find_batch_size
 from raysweep.autobatch.sizing import auto_batch_size, gpu_share, request_from_spec, trial_need
+from raysweep.custom.spec import is_custom
 from raysweep.errors import NothingFitsError, RaysweepError, SpecError, UserModelError
 from raysweep.space import load_spec
 
@@ -102,6 +109,48 @@ def module_main(args) -> int:
           f"sizes tried {found.sizes_tried}" + (" (all cached)" if found.cache_hit else ""))
     if args.output:
         write_output(args.output, found.to_dict())
+        print(f"wrote {args.output}")
+    return 0
+
+
+def factory_main(spec, args) -> int:
+    """A model factory's space: the launcher's measured sizing of every bundle, as a table (module docstring)."""
+    import torch  # is there a GPU here to measure on
+
+    from raysweep.autobatch.factory import measure_and_size
+    from raysweep.plan import build_plan
+
+    cuda = not args.no_ray and spec.experiment.device != "cpu" and torch.cuda.is_available()
+    try:
+        plan, _ = build_plan(spec)
+        sized_plan, sized = measure_and_size(spec, plan, Path(args.storage) / spec.name, cuda=cuda, log=print)
+    except RaysweepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    rows = []
+    for bid, bundle in sized_plan.bundles.items():
+        p = bundle.points[0]
+        bad = next((b for b in sized["infeasible"] if b["id"] == bid), None)
+        rows.append({"trial": bid, "width": p["width"], "depth": p["depth"], "parametrization": p["parametrization"],
+                     "optimizer": p["optimizer"], "n_members": len(bundle.points),
+                     "batch_size": sized["batch_size"].get(bid),
+                     "need_bytes": (sized["need"].get(bid) or {}).get("need_bytes"),
+                     "resources": sized["resources"].get(bid), "infeasible": bad["reason"] if bad else None})
+    device = sized["device"]
+    print(f"autobatch {spec.name}: {device['name']} ({sized['label']}), usable {sized['usable_bytes'] / 2**20:.0f} MiB "
+          f"(target fraction {sized['target_memory_fraction']:g}); {sized['measured']} size(s) measured, "
+          f"{sized['reused']} from the cache")
+    print(f"{'trial':13} {'width':>6} {'depth':>5} {'param.':8} {'optimizer':9} {'K':>3} {'batch':>7} {'need MiB':>9}  "
+          "resources")
+    for r in rows:
+        need = f"{r['need_bytes'] / 2**20:9.1f}" if r["need_bytes"] is not None else f"{'-':>9}"
+        what = r["infeasible"] and f"infeasible: {r['infeasible']}" or ", ".join(
+            f"{k}={v / 2**20:.0f} MiB" if k == "memory" else f"{k}={v:g}" for k, v in r["resources"].items())
+        print(f"{r['trial']:13} {r['width']:6d} {r['depth']:5d} {r['parametrization']:8} {r['optimizer']:9} "
+              f"{r['n_members']:3d} {str(r['batch_size'] or '-'):>7} {need}  {what}")
+    if args.output:
+        write_output(args.output, {"sweep": spec.name, "device": device, "label": sized["label"],
+                                   "usable_bytes": sized["usable_bytes"], "rows": rows})
         print(f"wrote {args.output}")
     return 0
 
@@ -189,7 +238,9 @@ def write_output(path: str, report: dict) -> None:
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in report["rows"]:
-            w.writerow({**r, "shares": ";".join(f"{b}:{s}" for b, s in (r["shares"] or {}).items())})
+            if "shares" in r:  # a memory model's rows; a factory's give resources
+                r = {**r, "shares": ";".join(f"{b}:{s}" for b, s in (r["shares"] or {}).items())}
+            w.writerow(r)
         text = buf.getvalue()
     else:
         raise SpecError(f"--output: must end in .json or .csv, got {path!r}")
@@ -225,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if is_custom(spec.experiment.model):
+        if args.fractions or args.modes:
+            print(f"error: {'--fractions' if args.fractions else '--modes'}: not with a model factory's space (its "
+                  "trials are measured at the spec's target memory fraction, train and eval)", file=sys.stderr)
+            return 2
+        return factory_main(spec, args)
     try:
         storage = Path(args.storage) / spec.name
         model = probe_and_fit(spec, config=config, storage=storage, use_ray=not args.no_ray, refresh=args.refresh,

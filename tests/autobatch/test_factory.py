@@ -199,3 +199,31 @@ def test_a_sweep_job_crosses_as_plain_data_and_runs_the_real_step_in_process():
     trials.check(8)
     rec = trials.run(8, 10**9)  # the real CNN's train steps of 2 members at batch 8
     assert rec["status"] == "ok" and rec["error"] is None
+
+
+@pytest.mark.slow
+def test_the_standalone_command_measures_a_factory_space_once(tmp_path, capsys):
+    """``python -m raysweep.autobatch SPACE.yaml`` on a model factory's space: the launcher's measured sizing as a
+    table (auto resolved, the need, the resources), cached for the launch; --fractions is a memory model's flag."""
+    import yaml
+
+    from raysweep.autobatch.__main__ import main
+
+    path = tmp_path / "fab.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "fab", "experiment": {"family": "custom", "factory": "raysweep.examples.cnn:digits_images",
+                                      "epochs": 1, "model": {"factory": "raysweep.examples.cnn:build"}},
+        "space": {"batch_size": ["auto", 16], "eta": [0.1, 0.2], "width": 8, "depth": 3, "loss": "xent"},
+        "autobatch": {"target_memory_fraction": 0.8, "max_batch_size": 256}}))
+    out = tmp_path / "sized.json"
+    args = [str(path), "--storage", str(tmp_path / "res"), "--no-ray", "--output", str(out)]
+    assert main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted(r["batch_size"] for r in rows) == [16, 256] and all(r["n_members"] == 2 for r in rows)
+    assert all(r["resources"]["memory"] == r["need_bytes"] > 0 and r["infeasible"] is None for r in rows)
+    assert (tmp_path / "res" / "fab" / "autobatch_modules.json").exists()
+    capsys.readouterr()
+    assert main(args) == 0  # the launch (and a second look) reads the measurements
+    assert "nothing measured" in capsys.readouterr().out
+    assert main([str(path), "--fractions", "0.5"]) == 2
+    assert "--fractions: not with a model factory's space" in capsys.readouterr().err
