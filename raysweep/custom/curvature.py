@@ -37,6 +37,8 @@ on, every training number is bit-for-bit what it is off. Pure: torch; no Ray, no
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -57,6 +59,7 @@ def fused_matvec(fn, names: Sequence[str], params: Mapping[str, torch.Tensor], b
     :func:`raysweep.custom.functional.loss_fn` gives it) on lists of ``[K, *shape]`` tensors in ``names`` order:
     ``vmap`` over the members of forward-over-reverse products. ``x``, ``y`` shared (``shared``) or ``[K, n, ...]``;
     ``f0`` ``[K, n, ..., out]`` or None."""
+    _forward_ad_ready()
     data = None if shared else 0
 
     def one(p, b, xs, ys, f0s, v):
@@ -69,6 +72,15 @@ def fused_matvec(fn, names: Sequence[str], params: Mapping[str, torch.Tensor], b
         return [out[n] for n in names]
 
     return matvec
+
+
+@functools.cache
+def _forward_ad_ready() -> None:
+    """Load torch's forward-mode decompositions once: torch scripts them with ``torch.jit.script``, whose
+    DeprecationWarning (torch's own, on its first ``jvp``) is not the caller's to see."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+        jvp(torch.sin, (torch.zeros(1),), (torch.ones(1),))
 
 
 def unfused_loss(fn, names: Sequence[str], buffers: Mapping[str, torch.Tensor], x, y, f0, shared: bool,
