@@ -35,6 +35,25 @@ def tiny_images(*, seed: int, n_train: int = 40, n_test: int = 16):
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
 
+def teacher_data(*, seed: int, n: int = 32, dim: int = 8):
+    """A small regression set (a data factory): ``tanh(x W) + 0.3 sin(3 x_:2)``, ``n`` training and ``n`` test
+    samples."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2 * n, dim, generator=gen, dtype=torch.float64)
+    w = torch.randn(dim, 2, generator=gen, dtype=torch.float64)
+    y = torch.tanh(x @ w) + 0.3 * torch.sin(3 * x[:, :2])
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def tanh_mlp(*, width: int, depth: int, input_shape, n_out: int, **kwargs):
+    """A tanh MLP with biases, PyTorch's initialisation (a model factory)."""
+    layers, fan_in = [], input_shape[0]
+    for _ in range(depth - 1):
+        layers += [torch.nn.Linear(fan_in, width), torch.nn.Tanh()]
+        fan_in = width
+    return torch.nn.Sequential(*layers, torch.nn.Linear(fan_in, n_out))
+
+
 def setup(space, *, kwargs=None, centred=False, curv=None, steps=4, report_every=2, depth=2, base_width=None):
     model = {"factory": CNN, "kwargs": kwargs or {}, "centred": centred, "base_width": base_width}
     spec = parse_spec({"name": "c", "experiment": {
@@ -230,3 +249,33 @@ def test_the_mlp_paths_network_as_a_factory_measures_the_mlp_paths_numbers():
     for a, b in zip(theirs, got):
         for k in ("sharpness", "batch_sharpness", "preconditioned_sharpness", "initial_sharpness"):
             assert getattr(b, k) == pytest.approx(getattr(a, k), rel=1e-8), (a.step, k)
+
+
+def test_full_batch_gd_sharpens_to_the_edge_of_stability_and_hovers_there():
+    """Cohen et al. 2021 on a model factory: full-batch GD (32 samples, the curvature batch the whole training set)
+    of a tanh MLP (width 32, depth 3, MSE) at eta = 1.5 / lambda_0, i.e. 2 / eta = 1.33 lambda_0: the sharpness
+    rises to 2 / eta and hovers there (seen: within 2% of it from step 100 to 600; across four seeds within
+    [0.95, 1.18] x 2 / eta after step 150) while the loss keeps falling, non-monotonically. A sharpness off by a
+    constant factor (a missed forward multiplier or loss convention) would hover elsewhere."""
+    def spec(eta, steps, every):
+        return parse_spec({"name": "eos", "experiment": {
+            "family": "custom", "factory": "tests.custom.test_curvature:teacher_data", "kind": "regression",
+            "model": {"factory": "tests.custom.test_curvature:tanh_mlp"}, "dtype": "float64", "steps": steps,
+            "report_every": 10, "curvature": {"batch": 32, "steps": 12, "every": every}},
+            "space": {"loss": "mse", "depth": 3, "width": 32, "batch_size": 32, "parametrization": "torch_sp",
+                      "optimizer": "SGD", "eta": eta}})
+
+    first = spec(0.01, 10, 1)
+    exp = first.experiment.as_dict()
+    task = build_task(exp, dtype=torch.float64)
+    lam0 = next(iter(custom_train.train_bundle(task, exp, first.points()))).initial_sharpness[0]
+    eta = 1.5 / lam0
+    gd = spec(eta, 300, 2)
+    reports = list(custom_train.train_bundle(task, gd.experiment.as_dict(), gd.points()))
+    ratio = {r.step: r.sharpness[0] * eta / 2 for r in reports if r.sharpness is not None}
+    loss = {r.step: r.train_loss[0] for r in reports}
+    assert reports[0].initial_sharpness[0] * eta / 2 == pytest.approx(0.75)  # below the edge at theta_0
+    late = [v for s, v in ratio.items() if s >= 100]
+    assert max(ratio.values()) > 0.95 and all(0.85 < v < 1.25 for v in late), ratio
+    assert 0.95 < sorted(late)[len(late) // 2] < 1.12, ratio  # the median: at the edge
+    assert loss[300] < loss[10] / 10 and any(loss[b] > loss[a] for a, b in zip(loss, list(loss)[1:])), loss
