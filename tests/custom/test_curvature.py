@@ -279,3 +279,14 @@ def test_full_batch_gd_sharpens_to_the_edge_of_stability_and_hovers_there():
     assert max(ratio.values()) > 0.95 and all(0.85 < v < 1.25 for v in late), ratio
     assert 0.95 < sorted(late)[len(late) // 2] < 1.12, ratio  # the median: at the edge
     assert loss[300] < loss[10] / 10 and any(loss[b] > loss[a] for a, b in zip(loss, list(loss)[1:])), loss
+
+
+def test_a_factory_spec_takes_curvature_and_still_refuses_snapshots():
+    from raysweep.errors import SpecError
+
+    exp, _, _ = setup({"optimizer": "SGD", "eta": 0.1}, curv=True)
+    assert curvature_option(exp["curvature"])["kinds"] == ("sharpness",)
+    with pytest.raises(SpecError, match="experiment.snapshots"):
+        parse_spec({"name": "c", "experiment": {
+            "family": "custom", "factory": "tests.custom.test_curvature:tiny_images", "model": {"factory": CNN},
+            "snapshots": {"every": 2}}, "space": {"loss": "xent", "depth": 2}})
