@@ -31,6 +31,10 @@ preconditioner ``(1 - beta1^t) (sqrt(v_hat) + eps)`` of each member's moments, b
 ``eta / (eta lr_mult[p]) = 1 / lr_mult[p]``, and the stability threshold is ``38 / eta`` at ``beta1 = 0.9`` (the
 schedule's multiplier left out, as on the MLP path).
 
+Cost and memory: a product is about two training steps on the batch measured, per member. Fused, each product
+is one vmapped forward and backward over the whole curvature batch (not cut into chunks); unfused, every member's
+double-backward graph over it is held during a measurement. Autobatch does not count either.
+
 Nothing here writes a parameter, a buffer, an optimizer moment, a data stream or torch's global generator: with it
 on, every training number is bit-for-bit what it is off. Pure: torch; no Ray, no I/O.
 """
