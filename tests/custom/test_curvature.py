@@ -1,8 +1,9 @@
 """Curvature tracking of a model factory's bundle (raysweep.custom.curvature): the Hessian-vector products against a
-dense Hessian (fused CNN, and an unfused one with batch norm in training mode and dropout), Lanczos against the
-dense spectrum, the preconditioned sharpness of AdamW against a dense computation from the optimizer's state; every
-training number bit-for-bit the same with it on or off; a member's numbers alone and in a bundle; exact resume;
-the MLP path's numbers for the MLP path's own network written as an nn.Module."""
+dense Hessian (fused CNN and transformer, and an unfused CNN with batch norm in training mode and dropout), Lanczos
+against the dense spectrum, the preconditioned sharpness of AdamW against a dense computation from the optimizer's
+state; every training number bit-for-bit the same with it on or off; a member's numbers alone and in a bundle;
+exact resume; the MLP path's numbers for the MLP path's own network written as an nn.Module; full-batch GD at the
+edge of stability."""
 
 from __future__ import annotations
 
@@ -81,42 +82,51 @@ def dense_hessian(fn, names, params, buffers, k, x, y, f0, rng_seed=None):
         return torch.autograd.functional.hessian(loss, theta)
 
 
-def stacked(kwargs, seeds=(0, 1), width=2, depth=2, n_out=2):
+def stacked(factory, kwargs, input_shape, n_out, seeds=(0, 1)):
     from raysweep.custom.factory import build_model
 
-    modules = [build_model({"factory": CNN, "kwargs": kwargs}, width=width, depth=depth, gamma=1.0,
-                           parametrization="SP", input_shape=(1, 4, 4), n_out=n_out, seed=s, dtype=torch.float64)
-               for s in seeds]
+    modules = [build_model({"factory": factory, "kwargs": kwargs}, width=4 if "transformer" in factory else 2,
+                           depth=2, gamma=1.0, parametrization="SP", input_shape=input_shape, n_out=n_out, seed=s,
+                           dtype=torch.float64) for s in seeds]
     return functional.stack(modules)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"batch_norm": True, "dropout": 0.3}])
-def test_hessian_vector_products_equal_the_dense_hessian(kwargs):
+@pytest.mark.parametrize("factory, kwargs", [(CNN, {}), (CNN, {"batch_norm": True, "dropout": 0.3}),
+                                             ("raysweep.examples.transformer:build", {"vocab": 4})])
+def test_hessian_vector_products_equal_the_dense_hessian(factory, kwargs):
     """Two members with different parameters, their own data, centred outputs and a forward multiplier: fused by
-    vmap(jvp(grad)), or (batch norm in training mode, dropout) one member at a time by double backward with each
-    member's masks fixed by its seed."""
-    params, buffers, body = stacked(kwargs)
+    vmap(jvp(grad)) (a CNN, a transformer on tokens), or (batch norm in training mode, dropout) one member at a time
+    by double backward with each member's masks fixed by its seed."""
+    tokens = "vocab" in kwargs
+    input_shape, n_out = ((4,), 4) if tokens else ((1, 4, 4), 2)
+    params, buffers, body = stacked(factory, kwargs, input_shape, n_out)
     names = list(params)
-    fn = functional.loss_fn(body, {"head.weight": 0.5}, "xent", "half_sum", 2)
+    fn = functional.loss_fn(body, {"head.weight": 0.5}, "xent", "half_sum", n_out)
     gen = torch.Generator().manual_seed(5)
-    x = torch.rand(2, 12, 1, 4, 4, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 2, (2, 12), generator=gen)
-    f0 = 0.3 * torch.randn(2, 12, 2, generator=gen, dtype=torch.float64)
+    if tokens:  # next-token labels: one per position
+        x = torch.randint(0, 4, (2, 12, 4), generator=gen)
+        y = torch.randint(0, 4, (2, 12, 4), generator=gen)
+        f0 = 0.3 * torch.randn(2, 12, 4, n_out, generator=gen, dtype=torch.float64)
+    else:
+        x = torch.rand(2, 12, 1, 4, 4, generator=gen, dtype=torch.float64)
+        y = torch.randint(0, 2, (2, 12), generator=gen)
+        f0 = 0.3 * torch.randn(2, 12, n_out, generator=gen, dtype=torch.float64)
     v = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params.values()]
     rng = [11, 12]
-    if kwargs:
+    unfused = "dropout" in kwargs
+    if unfused:
         op = curvature.hessian_matvec(unfused_loss(fn, names, buffers, x, y, f0, False, rng), list(params.values()))
     else:
         op = fused_matvec(fn, names, params, buffers, x, y, f0, False)
     got = op(v)
     assert all(torch.equal(a, b) for a, b in zip(got, op(v)))  # one fixed function: the same product again
     for k in range(2):
-        h = dense_hessian(fn, names, params, buffers, k, x[k], y[k], f0, rng[k] if kwargs else None)
+        h = dense_hessian(fn, names, params, buffers, k, x[k], y[k], f0, rng[k] if unfused else None)
         want = h @ torch.cat([t[k].reshape(-1) for t in v])
         ours = torch.cat([t[k].reshape(-1) for t in got])
         assert torch.linalg.vector_norm(ours - want) <= 1e-10 * torch.linalg.vector_norm(want), k
-    if kwargs:  # the buffers (running statistics) were only read
-        fresh = stacked(kwargs)[1]
+    if unfused:  # the buffers (running statistics) were only read
+        fresh = stacked(factory, kwargs, input_shape, n_out)[1]
         assert all(torch.equal(buffers[n], fresh[n]) for n in buffers)
 
 
