@@ -243,10 +243,10 @@ def test_the_mlp_paths_network_as_a_factory_measures_the_mlp_paths_numbers():
     """The MLP path's SP network as an nn.Module (tests.support.factories:study_mlp), centred, on an online teacher
     with Adam: the curvature batch, the loss and the preconditioner are the MLP path's, so sharpness, batch
     sharpness and preconditioned sharpness (Lanczos run to the parameter count: exact) equal the MLP path's."""
-    online = {"family": "poly_online", "dim": 8, "n_train": 32, "degree": 2, "dtype": "float64", "steps": 8,
+    online = {"family": "poly_online", "dim": 4, "n_train": 32, "degree": 2, "dtype": "float64", "steps": 8,
               "report_every": 4, "eval_samples": 64,
               "curvature": {"kinds": ["sharpness", "batch_sharpness", "preconditioned_sharpness"], "batch": 32,
-                            "steps": 72}}
+                            "steps": 40}}  # 4 x 8 + 8 x 1 weights
     space = {"batch_size": 8, "eta": [0.01, 0.03], "seed": [0, 1], "width": 8, "depth": 2, "parametrization": "SP",
              "lr_rule": "raw", "optimizer": "Adam"}
     factory = {"factory": "tests.support.factories:study_mlp", "centred": True, "base_width": 8}
