@@ -15,7 +15,8 @@ numbers do not depend on the other members of its bundle.
 - :func:`preconditioned_sharpness`: ``lambda_max(P^-1 H)``, the preconditioned sharpness of adaptive methods (Cohen
   et al. 2022, "Adaptive Gradient Methods at the Edge of Stability"), with :func:`adam_preconditioner`;
 - :func:`batch_sharpness`: ``E_b[g_b^T H_b g_b / |g_b|^2]``, the stability quantity of SGD (Andreyev & Beneventano
-  2024, "Edge of Stochastic Stability");
+  2024, "Edge of Stochastic Stability"); :func:`batch_sharpness_of` and :func:`preconditioned_operator` take products
+  of any differentiation (:mod:`raysweep.custom.curvature`'s ``torch.func``);
 - :func:`hutchinson_trace`: ``tr(H)`` from Rademacher probes (Hutchinson 1990);
 - :func:`slq_density`, :func:`density_on_grid`: the spectral density by stochastic Lanczos quadrature (Ghorbani,
   Krishnan & Xiao 2019, "An Investigation into Neural Net Optimization via Hessian Eigenvalue Density"; Lin, Saad
@@ -192,13 +193,19 @@ def preconditioned_sharpness(loss_fn: Callable, weights: Sequence[torch.Tensor],
     (similar to ``P^-1 H``), by :func:`lanczos_top`. ``precond``: per layer positive tensors like ``weights`` (Adam:
     :func:`adam_preconditioner`). Cohen et al. 2022: Adam at rate ``eta`` (``beta1 = 0.9``) settles at
     ``lambda_max(P^-1 H) = 38 / eta``."""
-    op = hessian_matvec(loss_fn, weights, kind=kind)
+    sym = preconditioned_operator(hessian_matvec(loss_fn, weights, kind=kind), precond)
+    return lanczos_top(sym, weights, weights[0].shape[0], top_k=1, steps=steps, generator=generator)[:, 0]
+
+
+def preconditioned_operator(matvec: Callable, precond: Sequence[torch.Tensor]) -> Callable:
+    """The symmetric operator ``v -> P^-1/2 H P^-1/2 v`` of an operator ``matvec`` (``v -> H v``) and positive
+    ``precond`` tensors shaped like its vectors: what :func:`preconditioned_sharpness` hands to :func:`lanczos_top`."""
     scale = [p.rsqrt() for p in precond]  # P^-1/2
 
     def sym(vectors):
-        return [s * hv for s, hv in zip(scale, op([s * v for s, v in zip(scale, vectors)]))]
+        return [s * hv for s, hv in zip(scale, matvec([s * v for s, v in zip(scale, vectors)]))]
 
-    return lanczos_top(sym, weights, weights[0].shape[0], top_k=1, steps=steps, generator=generator)[:, 0]
+    return sym
 
 
 def batch_sharpness(loss_fn_of_batch: Callable, weights: Sequence[torch.Tensor], batches) -> torch.Tensor:
@@ -206,13 +213,23 @@ def batch_sharpness(loss_fn_of_batch: Callable, weights: Sequence[torch.Tensor],
     ``g_b^T H_b g_b / |g_b|^2``, with ``g_b`` and ``H_b`` the gradient and Hessian of minibatch ``b``'s loss
     ``loss_fn_of_batch(weights, b) -> [K]``. A batch whose gradient is zero is left out of a member's mean (NaN when
     every batch's is)."""
-    ratios = []
-    for batch in batches:
+    def products(batch):
         w = [t.detach().requires_grad_(True) for t in weights]
         with torch.enable_grad():
             grads = torch.autograd.grad(loss_fn_of_batch(w, batch).sum(), w, create_graph=True)
             h_g = _grad(grads, w, [g.detach() for g in grads])
-        g_h_g = _dot([g.detach() for g in grads], h_g)
+        return [g.detach() for g in grads], h_g
+
+    return batch_sharpness_of(products, batches)
+
+
+def batch_sharpness_of(gradient_products: Callable, batches) -> torch.Tensor:
+    """:func:`batch_sharpness` from any differentiation: ``gradient_products(b) -> (g_b, H_b g_b)``, two lists of
+    ``[K, ...]`` tensors (each member's minibatch gradient and its Hessian-vector product with it)."""
+    ratios = []
+    for batch in batches:
+        grads, h_g = gradient_products(batch)
+        g_h_g = _dot(grads, h_g)
         g_g = _dot(grads, grads).detach()
         ratios.append(torch.where(g_g > 0, g_h_g / g_g, float("nan")))
     if not ratios:

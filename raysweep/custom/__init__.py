@@ -8,7 +8,8 @@
 - :mod:`raysweep.custom.mup`: SP (NTK) and muP by base shapes (per-parameter learning-rate and readout multipliers);
 - :mod:`raysweep.custom.functional`: the members' parameters stacked (``torch.func.stack_module_state``), one
   ``vmap(grad(functional_call))`` step, or one member at a time when the model cannot be vmapped;
-- :mod:`raysweep.custom.train`: the training loop, with :mod:`raysweep.train`'s reports and divergence rules.
+- :mod:`raysweep.custom.train`: the training loop, with :mod:`raysweep.train`'s reports and divergence rules;
+- :mod:`raysweep.custom.curvature`: ``experiment.curvature`` by exact Hessian-vector products of the trained loss.
 
 This package imports no torch at import time.
 """

@@ -23,7 +23,9 @@ both terms of the centred function draw the same masks) come from its seed and t
 
 Gradient noise scale (``experiment.grad_noise_scale``), as the MLP path: at every report each member's
 ``grad_sq``, ``grad_trace_cov`` and ``grad_noise_scale`` from noise batches of its stream's own generator, by the
-trainer's own gradients (:mod:`raysweep.custom.noise`); no training number moves.
+trainer's own gradients (:mod:`raysweep.custom.noise`); no training number moves. Curvature
+(``experiment.curvature``), as the MLP path: every ``every`` reports the kinds asked for, and ``initial_sharpness``
+at ``theta_0``, by exact Hessian-vector products of the trained loss (:mod:`raysweep.custom.curvature`).
 
 Checkpoints (:mod:`raysweep.checkpoint`), as the MLP path: every report but the last exports a
 :class:`raysweep.train.TrainState` (the stacked parameters and buffers, the optimizer's tensors, the members alive
@@ -45,10 +47,11 @@ import numpy as np
 import torch
 
 from raysweep.custom import functional, mup
+from raysweep.custom.curvature import CurvatureFeed
 from raysweep.custom.factory import build_model
 from raysweep.custom.noise import NoiseFeed
 from raysweep.dead import chance_accuracy, dead_members, outside_band
-from raysweep.instrument_spec import grad_noise_option
+from raysweep.instrument_spec import curvature_option, grad_noise_option
 from raysweep.points import axis_value, bundle_key, update_path
 from raysweep.schedules import is_constant
 from raysweep.seeds import data_seed, derive_seed
@@ -272,6 +275,13 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
     noise, option = None, grad_noise_option(setting(experiment, "grad_noise_scale"))
     if option is not None:  # its own generators: the training stream never moves for it
         noise = NoiseFeed(task, seeds, option["batches"], option["batch_size"] or batch_size, device)
+    curv, initial_sharpness = None, {}
+    if setting(experiment, "curvature") is not None:  # its own batch, generators and buffer copies
+        curv = CurvatureFeed(task, seeds, curvature_option(setting(experiment, "curvature")), batch_size, device)
+        if "sharpness" in curv.option["kinds"]:  # at theta_0: the trials column initial_sharpness
+            at_init = curv.measure(members, fn, feed.stream, [], init=(init_params, init_buffers) if centred else None,
+                                   kinds=["sharpness"])
+            initial_sharpness = dict(enumerate(at_init["sharpness"]))
     x_eval, y_eval = task.x_eval.to(device), task.y_eval.to(device)
     out0 = members.outputs(x_eval)  # f(x_eval; theta_0), eval mode
     f0_eval = out0 if centred else None
@@ -331,6 +341,8 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
         dead_since = {m: d for m, d in zip(alive, resume.dead_since) if d >= 0}
         start = resume.step + 1
         started -= resume.wall_time_s
+        if curv is not None:  # the reports before resume.step, counted as the uninterrupted run counted them
+            curv.reports = resume.step // report_every
 
     # --- the loop: step, report, drop diverged members ---------------------------------------------------------
     for step in range(start, total_steps + 1):
@@ -368,6 +380,11 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
         if noise is not None:
             gns = noise.estimate(members, fn, feed.stream, step,
                                  (init_params, init_buffers) if centred else None)
+        curvature = None
+        if curv is not None and curv.due():
+            curvature = curv.measure(members, fn, feed.stream, [j for j, m in enumerate(alive) if m in diverged],
+                                     step=step, init=(init_params, init_buffers) if centred else None,
+                                     lr_effective=[float(points[m]["eta"]) for m in alive])
         report = Report(
             step=step,
             epoch=None if task.online else step // (task.n_train // batch_size),
@@ -383,6 +400,8 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
             finished=step == total_steps or len(diverged) == len(alive),
             wall_time_s=time.perf_counter() - started,
             **gns,
+            **(curvature or {}),
+            initial_sharpness=[initial_sharpness[m] for m in alive] if initial_sharpness else None,
         )
         if not report.finished:
             report.export = functools.partial(export, diverged)
