@@ -33,7 +33,8 @@ schedule's multiplier left out, as on the MLP path).
 
 Cost and memory: a product is about two training steps on the batch measured, per member. Fused, each product
 is one vmapped forward and backward over the whole curvature batch (not cut into chunks); unfused, every member's
-double-backward graph over it is held during a measurement. Autobatch does not count either.
+double-backward graph over it is held during a measurement. Autobatch's factory probe runs one measurement after
+its training steps (:mod:`raysweep.custom.probe`), so a trial's measured need includes it.
 
 Nothing here writes a parameter, a buffer, an optimizer moment, a data stream or torch's global generator: with it
 on, every training number is bit-for-bit what it is off. Pure: torch; no Ray, no I/O.

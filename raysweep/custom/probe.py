@@ -2,8 +2,11 @@
 
 :func:`run_steps` builds ``n_members`` members of a configuration (:func:`raysweep.custom.train.build_members`,
 fused or not as the trainer decides) and runs ``steps`` (>= 2, so that the optimizer's state exists) of
-:meth:`raysweep.custom.train.Members.step` on minibatches of the task's training set (fresh samples of an online teacher) (with ``f(x; theta_0)`` when
-the model is centred), or, in ``val`` mode, the trainer's no-grad eval forward. :func:`peak_bytes` measures it with
+:meth:`raysweep.custom.train.Members.step` on minibatches of the task's training set (fresh samples of an online
+teacher; with ``f(x; theta_0)`` when the model is centred), then, when the experiment turns them on, one measurement
+of each instrument a report takes (the curvature of :mod:`raysweep.custom.curvature` on its curvature batch, the
+gradient noise scale of :mod:`raysweep.custom.noise`), one data stream per member; or, in ``val`` mode, the
+trainer's no-grad eval forward. :func:`peak_bytes` measures it with
 autobatch's counters (:mod:`raysweep.autobatch.device`: the CUDA allocator's peak, or the process's resident-set
 growth on a CPU) and :func:`raysweep.autobatch.probe.measure` (an out-of-memory error is a result). Learning rates
 are tiny: the probe measures memory, not training. Autobatch sizes a factory's sweep with :func:`run_steps`
@@ -52,8 +55,27 @@ def run_steps(experiment: Mapping[str, Any], task, point: Mapping[str, Any], *, 
         f0 = None if init is None else functional.outputs(members.body, members.forward_mult, *init, x,
                                                            members.fused)
         members.step(fn, x, y, f0, True, step, None).sum().item()
+    if mode == "train":
+        _instruments(experiment, task, members, fn, init, batch_size, steps, device)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
+
+
+def _instruments(experiment, task, members, fn, init, batch_size: int, step: int, device) -> None:
+    """One report's instruments at the members' parameters, as the trainer runs them (their peak is the trial's)."""
+    from raysweep.custom.curvature import CurvatureFeed
+    from raysweep.custom.noise import NoiseFeed
+    from raysweep.instrument_spec import curvature_option, grad_noise_option
+
+    streams = list(range(members.size))  # the probe's members have seeds 0 .. K-1: one stream each
+    curvature = curvature_option(experiment.get("curvature"))
+    if curvature is not None:
+        feed = CurvatureFeed(task, streams, curvature, batch_size, device)
+        feed.measure(members, fn, streams, [], step=step, init=init, lr_effective=[PROBE_ETA] * members.size)
+    noise = grad_noise_option(experiment.get("grad_noise_scale"))
+    if noise is not None:
+        feed = NoiseFeed(task, streams, noise["batches"], noise["batch_size"] or batch_size, device)
+        feed.estimate(members, fn, streams, step, init)
 
 
 def peak_bytes(experiment: Mapping[str, Any], task, point: Mapping[str, Any], *, n_members: int, batch_size: int,
