@@ -40,6 +40,19 @@ from raysweep.step import ADAM_BETAS, OptState, draw_samples, forward_chunked, t
 COLUMNS = ("sharpness", "batch_sharpness", "preconditioned_sharpness", "hessian_trace")
 
 
+def curvature_batch(task, seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed curvature batch of the data stream of ``seed``, from a generator of its own
+    (:func:`raysweep.seeds.curvature_seed`): ``n`` fresh samples of an online teacher, the whole training set when
+    ``n`` covers it, else ``n`` training samples drawn without replacement. ``(x, y)`` as the task holds them."""
+    gen = torch.Generator().manual_seed(curvature_seed(seed))
+    if task.online:
+        return draw_samples(task, gen, n)
+    if n >= task.n_train:
+        return task.x_train, task.y_train
+    idx = torch.randperm(task.n_train, generator=gen)[:n]
+    return task.x_train[idx.to(task.x_train.device)], task.y_train[idx.to(task.y_train.device)]
+
+
 class CurvatureFeed:
     """The fixed curvature batch of every stream, and the measurement at a report (:meth:`measure`)."""
 
@@ -50,14 +63,7 @@ class CurvatureFeed:
         n = int(option["batch"])
         xs, ys = [], []
         for s in self.seeds:
-            gen = torch.Generator().manual_seed(curvature_seed(s))
-            if task.online:
-                x, y = draw_samples(task, gen, n)
-            elif n >= task.n_train:
-                x, y = task.x_train, task.y_train
-            else:
-                idx = torch.randperm(task.n_train, generator=gen)[:n]
-                x, y = task.x_train[idx.to(task.x_train.device)], task.y_train[idx.to(task.y_train.device)]
+            x, y = curvature_batch(task, s, n)
             xs.append(x.to(device=device, dtype=dtype))
             ys.append(targets(y.to(device), loss, task.n_out, dtype))
         self.x, self.y = xs, ys

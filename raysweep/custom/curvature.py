@@ -51,9 +51,9 @@ from torch.func import grad, jvp, vmap
 
 from raysweep import curvature
 from raysweep.custom import functional
-from raysweep.seeds import curvature_seed, derive_seed
-from raysweep.sharpness import COLUMNS, adam_preconditioner
-from raysweep.step import OptState, draw_samples
+from raysweep.seeds import derive_seed
+from raysweep.sharpness import COLUMNS, adam_preconditioner, curvature_batch
+from raysweep.step import OptState
 
 __all__ = ["CurvatureFeed", "fused_matvec", "unfused_loss"]
 
@@ -117,14 +117,7 @@ class CurvatureFeed:
         n = int(option["batch"])
         self.x, self.y = [], []
         for s in seeds:
-            gen = torch.Generator().manual_seed(curvature_seed(s))
-            if task.online:
-                x, y = draw_samples(task, gen, n)
-            elif n >= task.n_train:
-                x, y = task.x_train, task.y_train
-            else:
-                idx = torch.randperm(task.n_train, generator=gen)[:n]
-                x, y = task.x_train[idx.to(task.x_train.device)], task.y_train[idx.to(task.y_train.device)]
+            x, y = curvature_batch(task, s, n)  # the MLP path's curvature batch of the stream
             self.x.append(x.to(device))
             self.y.append(y.to(device))
         self.reports = 0
