@@ -244,7 +244,7 @@ def _run(spec, options: RunOptions, stop) -> Summary:
         plan, n_done = build_plan(planned_spec(spec), done)  # guided searches and schedulers: one trial per config
         cuda = _may_use_gpus(spec) and driver.cuda_available()  # else torch stays unimported
         lines = [describe_search(spec, describe(planned_spec(spec), plan, n_done, cuda=cuda, storage=sweep.local_dir)),
-                 *model_lines, driver.describe_storage(sweep, shared)]
+                 *factory_sizes(spec, plan, cuda, sweep.local_dir), *model_lines, driver.describe_storage(sweep, shared)]
         lines += [f"--quarantine: would move {name} (trials and curves) to {sweep}/quarantine/" for name in skip]
         if retry:
             lines.append(f"--retry-failed: {sum(1 for r in rows if retryable(r))} failed configurations would run "
@@ -325,6 +325,21 @@ def _end_after(launch, writer, exc: BaseException, stop) -> None:
     else:
         name = signal.Signals(stop.signum).name if stop.signum is not None else None
         _end_launch(launch, interrupted=name, error=exc)
+
+
+def factory_sizes(spec, plan, cuda: bool, sweep_dir) -> list[str]:
+    """``--dry-run`` of a model factory's sweep that autobatch sizes: its trials' sizes from the measurements this
+    machine's CPU left in the sweep folder (:func:`raysweep.autobatch.factory.cached_plan_lines`); nothing for other
+    sweeps, for a GPU (measured at launch) or an object store."""
+    from raysweep.custom.spec import is_custom
+
+    sized = spec.autobatch is not None or AUTO in spec.space.batch_size
+    if not (sized and is_custom(spec.experiment.model)) or sweep_dir is None or cuda \
+            or spec.experiment.device == "cuda":
+        return []
+    from raysweep.autobatch.factory import cached_plan_lines  # the sizing's machinery: only here
+
+    return cached_plan_lines(planned_spec(spec), plan, sweep_dir)
 
 
 def _may_use_gpus(spec) -> bool:

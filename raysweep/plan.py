@@ -249,8 +249,15 @@ def autobatch_lines(spec: SweepSpec, plan: Plan, *, cuda: bool, storage=None, li
         return lines
     lines.append(f"autobatch plan from the cached {sized['label']} model of {info.name}: {len(sized['resources'])} "
                  f"trials sized, {len(sized['infeasible'])} infeasible; usable {sized['usable_bytes'] / 2**20:.0f} MiB")
+    return lines + sized_lines(plan.bundles, sized, config, limit=limit)
+
+
+def sized_lines(bundles: Mapping[str, Bundle], sized: Mapping[str, Any], config, *, limit: int = 20) -> list[str]:
+    """One ``--dry-run`` line per trial of a sizing (:func:`raysweep.autobatch.plan_resources`'s, or a model
+    factory's measured one): its resources and batch size, or why it cannot run."""
+    lines = []
     bad = {b["id"]: b for b in sized["infeasible"]}
-    for bid, bundle in list(plan.bundles.items())[:limit]:
+    for bid, bundle in list(bundles.items())[:limit]:
         if bid in bad:
             lines.append(f"  {bid}: infeasible ({'refused' if config.infeasible == 'refuse' else 'lands as failed'}):"
                          f" {bad[bid]['reason']}")
@@ -259,6 +266,6 @@ def autobatch_lines(spec: SweepSpec, plan: Plan, *, cuda: bool, storage=None, li
         shown = ", ".join(f"memory={v / 2**20:.0f} MiB" if k == "memory" else f"{k}={v:g}" for k, v in res.items())
         auto_note = " (auto)" if bundle.points[0]["batch_size"] == AUTO else ""
         lines.append(f"  {bid}: {shown}; batch_size={sized['batch_size'][bid]}{auto_note}")
-    if len(plan.bundles) > limit:
-        lines.append(f"  ... and {len(plan.bundles) - limit} more trials")
+    if len(bundles) > limit:
+        lines.append(f"  ... and {len(bundles) - limit} more trials")
     return lines

@@ -59,7 +59,7 @@ from raysweep.autobatch.module import (
 )
 from raysweep.autobatch.search import largest_fitting
 from raysweep.autobatch.sizing import gpu_share
-from raysweep.errors import NothingFitsError, RaysweepError, UserModelError
+from raysweep.errors import NoCachedModelError, NothingFitsError, RaysweepError, UserModelError
 from raysweep.plan import Bundle, bundle_id
 from raysweep.points import BUNDLE_KEYS, bundle_key, update_path
 from raysweep.space import AUTO, setting
@@ -176,6 +176,32 @@ class CpuSweepTrials:
     def close(self) -> None:
         if self.trials is not None:
             self.trials.close()
+
+
+class CachedSweepTrials(CpuSweepTrials):
+    """This host's CPU as a launch would measure it, reading the measurement cache only: a measurement not there
+    raises NoCachedModelError (``--dry-run`` measures nothing)."""
+
+    def run(self, job: SweepJob, batch_size: int, budget_bytes: int) -> dict:
+        raise NoCachedModelError(f"{job.mode} of {job.n_members} member(s) at batch size {batch_size} is not measured")
+
+
+def cached_plan_lines(spec, plan, storage, *, limit: int = 20) -> list[str]:
+    """``--dry-run`` of a model factory's sweep: every trial's resources and batch size from the measurements of
+    this machine's CPU in ``storage`` (the sweep folder's cache), nothing measured; or one line saying they are not
+    all there yet."""
+    from raysweep.plan import sized_lines
+
+    config = spec.autobatch or AutobatchConfig()
+    trials = CachedSweepTrials(threads=max(1, int(spec.resources.cpus_per_trial)))
+    try:
+        sized_plan, sized = size_factory_plan(spec, plan, trials, storage=os.fspath(storage), log=lambda _m: None)
+    except NoCachedModelError:
+        return [f"autobatch: not every bundle shape is measured on this machine's CPU yet ({storage}): the launch "
+                "measures them (python -m raysweep.autobatch SPACE.yaml does it now)"]
+    return [f"autobatch plan from the cached measurements of {sized['device']['name']}: {len(sized['resources'])} "
+            f"trials sized, {len(sized['infeasible'])} infeasible; usable {sized['usable_bytes'] / MIB:.0f} MiB",
+            *sized_lines(sized_plan.bundles, sized, config, limit=limit)]
 
 
 class CudaSweepHost:

@@ -227,3 +227,28 @@ def test_the_standalone_command_measures_a_factory_space_once(tmp_path, capsys):
     assert "nothing measured" in capsys.readouterr().out
     assert main([str(path), "--fractions", "0.5"]) == 2
     assert "--fractions: not with a model factory's space" in capsys.readouterr().err
+
+
+def test_dry_run_reads_the_sizes_from_the_cache_and_measures_nothing(tmp_path):
+    """--dry-run of a factory sweep: without measurements of this CPU it says so; with them (a launch's, or the
+    standalone command's) it prints every trial's resources and batch size; it never measures nor writes."""
+    from raysweep.api import RunOptions, run
+    from raysweep.autobatch.factory import CpuSweepTrials
+
+    spec = cnn_spec(["auto", 16], [0.1, 0.2], max_batch_size=256)
+    options = RunOptions(storage=str(tmp_path), dry_run=True)
+    text = run(spec, options).text
+    assert "not every bundle shape is measured on this machine's CPU yet" in text
+    assert not (tmp_path / "fab").exists()
+    # the measurements a launch on this CPU would take, in the sweep folder's cache (a fake device with the real
+    # CPU's description: the same cache keys)
+    fake = SimulatedSweepTrials(linear_peak(1000, 100), 10**9)
+    real = CpuSweepTrials()
+    fake.label, fake.describe = real.label, real.describe
+    (tmp_path / "fab").mkdir()
+    size_factory_plan(spec, build_plan(spec)[0], fake, storage=tmp_path / "fab", log=lambda _m: None)
+    cached = (tmp_path / "fab" / "autobatch_modules.json").read_text()
+    text = run(spec, options).text
+    assert "autobatch plan from the cached measurements" in text and "2 trials sized, 0 infeasible" in text
+    assert "batch_size=256 (auto)" in text and "batch_size=16" in text
+    assert (tmp_path / "fab" / "autobatch_modules.json").read_text() == cached  # nothing measured or written
