@@ -17,9 +17,14 @@ points, only with at least :data:`~raysweep.analyze.quality.MIN_POINTS_INTERVAL`
 
 Quality (:mod:`raysweep.analyze.quality`): 2 parameters, so ``fit_ok`` needs 3 batch sizes, S_min > 0 and an
 ``rmse_rel`` of at most ``MAX_RMSE_REL``; otherwise ``fit_ok`` is False and ``fit_note`` says why.
+
+The study's science check, ``--check critical_batch``: :func:`check_critical_batch` (its rows:
+:mod:`raysweep.analyze.rows`; the rules of every study: :mod:`raysweep.analyze.checks`).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -27,6 +32,7 @@ import pandas as pd
 from raysweep.analyze.load import ensure_prepared, group_columns, metric_of
 from raysweep.analyze.optimum import iter_groups
 from raysweep.analyze.quality import MAX_RMSE_REL, MIN_POINTS_INTERVAL, fit_verdict, interval_note
+from raysweep.analyze.rows import FAIL, Row, fit_row, info_row, row
 
 
 def curve_metric(curves: pd.DataFrame, metric: str = "eval_loss") -> str:
@@ -203,3 +209,45 @@ def fit_critical_batch(table: pd.DataFrame, x: str = "batch_size", *, n_boot: in
             why = why.replace("no finite fit", "S_min <= 0: no B_crit")
         rows.append(row | {"fit_ok": ok, "fit_note": why})
     return pd.DataFrame(rows, columns=columns)
+
+
+def check_critical_batch(trials: pd.DataFrame, curves: pd.DataFrame, *, target: float | None = None,
+                         tol: float = 0.2, min_reports: float = 3.0) -> list[Row]:
+    """S(B) = S_min (1 + B_crit / B) within ``tol`` at every B, at the deepest default target (rules:
+    :mod:`raysweep.analyze.checks`)."""
+    trials = ensure_prepared(trials)
+    mean = seed_mean_curves(curves, trials)
+    given = target
+    if target is None:
+        targets = default_targets(mean)
+        if not targets:
+            return [Row("target loss", "none", "curves that go down", "-", FAIL)]
+        target = min(targets)
+    rows = [info_row("target loss (deepest default target)" if given is None else "target loss (given)", target,
+                  measured=f"{target:.3g}")]
+    s = steps_to_target(curves, trials, targets=[target], mean_curves=mean)
+    batches = np.sort(trials["batch_size"].dropna().unique())
+    reached = s[s["reached"]]
+    rows.append(row("batch sizes that reach the target", len(reached), f"all {len(batches)}", "-",
+                     len(reached) == len(batches), measured=f"{len(reached)}/{len(batches)}"))
+    fit = fit_critical_batch(s, n_boot=200)
+    if fit.empty or not np.isfinite(fit["batch_crit"].iloc[0]):
+        rows.append(Row("fit S_min (1 + B_crit / B)", "no fit", "-", "-", FAIL))
+        return rows
+    f = fit.iloc[0]
+    s_min, b_crit = float(f["steps_min"]), float(f["batch_crit"])
+    steps = np.sort(curves["step"].dropna().unique())
+    interval = float(np.median(np.diff(steps))) if len(steps) > 1 else math.nan
+    quality = dict(rmse_column="rmse_rel", unit="rel")
+    ci = (f"90%: {f['batch_crit_low']:.1f}..{f['batch_crit_high']:.1f}" if np.isfinite(f["batch_crit_low"])
+          else str(f["interval_note"]))
+    rows.append(fit_row("B_crit", b_crit, f"inside [{batches[0]:g}, {batches[-1]:g}]", "-",
+                         batches[0] <= b_crit <= batches[-1], f, measured=f"{b_crit:.1f} ({ci})", **quality))
+    rows.append(fit_row("S_min (steps)", s_min, f">= {min_reports:g} report intervals ({min_reports * interval:g})",
+                         "-", s_min >= min_reports * interval, f, measured=f"{s_min:.1f}", **quality))
+    for _, r in reached.sort_values("batch_size").iterrows():
+        pred = s_min * (1 + b_crit / r["batch_size"])
+        rel = r["steps"] / pred - 1
+        rows.append(row(f"S(B={r['batch_size']:g}) / fit - 1", rel, f"0 (S={r['steps']:.1f}, fit {pred:.1f})",
+                         f"+-{tol}", abs(rel) <= tol))
+    return rows

@@ -12,6 +12,9 @@ dead nets with the diverged ones (:func:`~raysweep.analyze.optimum.eta_max`).
 
 Quality (:mod:`raysweep.analyze.quality`): each slope is a line (2 parameters), so ``fit_ok`` needs 3 gammas and a
 residual ``rmse_octaves`` of at most ``MAX_RMSE_OCTAVES``; otherwise ``fit_ok`` is False and ``fit_note`` says why.
+
+The study's science check, ``--check gamma_eta``: :func:`check_gamma_eta` (its rows: :mod:`raysweep.analyze.rows`;
+the rules of every study: :mod:`raysweep.analyze.checks`).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from raysweep.analyze.load import group_columns
+from raysweep.analyze.load import ensure_prepared, group_columns
 from raysweep.analyze.optimum import EDGE_GRID_HIGH, EDGE_GRID_LOW, eta_max, fit_line, iter_groups, optimal_eta
 from raysweep.analyze.quality import MAX_RMSE_OCTAVES, fit_verdict, line_rmse
+from raysweep.analyze.rows import FAIL, Row, fit_row, info_row, row
 
 
 def reference_slope(optimizer, depth, regime: str) -> float:
@@ -80,3 +84,36 @@ def gamma_slopes(table: pd.DataFrame, *, lazy_max: float = 1 / 8, rich_min: floa
                     "rmse_octaves": rmse, "fit_ok": ok, "fit_note": note,
                 })
     return pd.DataFrame(rows, columns=columns)
+
+
+def check_gamma_eta(trials: pd.DataFrame, *, lazy_max: float = 1 / 8, rich_min: float = 4.0,
+                    tol: float = 0.3) -> list[Row]:
+    """Slopes of the stability edge in gamma per depth and regime (rules: :mod:`raysweep.analyze.checks`)."""
+    trials = ensure_prepared(trials)
+    table = gamma_table(trials, n_boot=0)
+    slopes = gamma_slopes(table, lazy_max=lazy_max, rich_min=rich_min)
+    rows: list[Row] = []
+    eta_lo = trials.groupby("depth")["eta"].min()
+    for depth in sorted(table["depth"].dropna().unique()):
+        sub = table[table["depth"] == depth]
+        low = eta_lo.loc[depth]
+        inside = np.isfinite(sub["eta_diverge_min"].to_numpy(float)) & (sub["eta_diverge_min"].to_numpy(float) > low)
+        L = int(depth)
+        rows.append(row(f"L={L}: gammas with the edge inside the eta grid", int(inside.sum()), f"all {len(sub)}",
+                         "-", bool(inside.all()), measured=f"{int(inside.sum())}/{len(sub)}"))
+        for regime, cut, expected in (("lazy", f"gamma <= {lazy_max:g}", 2.0), ("rich", f"gamma >= {rich_min:g}",
+                                                                             2.0 / L)):
+            pick = slopes[(slopes["depth"] == depth) & (slopes["regime"] == regime)]
+            edge = pick[pick["quantity"] == "eta_diverge_min"]
+            name = f"L={L} {regime} ({cut}): slope of log2 edge vs log2 gamma"
+            if edge.empty:
+                rows.append(Row(name, "fewer than 2 gammas", f"{expected:.3g}", f"+-{tol}", FAIL))
+            else:
+                value = float(edge["slope"].iloc[0])
+                rows.append(fit_row(name + f" ({int(edge['n_points'].iloc[0])} gammas)", value, f"{expected:.3g}",
+                                     f"+-{tol}", abs(value - expected) <= tol, edge.iloc[0]))
+            largest = pick[pick["quantity"] == "eta_max"]
+            if len(largest):
+                rows.append(info_row(f"L={L} {regime}: slope of log2 eta_max (largest stable eta)",
+                                  float(largest["slope"].iloc[0]), f"{expected:.3g}", "info (dead ReLUs)"))
+    return rows

@@ -12,6 +12,9 @@ exact edge is where the loss's *mean* stops being bounded (mean-square stability
 little past the mean-square edge, never diverge much below it: the check accepts a measured edge from one grid step
 below the exact edge to half an octave above it. Below ``B_crit`` the edge grows about linearly in ``B`` (slope 1
 in log-log), above it saturates at ``2 / lambda_max`` (slope 0).
+
+The study's science check, ``--check linear_edge``: :func:`check_linear_edge` (its rows:
+:mod:`raysweep.analyze.rows`; the rules of every study: :mod:`raysweep.analyze.checks`).
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ import numpy as np
 import pandas as pd
 
 from raysweep import linear_theory, space
-from raysweep.storage import SPEC_FILE
 from raysweep.analyze.load import ensure_prepared
-from raysweep.analyze.optimum import eta_max
+from raysweep.analyze.optimum import eta_max, fit_line
+from raysweep.analyze.rows import FAIL, Row, fmt, info_row, row
 from raysweep.errors import SpecError
+from raysweep.storage import SPEC_FILE
 
 THEORY_FAMILIES = ("linear", "noisy_linear")
 CURVE_POINTS = 64  # points per octave-spanning theory line on a heatmap
@@ -127,3 +131,56 @@ def grid_step(etas) -> float:
     """The eta grid's spacing in octaves (the median of consecutive log2 differences); NaN with one eta."""
     logs = np.log2(np.unique(np.asarray(etas, float)))
     return float(np.median(np.diff(logs))) if len(logs) > 1 else math.nan
+
+
+def check_linear_edge(trials: pd.DataFrame, setting: LinearSetting | None) -> list[Row]:
+    """The measured SGD edge of the linear student against the exact mean-square edge (rules:
+    :mod:`raysweep.analyze.checks`)."""
+    if setting is None:
+        return [Row("linear theory", "none", "a linear student (experiment.model: linear) on linear or "
+                    "noisy_linear", "-", FAIL, note="the sweep's spec.yaml has no such experiment")]
+    table = theory_table(trials, setting)
+    table = table[np.isfinite(table["eta_edge"].to_numpy(float))].sort_values("batch_size")
+    if table.empty:
+        return [Row("linear theory", "no SGD rows", "SGD on MSE", "-", FAIL)]
+    step = grid_step(trials["eta"])
+    below = BELOW_STEPS * step
+    rows: list[Row] = []
+    for _, r in table.iterrows():
+        b, exact, measured = float(r["batch_size"]), float(r["eta_edge"]), float(r["eta_diverge_min"])
+        gap = math.log2(measured / exact) if np.isfinite(measured) else math.nan
+        ok = np.isfinite(gap) and -below - 1e-9 <= gap <= ABOVE_OCTAVES + 1e-9
+        text = f"{fmt(math.log2(measured))} (gap {gap:+.2f} oct)" if np.isfinite(gap) else \
+            "nan (no seed diverged: widen the eta grid)"
+        rows.append(row(f"log2 edge at B={b:g}", math.log2(measured) if np.isfinite(measured) else math.nan,
+                         f"{fmt(math.log2(exact))} (exact)", f"-{below:.2f} .. +{ABOVE_OCTAVES} oct", ok,
+                         measured=text))
+    gaps = table.assign(gap=np.log2(table["eta_diverge_min"].to_numpy(float) / table["eta_edge"].to_numpy(float)))
+    if gaps["gap"].notna().any():
+        worst = gaps.loc[gaps["gap"].abs().idxmax()]
+        rows.append(info_row("largest gap, measured - exact", float(worst["gap"]),
+                          measured=f"{float(worst['gap']):+.2f} oct at B={float(worst['batch_size']):g}"))
+    worst = table.loc[table["approx_gap_octaves"].idxmax()]
+    rows.append(info_row("approximation below exact, largest", float(worst["approx_gap_octaves"]),
+                      measured=f"{float(worst['approx_gap_octaves']):.2f} oct at B={float(worst['batch_size']):g}"))
+    b = table["batch_size"].to_numpy(float)
+    log_measured = np.log2(table["eta_diverge_min"].to_numpy(float))
+    log_exact = np.log2(table["eta_edge"].to_numpy(float))
+    for label, keep, expected in (("B <= B_crit / 2", b <= setting.b_crit / 2, 1.0),
+                                  ("B >= 2 B_crit", b >= 2 * setting.b_crit, 0.0)):
+        if keep.sum() < 2:
+            rows.append(Row(f"slope of log2 edge, {label}", "too few B", f"{expected:g}", "-", FAIL,
+                            note=f"needs two batch sizes there (B_crit = {setting.b_crit:.3g})"))
+            continue
+        slope = fit_line(np.log2(b[keep]), log_measured[keep])[0]
+        exact_slope = fit_line(np.log2(b[keep]), log_exact[keep])[0]
+        rows.append(row(f"slope of log2 edge, {label} (B_crit = {setting.b_crit:.3g})", slope,
+                         f"{expected:g} (exact edge: {fmt(exact_slope)})", f"+-{SLOPE_TOL}",
+                         abs(slope - expected) <= SLOPE_TOL))
+    big = b >= 2 * setting.b_crit
+    if big.any():
+        level = float(np.mean(log_measured[big]))
+        rows.append(row("log2 edge above 2 B_crit (mean)", level,
+                         f"{fmt(math.log2(setting.saturation()))} (2 / lambda_max)", f"+-{SATURATION_TOL} oct",
+                         abs(level - math.log2(setting.saturation())) <= SATURATION_TOL))
+    return rows

@@ -24,6 +24,9 @@ Rise and fall (:func:`fit_eta_peak`): ``log2 eta* = a + alpha min(x, x0) + beta 
 a broken line whose second slope is free (``beta < 0``: eta* falls past the peak, as it does for Adam past the
 critical batch; ``beta = 0`` is :func:`~raysweep.analyze.optimum.fit_eta_power_law`'s saturation), ``x0`` chosen on
 the grid by least squares.
+
+The study's science check, ``--check scaling_rules``: :func:`check_scaling_rules` (its rows:
+:mod:`raysweep.analyze.rows`; the rules of every study: :mod:`raysweep.analyze.checks`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import pandas as pd
 from raysweep.analyze.load import ensure_prepared, group_columns
 from raysweep.analyze.optimum import config_table, eta_star_points, iter_groups, optimal_eta
 from raysweep.analyze.quality import MAX_RMSE_OCTAVES, fit_verdict
+from raysweep.analyze.rows import FAIL, Row, fmt, info_row, row
 
 RULES = ("linear", "sqrt")
 HYPER = ("eta", "beta1", "beta2", "eps")
@@ -207,3 +211,27 @@ def fit_eta_peak(table: pd.DataFrame, x: str = "batch_size") -> pd.DataFrame:
         ok, note = fit_verdict(len(lx), 4, rmse, MAX_RMSE_OCTAVES, finite=np.isfinite(row.get("slope_rise", np.nan)))
         rows.append(row | {"fit_ok": ok, "fit_note": note})
     return pd.DataFrame(rows, columns=columns)
+
+
+def check_scaling_rules(trials: pd.DataFrame, curves: pd.DataFrame, *, tol: float = 0.1) -> list[Row]:
+    """The ``scaling_rules`` rows (rules: :mod:`raysweep.analyze.checks`): per optimizer, the deviation of each rule's
+    curve from its base."""
+    dev = rule_deviation(rule_curves(trials, curves))
+    rows: list[Row] = []
+    if dev.empty:
+        return [Row("scaling rules", "no trial follows a rule from a base", "-", "-", FAIL, note="nothing to compare")]
+    for (optimizer, rule), sub in dev.groupby(["optimizer", "rule"], sort=True):
+        adam = optimizer != "SGD"
+        must_hold = rule == ("sqrt" if adam else "linear")
+        for _, r in sub.sort_values(["base_eta", "kappa"]).iterrows():
+            name = f"{optimizer} {rule} rule, kappa={r['kappa']:g}: max |L/L_base - 1|"
+            measured = f"{fmt(r['max_rel_dev'])} (n={int(r['n_points'])})"
+            if must_hold:
+                rows.append(row(name, r["max_rel_dev"], "0 (curves agree)", f"<= {tol:g}", r["max_rel_dev"] <= tol,
+                                 measured=measured))
+            elif adam and rule == "linear" and r["kappa"] == sub["kappa"].max():
+                rows.append(row(name, r["max_rel_dev"], "> tol (the rule fails)", f"> {tol:g}",
+                                 r["max_rel_dev"] > tol, measured=measured))
+            else:
+                rows.append(info_row(name, r["max_rel_dev"], measured=measured))
+    return rows

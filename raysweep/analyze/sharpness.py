@@ -11,15 +11,21 @@
 - The stability edge of a sweep, ``eta_max(B)`` (:func:`raysweep.analyze.optimum.eta_max`), beside the classical
   bound at initialization ``2 / lambda_max(H(theta_0))``: progressive sharpening and catapults put the measured edge
   away from it.
+
+The study's science check, ``--check eos``: :func:`check_eos` (its rows: :mod:`raysweep.analyze.rows`; the rules of
+every study: :mod:`raysweep.analyze.checks`).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
 
 from raysweep.analyze.load import CONFIG_COLUMNS, ensure_prepared, group_columns
 from raysweep.analyze.optimum import eta_max
+from raysweep.analyze.rows import FAIL, SKIPPED, Row, fmt, info_row, row
 
 BETA1 = 0.9  # raysweep.step.ADAM_BETAS[0] (this package imports no torch)
 CURVATURE_COLUMNS = ("sharpness", "batch_sharpness", "preconditioned_sharpness", "hessian_trace")
@@ -89,3 +95,65 @@ def window_stats(table: pd.DataFrame, column: str, threshold: str, start: float,
                                       min_ratio=("_ratio", "min"), max_ratio=("_ratio", "max")).reset_index()
     out["max_deviation"] = np.maximum(out["max_ratio"] - 1, 1 - out["min_ratio"])
     return out
+
+
+def check_eos(trials: pd.DataFrame, curves: pd.DataFrame, *, n_train: int | None = None, window: float = 0.5,
+              tol: float = 0.10, min_rise: float = 1.5) -> list[Row]:
+    """Full-batch GD at the edge of stability; SGD's batch sharpness and Adam's preconditioned sharpness as info
+    (rules: :mod:`raysweep.analyze.checks`). ``n_train``: the training set size (a batch this large is full-batch GD;
+    default: the largest SGD batch size of the sweep); ``window``: the fraction of training where it starts."""
+    trials = ensure_prepared(trials)
+    table = sharpness_curves(curves, trials)
+    if table.empty or table["sharpness"].isna().all():
+        return [Row("sharpness curves", "none", "experiment.curvature with kinds [sharpness]", "-", FAIL)]
+    sgd = trials[trials["optimizer"] == "SGD"]
+    full = n_train if n_train is not None else (sgd["batch_size"].max() if len(sgd) else math.nan)
+    gd = sgd[sgd["batch_size"] >= full].sort_values(["eta", "seed"])
+    total = float(pd.to_numeric(trials["steps"], errors="coerce").max())
+    start, end = window * total, total
+    span = f"steps {start:g}-{end:g}"
+    rows: list[Row] = []
+    if gd.empty:
+        rows.append(Row("full-batch GD trials", "0", f"SGD at batch_size {full:g}", "-", FAIL))
+    seeds = gd["seed"].nunique() > 1
+    stats = window_stats(table, "sharpness", "edge", start, end).set_index("config_key")
+    for _, t in gd.iterrows():
+        name = f"GD eta={t['eta']:g}" + (f" seed {int(t['seed'])}" if seeds else "")
+        if t["status"] != "completed":
+            rows.append(Row(f"{name}: status", str(t["status"]), "completed", "-", FAIL,
+                            note=str(t.get("error") or "")[:120]))
+            continue
+        edge = 2.0 / float(t["lr_effective"])
+        init = float(t["initial_sharpness"]) if pd.notna(t.get("initial_sharpness")) else math.nan
+        if t["config_key"] not in stats.index:
+            rows.append(Row(f"{name}: sharpness reports in {span}", "0", ">= 1", "-", FAIL))
+            continue
+        st = stats.loc[t["config_key"]]
+        mean = float(st["mean_ratio"]) * edge
+        rows.append(row(f"{name}: sharpness rise (mean over {span} / at init {fmt(init)})", mean / init,
+                         f">= {min_rise:g} (progressive sharpening)", f">= {min_rise:g}", mean / init >= min_rise))
+        rows.append(row(f"{name}: max |sharpness / (2/eta) - 1| over {span} ({int(st['n_reports'])} reports)",
+                         float(st["max_deviation"]), f"0 (2/eta = {fmt(edge)})", f"<= {tol:g}",
+                         float(st["max_deviation"]) <= tol,
+                         measured=f"{fmt(float(st['max_deviation']))} (ratio {fmt(float(st['min_ratio']))}.."
+                                  f"{fmt(float(st['max_ratio']))})"))
+    minibatch = sgd[sgd["batch_size"] < full].sort_values(["batch_size", "eta", "seed"])
+    batch_stats = window_stats(table, "batch_sharpness", "edge", start, end).set_index("config_key")
+    for _, t in minibatch.iterrows():
+        if t["config_key"] in batch_stats.index:
+            rows.append(info_row(f"SGD B={t['batch_size']:g} eta={t['eta']:g}: batch sharpness / (2/eta), mean over "
+                              f"{span}", float(batch_stats.loc[t["config_key"], "mean_ratio"]), "1"))
+    adam = trials[trials["optimizer"].isin(("Adam", "AdamW"))].sort_values(["batch_size", "eta", "seed"])
+    # adam_edge: (2 + 2 beta1) / ((1 - beta1) lr_eff) at each trial's beta1 (38 / lr_eff at 0.9)
+    pre_stats = window_stats(table, "preconditioned_sharpness", "adam_edge", start, end).set_index("config_key")
+    for _, t in adam.iterrows():
+        if t["config_key"] in pre_stats.index:
+            b1 = t.get("beta1")
+            edge = "38/eta" if pd.isna(b1) or b1 == 0.9 else f"(2+2b1)/((1-b1) eta), b1={b1:g}"
+            rows.append(info_row(f"{t['optimizer']} B={t['batch_size']:g} eta={t['eta']:g}: preconditioned sharpness / "
+                              f"({edge}), mean over {span}", float(pre_stats.loc[t["config_key"], "mean_ratio"]),
+                              "1"))
+    if adam.empty:
+        rows.append(Row("Adam: preconditioned sharpness / (38/eta)", "-", "1", "info", SKIPPED,
+                        note="no Adam trials in this sweep"))
+    return rows
