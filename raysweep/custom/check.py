@@ -136,6 +136,6 @@ def _check_forward(module, x, width: int, dtype, out_shape: tuple[int, ...]) -> 
     want = (x.shape[0], *out_shape)
     if not isinstance(out, torch.Tensor) or out.dtype != dtype or tuple(out.shape) != want:
         got = f"{out.dtype} {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-        raise FactoryError(f"{MODEL_FIELD}: the model's forward must return a {dtype} tensor {list(want)} for "
-                           f"inputs {tuple(x.shape)} (width {width}; the experiment's dtype, [B, ..., n_out] as "
-                           f"the labels), got {got}")
+        raise FactoryError(f"{MODEL_FIELD}: the model's forward must return a {dtype} tensor [B, ..., "
+                           f"{out_shape[-1]}] (here {list(want)}: the experiment's dtype, the labels' positions) for "
+                           f"inputs {tuple(x.shape)} (width {width}), got {got}")
