@@ -53,10 +53,16 @@ def check_spec(spec) -> list[str]:
         point = spec.points()[0]
         lines = [f"model: {model['factory']} (input {tuple(input_shape)}, {n_out} outputs; "
                  f"{'centred f - f0' if model['centred'] else 'uncentred'})"]
+        built = []
         for width in sorted({min(spec.space.width), max(spec.space.width)}):
             module = build_model(model, width=width, depth=point["depth"], gamma=point["gamma"],
                                  parametrization=point["parametrization"], input_shape=input_shape, n_out=n_out,
                                  seed=0, dtype=dtype)
+            if any(module is other for other in built):
+                raise FactoryError(f"{MODEL_FIELD}: {model['factory']} returned the same module object for two "
+                                   "calls; it must build a new one per call (each trial's members start from their "
+                                   "own seeds)")
+            built.append(module)
             _check_parameters(module, width)
             for batch in _check_batch_sizes(spec, x):
                 _check_forward(module, batch, width, dtype, _out_shape(exp, n_out))

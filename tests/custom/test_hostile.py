@@ -60,6 +60,13 @@ def integer_parameter(**kwargs):
     return model
 
 
+_BUILT: dict = {}
+
+
+def one_instance(*, input_shape, n_out, **kwargs):
+    return _BUILT.setdefault("model", mlp(width=8, input_shape=input_shape, n_out=n_out))  # one object for every call
+
+
 def exits(**kwargs):
     raise SystemExit(3)
 
@@ -127,6 +134,7 @@ REFUSED = [
     ({}, {"factory": HERE + "first_two"}, {}, "experiment.model.factory", r"here \[3, 3\].*got torch.float32 \(2, 3\)"),
     ({}, {"factory": HERE + "batch_norm"}, {"batch_size": [1, 8]}, "experiment.model.factory",
      r"forward failed on inputs \(1, 4\).*Expected more than 1 value"),
+    ({}, {"factory": HERE + "one_instance"}, {}, "experiment.model.factory", "returned the same module object"),
     ({}, {"readout": "0"}, {}, "experiment.model.readout", "must map width-scaled features"),
     ({}, {"kwargs": {"scale": float("nan")}}, {}, "experiment.model.kwargs", "must hold no NaN"),
     ({}, {"kwargs": {"width": 3}}, {}, "experiment.model.kwargs.width", "is passed to the factory by raysweep"),
