@@ -1,9 +1,11 @@
 """The driver's check of a spec's user factories before Ray starts, and the ``--dry-run`` lines they add.
 
-:func:`check_spec` imports the data factory (``custom`` family) and the model factory, calls both, builds the model
-at the space's smallest and largest width, runs one forward on two inputs, infers the base shapes (SP's and muP's
-rates), and tries one vmapped step (whose failure is no error: the bundles then train unfused, and the line says
-why). Any failure is a :class:`~raysweep.errors.FactoryError` (a SpecError: exit 2) naming the spec field and file.
+:func:`check_spec` imports the data factory (``custom`` family) and the model factory, calls both (the custom
+family's training set must hold every batch size of the space), builds the model at the space's smallest and largest
+width (a new module per call, with floating parameters), runs forwards on two and three inputs (and one when the
+space trains at batch size 1) whose outputs must be tensors of the experiment's dtype shaped as the loss reads
+them, infers the base shapes (SP's and muP's rates), and tries one vmapped step (whose failure is no error: the
+bundles then train unfused, and the line says why). Any failure is a :class:`~raysweep.errors.FactoryError` (a SpecError: exit 2) naming the spec field and file.
 """
 
 from __future__ import annotations

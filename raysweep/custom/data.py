@@ -5,7 +5,8 @@ The factory (``experiment.factory``, ``"package.module:function"``) is called as
 keys (a mapping may add ``n_out``, the number of outputs, and ``dataset``, the label the rows record). ``x`` is
 ``[n, *input_shape]`` of any dtype (float features, int64 tokens...); ``y`` is int64 class labels ``[n]`` or
 ``[n, ...]`` (one per position, e.g. next-token prediction) for ``kind: classification``, float ``[n, ..., n_out]``
-for ``kind: regression``. ``n_out`` defaults to ``max label + 1`` (classification) or ``y``'s last dimension.
+for ``kind: regression``; CPU tensors, floats finite, labels in ``[0, n_out)``, both splits' samples of one shape.
+``n_out`` defaults to ``max label + 1`` (classification) or ``y``'s last dimension.
 Float features are cast to the experiment's dtype; other dtypes are kept. The test set is the eval set, capped at
 ``eval_samples`` (its first samples). Training reads epochs over the training set (fixed data, no online stream).
 

@@ -153,6 +153,7 @@ REFUSED = [
     ({"factory": HERE + "targets_1d", "kind": "regression"}, {}, {"loss": "mse"}, "experiment.factory",
      r"y_train must be float targets \[n, \.\.\., n_out\]"),
     ({"kwargs": {"n": 6}}, {}, {}, "space.batch_size[0]", r"at most the training set .* \(6 samples\), got 8"),
+    ({"epochs": 2**62}, {}, {}, "experiment.epochs", r"times the training set \(64 samples\) must fit int64"),
 ]
 
 
