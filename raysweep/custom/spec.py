@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from raysweep import fields as f
+from raysweep import limits
 
 __all__ = ["BUILTIN_MODELS", "MODEL_KEYS", "check_factory", "check_kwargs", "is_custom", "model_name",
            "model_option", "plain"]
@@ -104,7 +105,9 @@ def model_option(value: Any, path: str = "experiment.model") -> str | f.FrozenDi
         factory=check_factory(f"{path}.factory", value["factory"]),
         kwargs=check_kwargs(f"{path}.kwargs", value.get("kwargs"), MODEL_ARGS),
         readout=readout,
-        base_width=f.optional(lambda p, v: f.as_int(p, v, ge=1), f"{path}.base_width", value.get("base_width")),
+        # base shapes build the model at base_width and twice it: both matrix dimensions (32-bit for BLAS)
+        base_width=f.optional(lambda p, v: f.as_int(p, v, ge=1, le=limits.MAX_DIM // 2), f"{path}.base_width",
+                              value.get("base_width")),
         centred=f.as_bool(f"{path}.centred", value.get("centred", False)),
     )
 

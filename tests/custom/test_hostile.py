@@ -135,6 +135,7 @@ REFUSED = [
     ({}, {"factory": HERE + "batch_norm"}, {"batch_size": [1, 8]}, "experiment.model.factory",
      r"forward failed on inputs \(1, 4\).*Expected more than 1 value"),
     ({}, {"factory": HERE + "one_instance"}, {}, "experiment.model.factory", "returned the same module object"),
+    ({}, {"base_width": 2**40}, {}, "experiment.model.base_width", "must be a positive integer <= 1,073,741,823"),
     ({}, {"readout": "0"}, {}, "experiment.model.readout", "must map width-scaled features"),
     ({}, {"kwargs": {"scale": float("nan")}}, {}, "experiment.model.kwargs", "must hold no NaN"),
     ({}, {"kwargs": {"width": 3}}, {}, "experiment.model.kwargs.width", "is passed to the factory by raysweep"),
