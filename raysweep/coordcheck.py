@@ -295,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         if spec.experiment.model != "mlp" and not custom:
             raise SpecError(f"experiment.model: a coord check scales an MLP's width; {args.space} trains the "
                             f"{spec.experiment.model} student, which has none")
+        if custom:  # the launch's check of the factories first: a bad one is one line, exit 2
+            from raysweep.custom.check import check_spec  # torch and the user's code
+
+            check_spec(spec)
     except (SpecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -39,7 +39,7 @@ from raysweep.autobatch.module import find_batch_size
 from raysweep.autobatch.sizing import auto_batch_size, gpu_share, request_from_spec, trial_need
 from raysweep.custom.spec import is_custom
 from raysweep.errors import NothingFitsError, RaysweepError, SpecError, UserModelError
-from raysweep.space import load_spec
+from raysweep.space import AUTO, load_spec
 
 
 def parse_args(argv):
@@ -204,7 +204,7 @@ def analyse(spec, model, config: AutobatchConfig, fractions, modes) -> list[dict
                     row["error"] = str(exc)
                 if mode == "train":
                     shares = {}
-                    for b in spec.space.batch_size:
+                    for b in (b for b in spec.space.batch_size if b != AUTO):  # auto: the row's batch_size
                         need = trial_need(model, {**point, "batch_size": b}, n_members=k, experiment=experiment)
                         share = gpu_share(need["need_bytes"], usable)
                         shares[b] = ("infeasible" if share > 1 else share) if model.label == "cuda" else (
@@ -267,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         return module_main(args)
     try:
         spec = load_spec(args.space)
+        if is_custom(spec.experiment.model):
+            raise SpecError(f"experiment.model: the analysis of SPACE.yaml fits the MLP's memory model; a model "
+                            f"factory's trials are sized at launch by measuring their real steps (batch_size: auto), "
+                            f"or here with --model {spec.experiment.model['factory']} --batch ... ({args.space})")
         config = getattr(spec, "autobatch", None) or AutobatchConfig()
         modes = _modes(args.modes or "train,val")
         fractions = _fractions(args.fractions, config.target_memory_fraction)

@@ -90,6 +90,7 @@ from raysweep.autobatch.guard import apply_malloc_policy, is_oom
 from raysweep.autobatch.memory import ITEMSIZE, MIN_MARGIN
 from raysweep.autobatch.probe import measure
 from raysweep.autobatch.search import GRIDS, largest_fitting
+from raysweep import limits
 from raysweep.errors import NothingFitsError, RaysweepError, UserModelError
 
 # torch is imported inside the functions that build or run a model: importing this module stays light
@@ -115,7 +116,7 @@ def resolve(ref: str, argument: str) -> Callable:
         raise UserModelError(argument, f"must be package.module:function, got {ref!r}")
     try:
         obj = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any failure to import is the user's path (or their module's bug)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any failure to import is the user's path (or bug)
         raise UserModelError(argument, f"cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
     for part in attr.split("."):
         try:
@@ -282,7 +283,13 @@ def _forward(model, inputs):
 def _model(job: ModuleJob, device, dtype):
     import torch  # heavy: trials only
 
-    model = job.make_model()
+    try:
+        model = job.make_model()
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's callable failed (or exited): say which
+        if is_oom(exc):
+            raise
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserModelError("make_model", f"raised {type(exc).__name__}: {text}") from exc
     if not isinstance(model, torch.nn.Module):
         raise UserModelError("make_model", f"must return a torch.nn.Module, got {type(model).__name__}")
     return model.to(device=device, dtype=dtype)
@@ -701,8 +708,9 @@ def _check_numbers(mode, target_memory_fraction, min_batch_size, max_batch_size,
     if not isinstance(target_memory_fraction, (int, float)) or not 0 < target_memory_fraction <= 1:
         raise UserModelError("target_memory_fraction", f"must be in (0, 1], got {target_memory_fraction!r}")
     for name, value in (("min_batch_size", min_batch_size), ("max_batch_size", max_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserModelError(name, f"must be an integer >= 1, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limits.MAX_DIM:
+            raise UserModelError(name, f"must be an integer in [1, {limits.text(limits.MAX_DIM)}], got {value!r}"
+                                       f"{limits.why(limits.MAX_DIM)}")
     if max_batch_size < min_batch_size:
         raise UserModelError("max_batch_size", f"must be >= min_batch_size ({min_batch_size}), got {max_batch_size}")
     least = 2 if mode == "train" else 1

@@ -24,15 +24,21 @@ from raysweep.seeds import init_seed
 MODEL_FIELD = "experiment.model.factory"
 
 
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of the user's exception (torch's messages run over many lines)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
 def load(target: str, field: str) -> Callable:
     """The callable ``"package.module:function"`` names; FactoryError naming ``field`` when the module cannot be
     imported, lacks the name, or the name is not callable."""
     module_name, _, name = str(target).partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or the module's own code failing
-        raise FactoryError(f"{field}: cannot import module {module_name!r} of {target!r} ({type(exc).__name__}: "
-                           f"{exc}); it must be importable on the driver and on every Ray worker (on a cluster: "
+    except (Exception, SystemExit) as exc:  # ImportError, or the module's own code failing (or exiting)
+        raise FactoryError(f"{field}: cannot import module {module_name!r} of {target!r} ({one_line(exc)}); "
+                           "it must be importable on the driver and on every Ray worker (on a cluster: "
                            "ray job submit --working-dir .)") from None
     if not hasattr(module, name):
         raise FactoryError(f"{field}: module {module_name!r} has no attribute {name!r} (from {target!r})")
@@ -65,9 +71,9 @@ def build_model(model: Mapping[str, Any], *, width: int, depth: int, gamma: floa
             module = fn(**args, **kwargs)
     except FactoryError:
         raise
-    except Exception as exc:  # the user's code
+    except (Exception, SystemExit) as exc:  # the user's code (a SystemExit too: the launch reports it)
         raise FactoryError(f"{MODEL_FIELD}: {model['factory']}(width={width}, depth={depth}, ...) raised "
-                           f"{type(exc).__name__}: {exc}") from exc
+                           f"{one_line(exc)}") from exc
     if not isinstance(module, torch.nn.Module):
         raise FactoryError(f"{MODEL_FIELD}: {model['factory']} must return a torch.nn.Module, got "
                            f"{type(module).__name__}")

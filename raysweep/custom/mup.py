@@ -119,6 +119,11 @@ def base_shapes(model: Mapping[str, Any], *, depth: int, gamma: float, input_sha
         if readout not in modules or _weight(readout) not in b or len(b[_weight(readout)]) != 2:
             raise FactoryError(f"{READOUT_FIELD}: {readout!r} must name a module with a 2-d weight (e.g. an "
                                f"nn.Linear); the model's modules: {', '.join(n for n in modules if n)[:300]}")
+        if infinite[_weight(readout)] != (False, True):
+            raise FactoryError(f"{READOUT_FIELD}: {readout!r} must map width-scaled features to outputs that do not "
+                               f"scale (its weight's input dimension grows with width, its output dimension does "
+                               f"not), got a weight of shape {b[_weight(readout)]} at width {base_width} and "
+                               f"{d[_weight(readout)]} at {2 * base_width}")
     else:
         found = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear)
                  and infinite[_weight(n)] == (False, True)]

@@ -22,38 +22,55 @@ The ``custom`` data family (``experiment.family: custom``) takes ``factory`` (``
 
 from __future__ import annotations
 
-import re
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from raysweep import fields as f
+from raysweep import limits
 
 __all__ = ["BUILTIN_MODELS", "MODEL_KEYS", "check_factory", "check_kwargs", "is_custom", "model_name",
            "model_option", "plain"]
 
 BUILTIN_MODELS = ("mlp", "linear")  # raysweep.model: the MLP, or the linear student f(x) = w.x
 MODEL_KEYS = ("factory", "kwargs", "readout", "base_width", "centred")
-_TARGET = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+MODEL_ARGS = ("width", "depth", "gamma", "parametrization", "input_shape", "n_out")  # the model factory's call
 
 
 def check_factory(path: str, value: Any) -> str:
     """An import path ``"package.module:function"``; a FieldError naming ``path`` otherwise."""
-    if not isinstance(value, str) or not _TARGET.fullmatch(value.strip()):
+    module, colon, name = value.strip().partition(":") if isinstance(value, str) else ("", "", "")
+    if not colon or not name.isidentifier() or not all(part.isidentifier() for part in module.split(".")):
         raise f.fail(path, 'must be an import path "package.module:function"', value)
     return value.strip()
 
 
-def check_kwargs(path: str, value: Any) -> f.FrozenDict:
-    """Factory keywords: a mapping with string keys and JSON-able values (they enter the config key), frozen."""
+def check_kwargs(path: str, value: Any, passed: tuple[str, ...] = ("seed",)) -> f.FrozenDict:
+    """Factory keywords: a mapping with string keys and JSON-able values (they enter the config key), frozen;
+    none of them a keyword raysweep passes itself (``passed``: the data factory's ``seed``, or :data:`MODEL_ARGS`)."""
     if value is None:
         return f.FrozenDict()
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise f.fail(path, "must be a mapping of keyword names to values", value)
+    for key in value:
+        if key in passed:
+            raise f.fail(f"{path}.{key}", f"is passed to the factory by raysweep itself (as {', '.join(passed)}: "
+                         "from the space, the data and experiment.data_seed); use another keyword", value[key])
     try:
         f.canonical_json(value)
     except (TypeError, ValueError) as exc:
         raise f.fail(path, f"must hold JSON-able values ({exc})", value) from None
+    if _has_nan(value):  # NaN != NaN: the spec saved with the sweep would never equal it again (resume)
+        raise f.fail(path, "must hold no NaN (a spec with NaN never equals itself, so its sweep cannot resume)", value)
     return f.FrozenDict({k: _freeze(v) for k, v in value.items()})
+
+
+def _has_nan(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(_has_nan(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nan(v) for v in value)
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _freeze(value: Any) -> Any:
@@ -86,9 +103,11 @@ def model_option(value: Any, path: str = "experiment.model") -> str | f.FrozenDi
                      readout)
     return f.FrozenDict(
         factory=check_factory(f"{path}.factory", value["factory"]),
-        kwargs=check_kwargs(f"{path}.kwargs", value.get("kwargs")),
+        kwargs=check_kwargs(f"{path}.kwargs", value.get("kwargs"), MODEL_ARGS),
         readout=readout,
-        base_width=f.optional(lambda p, v: f.as_int(p, v, ge=1), f"{path}.base_width", value.get("base_width")),
+        # base shapes build the model at base_width and twice it: both matrix dimensions (32-bit for BLAS)
+        base_width=f.optional(lambda p, v: f.as_int(p, v, ge=1, le=limits.MAX_DIM // 2), f"{path}.base_width",
+                              value.get("base_width")),
         centred=f.as_bool(f"{path}.centred", value.get("centred", False)),
     )
 
