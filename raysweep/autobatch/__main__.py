@@ -267,10 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         return module_main(args)
     try:
         spec = load_spec(args.space)
-        if is_custom(spec.experiment.model):
-            raise SpecError(f"experiment.model: the analysis of SPACE.yaml fits the MLP's memory model; a model "
-                            f"factory's trials are sized at launch by measuring their real steps (batch_size: auto), "
-                            f"or here with --model {spec.experiment.model['factory']} --batch ... ({args.space})")
         config = getattr(spec, "autobatch", None) or AutobatchConfig()
         modes = _modes(args.modes or "train,val")
         fractions = _fractions(args.fractions, config.target_memory_fraction)

@@ -195,12 +195,12 @@ def test_coordcheck_runs_the_factory_check_first(tmp_path, capsys):
 def test_autobatch_refuses_what_it_cannot_size(tmp_path, capsys):
     with pytest.raises(UserModelError, match=r"max_batch_size: must be an integer in \[1, 2\*\*31 - 1\]"):
         find_batch_size(None, None, max_batch_size=2**40)
-    path = tmp_path / "c.yaml"  # a factory's trials are sized by measuring them (at launch, or with --model)
+    path = tmp_path / "c.yaml"  # a factory's trials are measured, not fitted: no target fractions to compare
     path.write_text(f"name: c\nexperiment: {{family: custom, factory: '{HERE}data', epochs: 1, "
                     f"model: {{factory: '{HERE}mlp'}}}}\nspace: {{batch_size: auto, eta: 0.1, width: 8, loss: xent}}\n")
-    assert autobatch_main([str(path), "--storage", str(tmp_path / "r")]) == 2
+    assert autobatch_main([str(path), "--fractions", "0.5", "--storage", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: experiment.model: the analysis of SPACE.yaml fits the MLP's memory model"), err
+    assert err.startswith("error: --fractions: not with a model factory's space"), err
     assert err.count("\n") == 1 and not (tmp_path / "r").exists()
     assert autobatch_main(["--model", HERE + "exits", "--batch", HERE + "data", "--device", "cpu"]) == 2
     assert capsys.readouterr().err == "error: --model: raised SystemExit: 3\n"
