@@ -22,10 +22,10 @@ real training step of its K members (:func:`raysweep.custom.probe.run_steps`), n
   failed rows), with the measurements as evidence.
 - **Resources**, as the MLP path: ``{"cpu": cpus_per_trial, "memory": need}`` on a CPU, ``{"gpu": gpu_share(need,
   usable), "cpu": cpus_per_trial}`` on a GPU.
-- **Where.** On a CPU (:class:`CpuSweepTrials`, label ``cpu-rss``): :class:`raysweep.autobatch.module.CpuRssTrials`'
+- **Where.** On a CPU (:class:`CpuSweepTrials`, label ``cpu-rss``): :class:`raysweep.autobatch.trials.CpuRssTrials`'
   fresh forked processes on the driver's host (peak RSS growth; the context is the trial process's resident size
   with the trainer's modules imported). On a cluster with real GPUs (:class:`RaySweepTrials`, label ``cuda``): a Ray
-  actor with one GPU measures in-process with :class:`raysweep.autobatch.module.CudaTrials`; the context is a fresh
+  actor with one GPU measures in-process with :class:`raysweep.autobatch.trials.CudaTrials`; the context is a fresh
   process's CUDA context (measured once from the global free memory) and ``available`` adds back the actor's own.
 - **Cache**: the measurements in ``<sweep>/autobatch_modules.json`` (:class:`raysweep.autobatch.module
   .MeasurementCache`), keyed by the model factory (import path and kwargs), the data settings, the bundle shape, K,
@@ -50,15 +50,10 @@ from raysweep.autobatch.config import AutobatchConfig
 from raysweep.autobatch.device import DeviceInfo, context_from_free_delta, cpu_device_info, read_meminfo
 from raysweep.autobatch.guard import is_oom
 from raysweep.autobatch.memory import MIN_MARGIN
-from raysweep.autobatch.module import (
-    CpuRssTrials,
-    MeasurementCache,
-    SizeTrial,
-    decide_trial,
-    format_trial,
-)
+from raysweep.autobatch.module import MeasurementCache, SizeTrial, decide_trial, format_trial
 from raysweep.autobatch.search import largest_fitting
 from raysweep.autobatch.sizing import gpu_share
+from raysweep.autobatch.trials import CpuRssTrials
 from raysweep.errors import NoCachedModelError, NothingFitsError, RaysweepError, UserModelError
 from raysweep.plan import Bundle, bundle_id
 from raysweep.points import BUNDLE_KEYS, bundle_key, update_path
@@ -77,7 +72,7 @@ NOT_MEMORY = ("steps", "epochs", "report_every", "divergence_factor", "device")
 @dataclass
 class SweepJob:
     """Real steps of the trainer's step of ``n_members`` members of ``point`` (the bundle's shape) on the spec's data:
-    a :class:`raysweep.autobatch.module.TrialJob` of kind ``sweep``."""
+    a :class:`raysweep.autobatch.trials.TrialJob` of kind ``sweep``."""
 
     experiment: dict  # the flat experiment mapping (Experiment.as_dict()), JSON-able
     point: dict
@@ -224,7 +219,7 @@ class CudaSweepHost:
         return self.counters.free_bytes() + self.context  # this actor's own context goes when it ends
 
     def run(self, job: dict, batch_size: int, budget_bytes: int) -> dict:
-        from raysweep.autobatch.module import CudaTrials  # torch: CUDA
+        from raysweep.autobatch.trials import CudaTrials  # torch: CUDA
 
         rec = CudaTrials(SweepJob.from_dict(job), self.counters.index, counters=self.counters).run(
             batch_size, budget_bytes)

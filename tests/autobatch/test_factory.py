@@ -189,7 +189,7 @@ class FlatCounters:
 
 
 def test_a_sweep_job_crosses_as_plain_data_and_runs_the_real_step_in_process():
-    from raysweep.autobatch.module import CudaTrials, job_from_dict
+    from raysweep.autobatch.trials import CudaTrials, job_from_dict
 
     spec = cnn_spec([8], [0.1, 0.2])
     job = SweepJob(spec.experiment.as_dict(), spec.points()[0], 2, "train", 2)

@@ -15,16 +15,9 @@ from hypothesis import strategies as st
 from raysweep.autobatch import largest_fitting
 from raysweep.autobatch.__main__ import main
 from raysweep.autobatch.device import DeviceInfo
-from raysweep.autobatch.module import (
-    CACHE_FILE,
-    CpuRssTrials,
-    CudaTrials,
-    SimulatedDevice,
-    build_job,
-    find_batch_size,
-    run_steps,
-)
+from raysweep.autobatch.module import CACHE_FILE, build_job, find_batch_size, run_steps
 from raysweep.autobatch.search import Grid
+from raysweep.autobatch.trials import CpuRssTrials, CudaTrials, SimulatedDevice
 from raysweep.errors import NothingFitsError, UserModelError
 
 M = "tests.support.modules:"
