@@ -1,11 +1,12 @@
 """The driver's check of a spec's user factories before Ray starts, and the ``--dry-run`` lines they add.
 
-:func:`check_spec` imports the data factory (``custom`` family) and the model factory, calls both (the custom
-family's training set must hold every batch size of the space), builds the model at the space's smallest and largest
+:func:`check_spec` imports the data factory (``custom`` family) and the model factory, calls both (epochs over the
+custom family's training set must fit int64), builds the model at the space's smallest and largest
 width (a new module per call, with floating parameters), runs forwards on two and three inputs (and one when the
 space trains at batch size 1) whose outputs must be tensors of the experiment's dtype shaped as the loss reads
 them, infers the base shapes (SP's and muP's rates), and tries one vmapped step (whose failure is no error: the
-bundles then train unfused, and the line says why). Any failure is a :class:`~raysweep.errors.FactoryError` (a SpecError: exit 2) naming the spec field and file.
+bundles then train unfused, and the line says why). Any failure is a :class:`~raysweep.errors.FactoryError` (a
+SpecError: exit 2) naming the spec field and file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from raysweep import families, limits
 from raysweep.custom.factory import MODEL_FIELD, build_model, one_line
 from raysweep.custom.spec import is_custom
 from raysweep.errors import FactoryError, FieldError
-from raysweep.space import AUTO
 
 CHECK_BATCH = 2  # inputs of the forward the check runs
 
@@ -87,17 +87,14 @@ def check_spec(spec) -> list[str]:
 
 
 def _check_batches(spec) -> None:
-    """The custom family's training set holds every batch size of the space, and epochs over it fit int64 (the
-    ``samples_seen`` column)."""
+    """Epochs over the custom family's training set fit int64 (the ``samples_seen`` column). A batch size larger
+    than the training set is not an error of the spec: that configuration lands as a failed row (``InfeasibleError``,
+    never retried), as with the built-in fixed data sets, and the rest of the sweep runs."""
     from raysweep.custom.data import factory_tensors  # torch
 
     exp = spec.experiment
     data = factory_tensors({**exp.params, "data_seed": exp.data_seed})
     n_train = int(data["x_train"].shape[0])
-    for i, batch in enumerate(spec.space.batch_size):
-        if batch != AUTO and batch > n_train:
-            raise FieldError(f"space.batch_size[{i}]", f"must be at most the training set of {exp.params['factory']} "
-                             f"({n_train} samples), got {batch}")
     if exp.epochs is not None and exp.epochs * n_train > limits.INT64_MAX:
         raise FieldError("experiment.epochs", f"times the training set ({n_train:,} samples) must fit int64 (the "
                          f"samples_seen column), got {exp.epochs}")

@@ -153,7 +153,6 @@ REFUSED = [
     ({"kwargs": {"labels": 2**40}}, {}, {}, "experiment.factory", r"\(max label \+ 1\) must be in \[1, 2\*\*31 - 1\]"),
     ({"factory": HERE + "targets_1d", "kind": "regression"}, {}, {"loss": "mse"}, "experiment.factory",
      r"y_train must be float targets \[n, \.\.\., n_out\]"),
-    ({"kwargs": {"n": 6}}, {}, {}, "space.batch_size[0]", r"at most the training set .* \(6 samples\), got 8"),
     ({"epochs": 2**62}, {}, {}, "experiment.epochs", r"times the training set \(64 samples\) must fit int64"),
 ]
 
