@@ -204,3 +204,13 @@ def test_dropout_runs_unfused_with_each_member_its_own_masks():
     reports = list(train_bundle(task, exp, points))
     for i in (0, 3):
         assert curves(reports, i) == curves(list(train_bundle(task, exp, [points[i]])), 0)
+
+
+def test_a_batch_larger_than_the_training_set_is_the_configurations_own_infeasibility():
+    """As on the built-in fixed data sets: the trainer raises InfeasibleError (the trial lands a failed row, never
+    retried), the spec itself is valid and the sweep's other configurations run."""
+    from raysweep.errors import InfeasibleError
+
+    exp, task, points = setup({**LANGUAGE}, {"batch_size": 256, "eta": 0.1, "width": 8})  # 128 sequences
+    with pytest.raises(InfeasibleError, match="larger than the training set"):
+        list(train_bundle(task, exp, points))
