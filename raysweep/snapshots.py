@@ -8,14 +8,15 @@ written atomically, and never read with pickle)::
 
 A member's file holds, for every snapshot step ``s`` it reached, the tensors ``delta.<s>.<l>`` = ``W_l(s) -
 W_l(0)`` (layer ``l = 0 .. L-1``, shape ``[fan_in, fan_out]``, the training dtype, computed in that dtype); its
-metadata (strings) says ``config_key``, ``seed``, ``widths`` (JSON list), ``dtype``, ``steps`` (JSON list),
+metadata (strings) says ``kind`` (``layers``), ``config_key``, ``seed``, ``widths`` (JSON list), ``dtype``, ``steps`` (JSON list),
 ``point`` (the configuration, JSON) and ``theta0`` (the name of its theta_0 file). A theta_0 file holds
 ``theta0.<l>``. :func:`read_member` reads both back: ``weights(s)`` is ``theta_0 + delta`` (exact to one rounding
 of the dtype; the stored tensors themselves round-trip bit for bit).
 
 A model factory's member (``experiment.model: {factory: ...}``, :mod:`raysweep.custom`) is named by parameter: its
 file holds ``delta.<s>.<name>`` = ``p(s) - p(0)`` for every parameter ``name`` (``named_parameters``' names, the
-shape of the parameter, the training dtype), its metadata says ``kind`` ``parameters`` (an MLP's: ``layers``),
+shape of the parameter, the training dtype; the tensors the module holds, :mod:`raysweep.custom.mup`'s forward
+multipliers not applied), its metadata says ``kind`` ``parameters`` (an MLP's: ``layers``),
 ``names`` (JSON list, the parameters' order) and, as ``widths``, the parameters' shapes (JSON list of lists). Its
 theta_0 file (``theta0.<name>``) is ``<seed>_<tag>_<dtype>.safetensors``, ``tag`` the first 16 hex digits of the
 SHA-256 of the canonical JSON of the model mapping (factory, kwargs, readout, base_width, centred), ``width``,
