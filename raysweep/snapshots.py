@@ -16,7 +16,7 @@ of the dtype; the stored tensors themselves round-trip bit for bit).
 A model factory's member (``experiment.model: {factory: ...}``, :mod:`raysweep.custom`) is named by parameter: its
 file holds ``delta.<s>.<name>`` = ``p(s) - p(0)`` for every parameter ``name`` (``named_parameters``' names, the
 shape of the parameter, the training dtype; the tensors the module holds, :mod:`raysweep.custom.mup`'s forward
-multipliers not applied), its metadata says ``kind`` ``parameters`` (an MLP's: ``layers``),
+multipliers not applied; buffers are not kept), its metadata says ``kind`` ``parameters`` (an MLP's: ``layers``),
 ``names`` (JSON list, the parameters' order) and, as ``widths``, the parameters' shapes (JSON list of lists). Its
 theta_0 file (``theta0.<name>``) is ``<seed>_<tag>_<dtype>.safetensors``, ``tag`` the first 16 hex digits of the
 SHA-256 of the canonical JSON of the model mapping (factory, kwargs, readout, base_width, centred), ``width``,
