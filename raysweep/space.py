@@ -614,9 +614,6 @@ def _check_model(experiment: Experiment, space: Space) -> None:
     model (raysweep.custom) trains at ``lr_rule: raw``, SP and muP by base shapes and torch_sp as built (autobatch
     sizes it by measuring its real steps)."""
     if is_custom(experiment.model):
-        if experiment.snapshots is not None:
-            raise f.fail("experiment.snapshots", "must be off with a model factory (snapshots are taken on the MLP "
-                         "path)", experiment.snapshots)
         if space.lr_rule != ("raw",):
             raise f.fail("space.lr_rule", "must be [raw] with a model factory (its rates are eta times the muP "
                          "multipliers of raysweep.custom.mup)", list(space.lr_rule))

@@ -13,7 +13,8 @@ eigenvalue and its density). The loss is the one the trainer optimizes, on the s
 Exactly once, resumable: a member's file is written atomically when all its steps are computed, and a relaunch
 computes only the members without one (``--filter`` picks among them). The settings of the first launch are kept in
 ``<sweep>/spectra/settings.json``; a relaunch with other settings is refused (exit 2) rather than mixing spectra.
-Exit codes: 0 done, 1 a member failed or another error, 2 bad options or nothing to read, 130/143 interrupted.
+Exit codes: 0 done, 1 a member failed or another error, 2 bad options or nothing to read (a model factory's sweep:
+its snapshots have no spectra here), 130/143 interrupted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from raysweep import snapshots, storage
+from raysweep.custom.spec import is_custom
 from raysweep.errors import OptionError, RaysweepError
 from raysweep.schema import SPECTRA_SCHEMA
 from raysweep.seeds import derive_seed
@@ -190,6 +192,9 @@ def plan(sweep, query: str | None = None) -> tuple[dict, list[str], int]:
     if not spec_file.exists():
         raise OptionError(f"{location.uri}: no spec.yaml (not a sweep folder?)")
     spec = load_spec(spec_file.path) if location.is_posix else _spec_of_text(spec_file.read_text(), spec_file.uri)
+    if is_custom(spec.experiment.model):
+        raise OptionError(f"{location.uri}: spectra of a model factory's snapshots are not supported (the MLP's "
+                          "only; read them with raysweep.snapshots.read_member)")
     keys = snapshots.member_keys(location)
     if not keys:
         raise OptionError(f"{location.uri}/snapshots: no snapshots (launch the sweep with experiment.snapshots on)")

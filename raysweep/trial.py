@@ -289,16 +289,28 @@ def run_bundle(plan: Plan, bundle: Bundle, report_fn, placement: Mapping = {}) -
 
 
 def _snapshot_recorder(plan: Plan, bundle: Bundle, task):
-    """The bundle's :class:`raysweep.snapshots.SnapshotRecorder` (``experiment.snapshots`` on)."""
+    """The bundle's :class:`raysweep.snapshots.SnapshotRecorder` (``experiment.snapshots`` on): an MLP's layers, or
+    a model factory's parameters by name (their shapes built once from the first point, as the trainer builds it)."""
     from raysweep import model  # torch
     from raysweep.snapshots import SnapshotRecorder
     from raysweep.train import steps_for  # torch
 
-    first = bundle.points[0]
-    widths = model.layer_widths(task.dim, int(first["width"]), int(first["depth"]), task.n_out)
-    total = steps_for(plan.experiment, task, int(first["batch_size"]))
-    return SnapshotRecorder(plan.location, bundle.keys, bundle.points, plan.experiment.snapshots, total, widths,
-                            plan.experiment.dtype)
+    exp, first = plan.experiment, bundle.points[0]
+    total = steps_for(exp, task, int(first["batch_size"]))
+    if not is_custom(exp.model):
+        widths = model.layer_widths(task.dim, int(first["width"]), int(first["depth"]), task.n_out)
+        return SnapshotRecorder(plan.location, bundle.keys, bundle.points, exp.snapshots, total, widths, exp.dtype)
+    import torch
+
+    from raysweep.custom.factory import build_model  # torch: the user's factory
+    from raysweep.custom.train import as_task  # torch
+
+    module = build_model(exp.model, width=int(first["width"]), depth=int(first["depth"]), gamma=float(first["gamma"]),
+                         parametrization=first["parametrization"], input_shape=as_task(task).input_shape,
+                         n_out=task.n_out, seed=int(first["seed"]), dtype=getattr(torch, exp.dtype))
+    named = dict(module.named_parameters())  # torch.func.stack_module_state's names and order (Members.names)
+    return SnapshotRecorder(plan.location, bundle.keys, bundle.points, exp.snapshots, total,
+                            [tuple(p.shape) for p in named.values()], exp.dtype, names=list(named), model=exp.model)
 
 
 def _cap_memory(placement: Mapping, device: str) -> float | None:

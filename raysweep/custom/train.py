@@ -51,7 +51,7 @@ from raysweep.custom.curvature import CurvatureFeed
 from raysweep.custom.factory import build_model
 from raysweep.custom.noise import NoiseFeed
 from raysweep.dead import chance_accuracy, dead_members, outside_band
-from raysweep.instrument_spec import curvature_option, grad_noise_option
+from raysweep.instrument_spec import curvature_option, grad_noise_option, snapshot_steps
 from raysweep.points import axis_value, bundle_key, update_path
 from raysweep.schedules import is_constant
 from raysweep.seeds import data_seed, derive_seed
@@ -244,10 +244,11 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
     (such a state of these points) continues from it: the reports after its step are bit-identical to those of an
     uninterrupted run (:func:`raysweep.train.train_bundle`'s contract). Raises ``ValueError`` when the points do not
     share :func:`raysweep.points.bundle_key` or ``resume`` is a state of other points, InfeasibleError for a batch
-    larger than the training set. ``on_weights`` (the MLP path's snapshots) must be None.
+    larger than the training set. ``on_weights(step, members, weights)`` (``experiment.snapshots``), when given, is
+    called as the MLP path calls it: at step 0 and after each step of
+    :func:`raysweep.instrument_spec.snapshot_steps`, with the bundle indices of the members still training and their
+    stacked parameters ``[K, *shape]`` in :attr:`Members.names` order; it must only read them (copy what it keeps).
     """
-    if on_weights is not None:
-        raise ValueError("a model factory's bundle has no weight snapshots (MLP path only)")
     device = torch.device(device)
     if len({bundle_key(p) for p in points}) != 1:
         raise ValueError("a bundle's points must share raysweep.points.bundle_key")
@@ -290,6 +291,9 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
     left_band = np.zeros(len(points), dtype=bool)
     dead_since: dict[int, int] = {}
     alive = list(range(len(points)))
+    snaps = set(snapshot_steps(setting(experiment, "snapshots"), total_steps)) if on_weights else set()
+    if on_weights:  # theta_0, before a resume loads its state
+        on_weights(0, list(alive), [members.params[n] for n in members.names])
     window: list[torch.Tensor] = []
     pos = feed.size  # the first step draws the first permutation / block
 
@@ -357,6 +361,8 @@ def train_bundle(task, experiment: Mapping[str, Any], points: Sequence[Mapping[s
                                     feed.shared, members.rng_seeds(step))
         scale = None if sched is None else sched.at(step)
         window.append(members.step(fn, x, y, f0, feed.shared, step, scale))
+        if step in snaps:
+            on_weights(step, list(alive), [members.params[n] for n in members.names])
 
         if step % report_every and step != total_steps:
             continue
