@@ -291,12 +291,14 @@ def test_full_batch_gd_sharpens_to_the_edge_of_stability_and_hovers_there():
     assert loss[300] < loss[10] / 10 and any(loss[b] > loss[a] for a, b in zip(loss, list(loss)[1:])), loss
 
 
-def test_a_factory_spec_takes_curvature_and_still_refuses_snapshots():
+def test_a_factory_spec_takes_curvature_and_snapshots():
     from raysweep.errors import SpecError
 
     exp, _, _ = setup({"optimizer": "SGD", "eta": 0.1}, curv=True)
     assert curvature_option(exp["curvature"])["kinds"] == ("sharpness",)
-    with pytest.raises(SpecError, match="experiment.snapshots"):
-        parse_spec({"name": "c", "experiment": {
-            "family": "custom", "factory": "tests.custom.test_curvature:tiny_images", "model": {"factory": CNN},
-            "snapshots": {"every": 2}}, "space": {"loss": "xent", "depth": 2}})
+    base = {"family": "custom", "factory": "tests.custom.test_curvature:tiny_images", "model": {"factory": CNN},
+            "steps": 4}
+    space = {"batch_size": 8, "eta": 0.1, "width": 4, "loss": "xent", "depth": 2}
+    assert parse_spec({"name": "c", "experiment": {**base, "snapshots": "log"}, "space": space}).experiment.snapshots
+    with pytest.raises(SpecError, match="experiment.snapshots"):  # a value the option does not take
+        parse_spec({"name": "c", "experiment": {**base, "snapshots": {"every": 2}}, "space": space})
