@@ -617,9 +617,6 @@ def _check_model(experiment: Experiment, space: Space) -> None:
         if space.lr_rule != ("raw",):
             raise f.fail("space.lr_rule", "must be [raw] with a model factory (its rates are eta times the muP "
                          "multipliers of raysweep.custom.mup)", list(space.lr_rule))
-        if "mup" in space.eps_scaling:
-            raise f.fail("space.eps_scaling", "must be global with a model factory (the per-layer muP eps of "
-                         "raysweep.scaling is the MLP's)", list(space.eps_scaling))
         return
     if experiment.family == "custom":
         raise f.fail("experiment.model", "must be a model factory {factory: package.module:function} with the "

@@ -139,6 +139,23 @@ def _weight(module: str) -> str:
     return f"{module}.weight" if module else "weight"
 
 
+def eps_multipliers(shapes: BaseShapes, named_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, float]:
+    """Adam's eps per parameter under muP with ``eps_scaling: mup``, as a factor of the spec's eps (Everett et al.
+    2024, the MLP path's :func:`raysweep.scaling.epsilons` by base shapes): a vector-like parameter (an input layer,
+    the readout, an embedding, a bias or norm whose dimension scales) ``1 / width_mult``, a matrix-like one (a hidden
+    weight) ``1 / fanin_mult^(3/2)``, a finite one 1; all 1 at the base width."""
+    out = {}
+    for name, shape in named_shapes.items():
+        n_inf = sum(shapes.infinite[name])
+        if n_inf == 2:
+            out[name] = 1.0 / shapes.width_mults(name, shape)[1] ** 1.5
+        elif n_inf == 1:
+            out[name] = 1.0 / shapes.vector_mult(name, shape)
+        else:
+            out[name] = 1.0
+    return out
+
+
 def multipliers(shapes: BaseShapes | None, named_shapes: Mapping[str, tuple[int, ...]], optimizer: str,
                 parametrization: str = "muP") -> tuple[dict[str, float], dict[str, float]]:
     """``(lr_mult, forward_mult)`` per parameter name at the model's shapes, under ``parametrization`` (``muP``,

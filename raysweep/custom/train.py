@@ -83,7 +83,9 @@ class Members:
         w0 = next(iter(self.params.values()))
         self.lrs = [torch.tensor([float(p["eta"]) * self.lr_mult[n] for p in points], dtype=w0.dtype,
                                  device=w0.device).reshape(-1, 1, 1) for n in self.names]
-        settings = [_optimizer_settings(p, [self.lr_mult[n] for n in self.names]) for p in points]
+        eps_mult = mup.eps_multipliers(shapes, named) if first["parametrization"] == "muP" else {}
+        settings = [_optimizer_settings(p, [self.lr_mult[n] for n in self.names],
+                                        [eps_mult.get(n, 1.0) for n in self.names]) for p in points]
         self.opt = optimizer_state(update_path(first), first["optimizer"], self.flat(self.params), settings)
 
     @property
@@ -156,14 +158,16 @@ class Members:
             t.copy_(s)
 
 
-def _optimizer_settings(point: Mapping[str, Any], lr_mult: Sequence[float]) -> dict:
+def _optimizer_settings(point: Mapping[str, Any], lr_mult: Sequence[float], eps_mult: Sequence[float]) -> dict:
     """A member's optimizer hyperparameters, one eps and weight decay per parameter: with the ``lr`` scaling the
-    decay is ``lambda / lr_mult`` (one timescale per parameter, the muP rule of raysweep.custom.mup)."""
+    decay is ``lambda / lr_mult`` (one timescale per parameter, the muP rule of raysweep.custom.mup); with
+    ``eps_scaling: mup`` (under muP) the eps is ``eps * eps_mult`` (:func:`raysweep.custom.mup.eps_multipliers`)."""
     value = lambda axis: axis_value(point, axis)  # noqa: E731
     lam, independent = value("weight_decay"), value("weight_decay_scaling") == "independent"
+    eps = [value("eps") * m for m in eps_mult] if value("eps_scaling") == "mup" else [value("eps")] * len(lr_mult)
     return {
         "momentum": value("momentum"), "nesterov": value("nesterov"), "beta1": value("beta1"),
-        "beta2": value("beta2"), "eps": [value("eps")] * len(lr_mult),
+        "beta2": value("beta2"), "eps": eps,
         "weight_decay": [lam if independent else lam / m for m in lr_mult], "independent": independent,
     }
 

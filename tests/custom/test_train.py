@@ -136,6 +136,32 @@ def test_transformer_mup_adamw_cosine_equals_torch_optim():
     assert close(ours, plain, 1e-10) < 1e-10
 
 
+def test_transformer_mup_eps_scaling_equals_torch_optim_with_per_parameter_eps():
+    """eps_scaling: mup under muP at twice the base width (Everett et al. 2024 by base shapes): hidden matrices at
+    eps / 2^1.5, every parameter with one width-scaled dimension (embeddings, norms, biases, the readout's weight)
+    at eps / 2, the readout's bias (nothing scales) at eps; a large eps so that it shows."""
+    space = {"batch_size": 8, "eta": 0.01, "width": 16, "parametrization": "muP", "optimizer": "AdamW",
+             "weight_decay": 0.1, "eps": 1e-3}
+    exp, task, points = setup(LANGUAGE, {**space, "eps_scaling": "mup"})
+    ours = curves(list(train_bundle(task, exp, points)), 0)
+
+    def adamw(model, scaled=True):
+        hidden = [q for n, q in model.named_parameters() if n.startswith("blocks") and q.ndim == 2]
+        fixed = [model.head.bias]
+        ids = {id(q) for q in hidden + fixed}
+        rest = [q for q in model.parameters() if id(q) not in ids]
+        e = (2**-1.5, 1.0, 0.5) if scaled else (1.0, 1.0, 1.0)
+        return torch.optim.AdamW([{"params": hidden, "lr": 0.01 / 2, "weight_decay": 0.1 * 2, "eps": 1e-3 * e[0]},
+                                  {"params": fixed, "lr": 0.01, "weight_decay": 0.1, "eps": 1e-3 * e[1]},
+                                  {"params": rest, "lr": 0.01, "weight_decay": 0.1, "eps": 1e-3 * e[2]}])
+
+    assert close(ours, plain_run(exp, task, points[0], adamw, hook_mult=0.5), 1e-10) < 1e-10
+    unscaled = plain_run(exp, task, points[0], lambda m: adamw(m, scaled=False), hook_mult=0.5)
+    assert close(ours, unscaled, 1e-10) > 1e-6  # the per-parameter eps is what makes them equal
+    global_exp, _, global_points = setup(LANGUAGE, space)
+    assert close(curves(list(train_bundle(task, global_exp, global_points)), 0), unscaled, 1e-10) < 1e-10
+
+
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-5)])
 def test_cnn_fused_equals_solo(dtype, tol):
     exp, task, points = setup(CNN, {"batch_size": 16, "eta": [0.1, 0.4, 2.0, 64.0], "width": 8, "seed": [0, 1],
