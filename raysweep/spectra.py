@@ -111,6 +111,8 @@ def member_rows(sweep, experiment: Mapping, config_key: str, options: SpectraOpt
     from raysweep.sharpness import CurvatureFeed
 
     snap = snapshots.read_member(sweep, config_key)
+    if snap.named:
+        return factory_rows(snap, experiment, options)
     point, dtype = snap.point, getattr(torch, snap.dtype)
     task = _task(json.dumps(dict(experiment), sort_keys=True), snap.dtype)
     option = experiment.get("curvature") or {}
@@ -134,26 +136,121 @@ def member_rows(sweep, experiment: Mapping, config_key: str, options: SpectraOpt
         w = [torch.tensor(arr.copy())[None] for arr in snap.weights(step)]
         if not all(bool(torch.isfinite(t).all()) for t in w):
             continue  # a diverged member's last snapshots may hold NaN: no spectrum
-        op = curvature.hessian_matvec(loss_fn, w)
-
-        def gen(tag: str, step=step):
-            return torch.Generator().manual_seed(derive_seed(seed, f"spectra:{tag}:{step}"))
-
-        top = curvature.lanczos_top(op, w, 1, top_k=options.top_k, steps=options.steps, generator=gen("lanczos"))
-        add(step, "eigenvalue", [v for v in top[0].tolist() if not math.isnan(v)])
-        if options.trace:
-            mean, stderr = curvature.hutchinson_trace(op, w, 1, samples=options.trace_samples, generator=gen("trace"))
-            add(step, "trace", mean.tolist())
-            add(step, "trace_stderr", stderr.tolist())
-        if options.density:
-            nodes, weights = curvature.slq_density(op, w, 1, probes=options.density_probes,
-                                                   steps=options.density_steps, generator=gen("density"))
-            lo, hi = float(nodes.min()), float(nodes.max())
-            pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
-            grid = torch.linspace(lo - pad, hi + pad, options.grid_points, dtype=torch.float64)
-            add(step, "density_grid", grid.tolist())
-            add(step, "density", curvature.density_on_grid(nodes, weights, grid)[0].tolist())
+        _measure(curvature.hessian_matvec(loss_fn, w), w, seed, step, options, add)
     return rows
+
+
+def factory_rows(snap, experiment: Mapping, options: SpectraOptions) -> list[dict]:
+    """The spectra rows of a model factory's member (``snap``: its :class:`raysweep.snapshots.MemberSnapshots`) at
+    each of its snapshot steps: the member rebuilt by the factory (:func:`raysweep.custom.train.build_members`), each
+    snapshot's parameters loaded by name, and the loss the trainer optimizes (:func:`raysweep.custom.functional.
+    loss_fn`: muP's forward multipliers, ``f - f0`` with ``f0`` at the snapshot's ``theta_0`` when centred) on the
+    seed's curvature batch, in training mode; Hessian-vector products of :mod:`raysweep.custom.curvature` (vmapped
+    forward-over-reverse, or double backward for a model that cannot be vmapped, whose forwards draw their random
+    numbers from the member's seed and the step). Buffers are the factory's initial ones, on copies (see
+    :func:`factory_refusal`)."""
+    import torch  # the curvature math
+
+    from raysweep import curvature
+    from raysweep.custom import functional
+    from raysweep.custom.curvature import fused_matvec, unfused_loss
+    from raysweep.custom.train import as_task, build_members
+    from raysweep.sharpness import curvature_batch
+    from raysweep.space import setting
+
+    point, config_key = snap.point, snap.config_key
+    task = as_task(_task(json.dumps(dict(experiment), sort_keys=True), snap.dtype))
+    members = build_members(task, experiment, [point])
+    if set(members.names) != set(snap.names):
+        raise RaysweepError(f"{config_key}: the snapshots' parameters ({len(snap.names)}) are not the factory's "
+                            f"({len(members.names)}): another model than the sweep's?")
+    option = setting(experiment, "curvature") or {}
+    batch = options.batch or option.get("batch") or DEFAULT_BATCH
+    seed = int(point["seed"])
+    x, y = curvature_batch(task, seed, batch)
+    reason = factory_refusal(members, x)
+    if reason is not None:
+        raise RaysweepError(f"{config_key}: {reason}")
+    members.body.train()  # measured as it trains: batch norm by the batch's statistics
+    fn = functional.loss_fn(members.body, members.forward_mult, point["loss"], setting(experiment, "mse_convention"),
+                            task.n_out)
+    names, buffers = members.names, members.buffers
+    centred = bool(setting(experiment, "model")["centred"])
+    theta0 = {n: torch.tensor(snap.theta0[n].copy())[None] for n in names}
+    rows: list[dict] = []
+
+    def add(step: int, kind: str, values) -> None:
+        rows.extend({"config_key": config_key, "step": int(step), "kind": kind, "index": i, "value": float(v)}
+                    for i, v in enumerate(values))
+
+    for step in snap.steps:
+        weights = snap.weights(step)
+        w = [torch.tensor(weights[n].copy())[None] for n in names]
+        if not all(bool(torch.isfinite(t).all()) for t in w):
+            continue  # a diverged member's last snapshots may hold NaN: no spectrum
+        rng = None if members.fused else [derive_seed(seed, f"spectra-forward:{step}")]
+        f0 = None if not centred else functional.outputs(
+            members.body, members.forward_mult, theta0, {n: b.clone() for n, b in buffers.items()}, x,
+            members.fused, True, rng)  # f(x; theta_0), the same random numbers as theta's forwards
+        if members.fused:
+            op = fused_matvec(fn, names, dict(zip(names, w)), buffers, x, y, f0, True)
+        else:
+            op = curvature.hessian_matvec(unfused_loss(fn, names, buffers, x, y, f0, True, rng), w)
+        _measure(op, w, seed, step, options, add)
+        del op  # an unfused operator holds its graph
+    return rows
+
+
+def factory_refusal(members, x) -> str | None:
+    """Why a factory's snapshots cannot be measured, or None. The snapshots keep no buffers, so each member is
+    measured in training mode with the factory's initial buffers (on copies): exact when no buffer that a
+    training-mode forward changes is read by it. Norm layers' running statistics (batch norm) change but are not
+    read in training mode (the batch's statistics are), so such models are measured; any other buffer a forward
+    changes (state the snapshots lack) refuses the sweep."""
+    import torch  # the module's classes
+
+    from raysweep.custom import functional
+
+    if not members.buffers:
+        return None
+    body = members.body
+    body.train()
+    norms = {name for name, m in body.named_modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)}
+    before = {n: b[:1].clone() for n, b in members.buffers.items()}
+    after = {n: b.clone() for n, b in before.items()}
+    functional.outputs(body, members.forward_mult, {n: p[:1] for n, p in members.params.items()}, after, x[:2],
+                       False, True, [0])
+    for n in members.buffers:
+        if n.rpartition(".")[0] not in norms and not torch.equal(before[n], after[n]):
+            return (f"the buffer {n} changes in a training-mode forward and the snapshots do not keep buffers: "
+                    "its spectra cannot be computed")
+    return None
+
+
+def _measure(op, w, seed: int, step: int, options: SpectraOptions, add) -> None:
+    """The kinds of ``options`` of one member (``w``: its weights ``[1, *shape]``, ``op``: its Hessian's matvec) at
+    ``step``, each given to ``add(step, kind, values)``; probes seeded from the member's seed and the step."""
+    import torch  # the grid
+
+    from raysweep import curvature
+
+    def gen(tag: str):
+        return torch.Generator().manual_seed(derive_seed(seed, f"spectra:{tag}:{step}"))
+
+    top = curvature.lanczos_top(op, w, 1, top_k=options.top_k, steps=options.steps, generator=gen("lanczos"))
+    add(step, "eigenvalue", [v for v in top[0].tolist() if not math.isnan(v)])
+    if options.trace:
+        mean, stderr = curvature.hutchinson_trace(op, w, 1, samples=options.trace_samples, generator=gen("trace"))
+        add(step, "trace", mean.tolist())
+        add(step, "trace_stderr", stderr.tolist())
+    if options.density:
+        nodes, weights = curvature.slq_density(op, w, 1, probes=options.density_probes,
+                                               steps=options.density_steps, generator=gen("density"))
+        lo, hi = float(nodes.min()), float(nodes.max())
+        pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
+        grid = torch.linspace(lo - pad, hi + pad, options.grid_points, dtype=torch.float64)
+        add(step, "density_grid", grid.tolist())
+        add(step, "density", curvature.density_on_grid(nodes, weights, grid)[0].tolist())
 
 
 def write_member(sweep, config_key: str, rows: Sequence[Mapping]) -> None:
@@ -192,12 +289,13 @@ def plan(sweep, query: str | None = None) -> tuple[dict, list[str], int]:
     if not spec_file.exists():
         raise OptionError(f"{location.uri}: no spec.yaml (not a sweep folder?)")
     spec = load_spec(spec_file.path) if location.is_posix else _spec_of_text(spec_file.read_text(), spec_file.uri)
-    if is_custom(spec.experiment.model):
-        raise OptionError(f"{location.uri}: spectra of a model factory's snapshots are not supported (the MLP's "
-                          "only; read them with raysweep.snapshots.read_member)")
     keys = snapshots.member_keys(location)
     if not keys:
         raise OptionError(f"{location.uri}/snapshots: no snapshots (launch the sweep with experiment.snapshots on)")
+    if is_custom(spec.experiment.model):
+        reason = _factory_check(location, spec.experiment.as_dict(), keys[0])
+        if reason is not None:
+            raise OptionError(f"{location.uri}: spectra of this model factory's snapshots cannot be computed: {reason}")
     if query:
         trials = read_trials(location).to_pandas()
         try:
@@ -207,6 +305,17 @@ def plan(sweep, query: str | None = None) -> tuple[dict, list[str], int]:
         keys = [k for k in keys if k in chosen]
     done = done_keys(location)
     return spec.experiment.as_dict(), [k for k in keys if k not in done], sum(1 for k in keys if k in done)
+
+
+def _factory_check(location, experiment: Mapping, key: str) -> str | None:
+    """:func:`factory_refusal` of the model factory's member ``key``, rebuilt on two samples of its data."""
+    from raysweep.custom.train import as_task, build_members  # torch
+    from raysweep.sharpness import curvature_batch
+
+    snap = snapshots.read_member(location, key)
+    task = as_task(_task(json.dumps(dict(experiment), sort_keys=True), snap.dtype))
+    members = build_members(task, experiment, [snap.point])
+    return factory_refusal(members, curvature_batch(task, int(snap.point["seed"]), 2)[0])
 
 
 def _spec_of_text(text: str, source: str):
@@ -321,4 +430,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["SpectraOptions", "done_keys", "main", "member_rows", "plan", "read_spectra", "run", "write_member"]
+__all__ = ["SpectraOptions", "done_keys", "factory_refusal", "factory_rows", "main", "member_rows", "plan", "read_spectra", "run", "write_member"]
