@@ -13,8 +13,13 @@ eigenvalue and its density). The loss is the one the trainer optimizes, on the s
 Exactly once, resumable: a member's file is written atomically when all its steps are computed, and a relaunch
 computes only the members without one (``--filter`` picks among them). The settings of the first launch are kept in
 ``<sweep>/spectra/settings.json``; a relaunch with other settings is refused (exit 2) rather than mixing spectra.
-Exit codes: 0 done, 1 a member failed or another error, 2 bad options or nothing to read (a model factory's sweep:
-its snapshots have no spectra here), 130/143 interrupted.
+A model factory's sweep (``experiment.model: {factory: ...}``): each member rebuilt by its factory, each snapshot's
+parameters loaded by name, the loss the trainer optimizes in training mode by the Hessian-vector products of
+:mod:`raysweep.custom.curvature` (:func:`factory_rows`); the snapshots keep no buffers, so a model with a buffer its
+training-mode forward changes, other than a norm layer's running statistics (not read in training mode), is
+refused (:func:`factory_refusal`).
+Exit codes: 0 done, 1 a member failed or another error, 2 bad options, nothing to read or a refused model
+factory, 130/143 interrupted.
 """
 
 from __future__ import annotations

@@ -151,6 +151,7 @@ def test_a_model_with_a_buffer_its_forward_changes_is_refused_in_one_line(tmp_pa
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # 96 s on a busy 2-core machine: an embedded Ray whose workers import torch
 def test_files_land_once_on_ray_and_a_relaunch_computes_nothing(tmp_path, ray_cluster):
     folder = tmp_path / "s"
     spec, _ = make_sweep(folder)
