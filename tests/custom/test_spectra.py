@@ -1,5 +1,6 @@
 """python -m raysweep.spectra on a model factory's snapshots: the top eigenvalue is the dense Hessian's of the
-trainer's loss at the snapshot (fused CNN, centred; batch norm measured unfused in training mode), the trace
+trainer's loss at the snapshot (fused CNN, centred; batch norm measured unfused in training mode; dropout's masks
+from the seed and the step), the trace
 within 3 standard errors of the dense trace, one file per member, a relaunch computes nothing; a model with a
 buffer that its forward changes (not batch norm's statistics) is refused in one line."""
 
@@ -16,6 +17,7 @@ from raysweep.custom import functional
 from raysweep.custom.train import as_task, build_members
 from raysweep.data import build_task
 from raysweep.plan import build_plan
+from raysweep.seeds import derive_seed
 from raysweep.sharpness import curvature_batch
 from raysweep.space import parse_spec, setting
 from raysweep.trial import run_bundle
@@ -64,15 +66,23 @@ def dense(spec, snap, step):
     buffers = {n: b[0].clone() for n, b in members.buffers.items()}
     theta0 = {n: torch.tensor(snap.theta0[n].copy()) for n in names}
     centred = bool(setting(experiment, "model")["centred"])
+    seed = derive_seed(int(point["seed"]), f"spectra-forward:{step}")  # dropout: the masks of the seed and step
+
+    def seeded(call):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return call()
+
     with torch.no_grad():
-        f0 = functional.forward_fn(members.body, members.forward_mult)(theta0, dict(buffers), x) if centred else None
+        forward = functional.forward_fn(members.body, members.forward_mult)
+        f0 = seeded(lambda: forward(theta0, dict(buffers), x)) if centred else None
     weights = snap.weights(step)
     w = [torch.tensor(weights[n].copy()) for n in names]
     shapes, sizes = [t.shape for t in w], [t.numel() for t in w]
 
     def flat_loss(theta):
         parts = {n: c.reshape(sh) for n, c, sh in zip(names, theta.split(sizes), shapes)}
-        return fn(parts, {n: b.clone() for n, b in buffers.items()}, x, y, f0)
+        return seeded(lambda: fn(parts, {n: b.clone() for n, b in buffers.items()}, x, y, f0))
 
     return torch.autograd.functional.hessian(flat_loss, torch.cat([t.flatten() for t in w]))
 
@@ -109,6 +119,12 @@ def test_batch_norm_is_measured_unfused_in_training_mode(tmp_path):
     key = sorted(snapshots.member_keys(tmp_path / "bn"))[0]
     found = check_against_dense(spec, tmp_path / "bn", key)
     assert measured[key] == pytest.approx(found[6][0], rel=1e-8)
+
+
+def test_dropout_draws_its_masks_from_the_seed_and_the_step(tmp_path):
+    spec, _ = make_sweep(tmp_path / "d", model={"kwargs": {"dropout": 0.3}, "centred": True}, space={"seed": 1})
+    (key,) = snapshots.member_keys(tmp_path / "d")
+    check_against_dense(spec, tmp_path / "d", key)
 
 
 class Counting(torch.nn.Module):
