@@ -148,11 +148,12 @@ def member_rows(sweep, experiment: Mapping, config_key: str, options: SpectraOpt
 def factory_rows(snap, experiment: Mapping, options: SpectraOptions) -> list[dict]:
     """The spectra rows of a model factory's member (``snap``: its :class:`raysweep.snapshots.MemberSnapshots`) at
     each of its snapshot steps: the member rebuilt by the factory (:func:`raysweep.custom.train.build_members`), each
-    snapshot's parameters loaded by name, and the loss the trainer optimizes (:func:`raysweep.custom.functional.
-    loss_fn`: muP's forward multipliers, ``f - f0`` with ``f0`` at the snapshot's ``theta_0`` when centred) on the
-    seed's curvature batch, in training mode; Hessian-vector products of :mod:`raysweep.custom.curvature` (vmapped
-    forward-over-reverse, or double backward for a model that cannot be vmapped, whose forwards draw their random
-    numbers from the member's seed and the step). Buffers are the factory's initial ones, on copies (see
+    snapshot's parameters loaded by name, and the loss the trainer optimizes
+    (:func:`raysweep.custom.functional.loss_fn`: muP's forward multipliers, ``f - f0`` with ``f0`` at the snapshot's
+    ``theta_0`` when centred) on the seed's curvature batch, in training mode; Hessian-vector products of
+    :mod:`raysweep.custom.curvature` (vmapped forward-over-reverse, or double backward for a model that cannot be
+    vmapped, whose forwards draw their random numbers from the member's seed and the step as the trainer's
+    curvature measurement at that step draws them). Buffers are the factory's initial ones, on copies (see
     :func:`factory_refusal`)."""
     import torch  # the curvature math
 
@@ -193,7 +194,7 @@ def factory_rows(snap, experiment: Mapping, options: SpectraOptions) -> list[dic
         w = [torch.tensor(weights[n].copy())[None] for n in names]
         if not all(bool(torch.isfinite(t).all()) for t in w):
             continue  # a diverged member's last snapshots may hold NaN: no spectrum
-        rng = None if members.fused else [derive_seed(seed, f"spectra-forward:{step}")]
+        rng = None if members.fused else [derive_seed(seed, f"curvature-forward:{step}:all")]  # the trainer's masks
         f0 = None if not centred else functional.outputs(
             members.body, members.forward_mult, theta0, {n: b.clone() for n, b in buffers.items()}, x,
             members.fused, True, rng)  # f(x; theta_0), the same random numbers as theta's forwards
@@ -435,4 +436,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["SpectraOptions", "done_keys", "factory_refusal", "factory_rows", "main", "member_rows", "plan", "read_spectra", "run", "write_member"]
+__all__ = ["SpectraOptions", "done_keys", "factory_refusal", "factory_rows", "main", "member_rows", "plan",
+           "read_spectra", "run", "write_member"]

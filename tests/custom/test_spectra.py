@@ -1,6 +1,6 @@
 """python -m raysweep.spectra on a model factory's snapshots: the top eigenvalue is the dense Hessian's of the
 trainer's loss at the snapshot (fused CNN, centred; batch norm measured unfused in training mode; dropout's masks
-from the seed and the step), the trace
+those of the trainer's measurement at the step), the trace
 within 3 standard errors of the dense trace, one file per member, a relaunch computes nothing; a model with a
 buffer that its forward changes (not batch norm's statistics) is refused in one line."""
 
@@ -66,7 +66,7 @@ def dense(spec, snap, step):
     buffers = {n: b[0].clone() for n, b in members.buffers.items()}
     theta0 = {n: torch.tensor(snap.theta0[n].copy()) for n in names}
     centred = bool(setting(experiment, "model")["centred"])
-    seed = derive_seed(int(point["seed"]), f"spectra-forward:{step}")  # dropout: the masks of the seed and step
+    seed = derive_seed(int(point["seed"]), f"curvature-forward:{step}:all")  # dropout: the trainer's masks
 
     def seeded(call):
         with torch.random.fork_rng(devices=[]):
@@ -122,9 +122,11 @@ def test_batch_norm_is_measured_unfused_in_training_mode(tmp_path):
 
 
 def test_dropout_draws_its_masks_from_the_seed_and_the_step(tmp_path):
-    spec, _ = make_sweep(tmp_path / "d", model={"kwargs": {"dropout": 0.3}, "centred": True}, space={"seed": 1})
+    spec, measured = make_sweep(tmp_path / "d", model={"kwargs": {"dropout": 0.3}, "centred": True},
+                                space={"seed": 1})
     (key,) = snapshots.member_keys(tmp_path / "d")
-    check_against_dense(spec, tmp_path / "d", key)
+    found = check_against_dense(spec, tmp_path / "d", key)
+    assert measured[key] == pytest.approx(found[6][0], rel=1e-8)  # the masks of the trainer's measurement
 
 
 class Counting(torch.nn.Module):
