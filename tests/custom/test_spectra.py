@@ -169,6 +169,7 @@ def test_a_model_with_a_buffer_its_forward_changes_is_refused_in_one_line(tmp_pa
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # 15 to 75 s on a shared 2-core machine: an embedded Ray worker starts and imports torch
 def test_files_land_once_on_ray_and_a_relaunch_computes_nothing(tmp_path, ray_cluster):
     folder = tmp_path / "s"
     spec, _ = make_sweep(folder, space={"seed": 0})  # one member: one Ray worker to start
