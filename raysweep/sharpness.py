@@ -113,14 +113,7 @@ class CurvatureFeed:
         loss_fn = curvature.MemberLoss(x, y, a, f0, loss=self.loss, mse_convention=self.mse_convention)
         k = len(slots)
         if "sharpness" in kinds or "hessian_trace" in kinds:
-            op = curvature.hessian_matvec(loss_fn, w)
-            if "sharpness" in kinds:
-                top = curvature.lanczos_top(op, w, k, top_k=int(option["top_k"]), steps=int(option["steps"]),
-                                            generator=gens())
-                put("sharpness", top[:, 0])
-            if "hessian_trace" in kinds:
-                mean, _ = curvature.hutchinson_trace(op, w, k, samples=int(option["steps"]), generator=gens())
-                put("hessian_trace", mean)
+            hessian_kinds(curvature.hessian_matvec(loss_fn, w), w, k, option, kinds, gens, put)
         if "batch_sharpness" in kinds:
             n, b = x.shape[-2], min(self.batch_size, x.shape[-2])
             y_dim = y.dim() - (1 if self.loss == "xent" else 2)  # labels [n] / [K, n]; targets [n, out] / [K, n, out]
@@ -145,6 +138,18 @@ class CurvatureFeed:
             put("preconditioned_sharpness", curvature.preconditioned_sharpness(
                 loss_fn, w, precond, steps=int(option["steps"]), generator=gens()))
         return out
+
+
+def hessian_kinds(op, w, k: int, option: Mapping, kinds, gens, put) -> None:
+    """The ``sharpness`` (Lanczos top eigenvalue) and ``hessian_trace`` (Hutchinson) of the Hessian matvec ``op`` of
+    ``k`` members at ``w``, those of ``kinds`` asked for, each with fresh per-member probe generators ``gens()``,
+    handed to ``put(kind, values)``: the MLP and the factory paths measure them alike."""
+    if "sharpness" in kinds:
+        top = curvature.lanczos_top(op, w, k, top_k=int(option["top_k"]), steps=int(option["steps"]), generator=gens())
+        put("sharpness", top[:, 0])
+    if "hessian_trace" in kinds:
+        mean, _ = curvature.hutchinson_trace(op, w, k, samples=int(option["steps"]), generator=gens())
+        put("hessian_trace", mean)
 
 
 def adam_preconditioner(moments, step: int, lrs, lr_effective, *, beta1=None, beta2=None,

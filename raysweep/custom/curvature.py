@@ -52,7 +52,7 @@ from torch.func import grad, jvp, vmap
 from raysweep import curvature
 from raysweep.custom import functional
 from raysweep.seeds import derive_seed
-from raysweep.sharpness import COLUMNS, adam_preconditioner, curvature_batch
+from raysweep.sharpness import COLUMNS, adam_preconditioner, curvature_batch, hessian_kinds
 from raysweep.step import OptState
 
 __all__ = ["CurvatureFeed", "fused_matvec", "unfused_loss"]
@@ -180,13 +180,7 @@ class CurvatureFeed:
 
         if "sharpness" in kinds or "hessian_trace" in kinds or "preconditioned_sharpness" in kinds:
             op = operator(x, y, "all")
-            if "sharpness" in kinds:
-                top = curvature.lanczos_top(op, w, k, top_k=int(option["top_k"]), steps=int(option["steps"]),
-                                            generator=gens())
-                put("sharpness", top[:, 0])
-            if "hessian_trace" in kinds:
-                mean, _ = curvature.hutchinson_trace(op, w, k, samples=int(option["steps"]), generator=gens())
-                put("hessian_trace", mean)
+            hessian_kinds(op, w, k, option, kinds, gens, put)
             precond = _preconditioner(members, sel, slots, step, lr_effective) \
                 if "preconditioned_sharpness" in kinds else None
             if precond is not None:
